@@ -1,0 +1,56 @@
+"""The `cosmos-nemo` command (also `python -m cosmos_nemo`).
+
+Each room that offers commands has a `commands.py` with `register(subparsers)`, which adds its
+subcommands, each with its own `--help` and a `func(args) -> int` default. This module only collects
+them; only rooms whose `commands.py` exists are registered, so every listed subcommand works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# The rooms that may contribute subcommands, in the order they are listed in `--help`.
+_COMMAND_ROOMS = (
+    "cosmos_nemo.quickstart",
+    "cosmos_nemo.data_prep.commands",
+    "cosmos_nemo.tokenizers.commands",
+    "cosmos_nemo.recipes.commands",
+    "cosmos_nemo.training.commands",
+    "cosmos_nemo.checkpoint.commands",
+    "cosmos_nemo.inference.commands",
+    "cosmos_nemo.eval.commands",
+    "cosmos_nemo.parallel.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cosmos-nemo",
+        description="Post-train NVIDIA Cosmos world foundation models on megatron-core: "
+        "prepare data, train with recipes, evaluate with TokenBench.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_ROOMS:
+        try:
+            if importlib.util.find_spec(name) is None:
+                continue
+        except ModuleNotFoundError:
+            continue
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Video and tensor I/O.
+
+This room owns reading and writing video with PyAV (rotation metadata applied, frames as decoded, zero
+decoded frames is an error), safetensors helpers, and safe path joins that keep manifest paths inside
+their dataset root. Nothing here knows about models or training."""

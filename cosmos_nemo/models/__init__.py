@@ -1,0 +1,4 @@
+"""Model definitions built from megatron-core modules.
+
+common/ holds pieces shared by model families (SDPA core attention, layer specs, 3D RoPE, embeddings);
+ar/ is the Cosmos autoregressive family on megatron GPTModel; dit/ is the Cosmos diffusion transformer."""

@@ -1,0 +1,31 @@
+"""Shared test fixtures.
+
+The golden outputs of NVIDIA's reference code live in `../shared/golden/` relative to the project root
+(override with COSMOS_NEMO_GOLDEN). Tests that need them skip with a clear reason when they are absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+GOLDEN_ROOT = Path(os.environ.get("COSMOS_NEMO_GOLDEN", PROJECT_ROOT.parent / "shared" / "golden"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def golden_dir(*parts: str) -> Path:
+    """The golden folder `parts`, or skip the test when it is absent."""
+    path = GOLDEN_ROOT.joinpath(*parts)
+    if not path.is_dir():
+        pytest.skip(f"golden reference folder {path} is absent (it ships beside the project in CI)")
+    return path
+
+
+@pytest.fixture
+def golden():
+    return golden_dir
