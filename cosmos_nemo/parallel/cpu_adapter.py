@@ -1,0 +1,206 @@
+"""Run megatron-core's training machinery on a CPU-only torch build.
+
+megatron-core 0.16 assumes CUDA in a handful of places that the CPU path (gloo, tests, laptops, CI)
+reaches. `install()` redirects exactly these, and only when `torch.cuda.is_available()` is false; with
+CUDA present it installs nothing and returns False. Every redirect keeps the numerics: the same
+tensors are created, just on the CPU device, and no-op'd calls (`synchronize`, streams) only order work
+that is already ordered on a CPU.
+
+What is adapted, and why:
+
+1. `torch.cuda.current_device()` returns the CPU device. Tensor-parallel mappings, layers, p2p
+   communication, DDP's buffers and `GPTModel` allocate with `device=torch.cuda.current_device()`.
+2. `torch.cuda.synchronize()` and `torch.cuda.empty_cache()` become no-ops: called by p2p communication,
+   parallel_state, DDP's `free_overlap_buffers`, and dist-ckpt's `filesystem_async.preload_tensors`.
+3. `torch.cuda.Stream`, `torch.cuda.stream(...)`, `torch.cuda.current_stream()` and
+   `torch.cuda.default_stream()` become a dummy stream and a null context: DDP creates a communication
+   stream and `param_and_grad_buffer` waits on it.
+4. `torch.Tensor.cuda()` returns the tensor itself: the optimizer's state-dict reload and the language
+   module call `.cuda()` on freshly built tensors.
+5. `device="cuda"` literals: the pipeline schedules (`total_num_tokens`), the optimizer
+   (`found_inf`, `_scale_one`, `_dummy_overflow_buf`, grad scaler), `clip_grads`, DDP's
+   `param_and_grad_buffer` and `megatron.core.utils` build small tensors on "cuda". In those modules the
+   name `torch` is replaced by a thin proxy whose tensor factories map a CUDA device to the CPU and that
+   forwards everything else to torch unchanged.
+6. The model-parallel RNG tracker: megatron keeps named CUDA generator states (data-parallel,
+   tensor-parallel seed offset by TP rank, expert). `CpuRNGStatesTracker` keeps the same named states
+   for the CPU generator, and `fork(name)` swaps the CPU generator state in and out exactly as the CUDA
+   tracker does, so dropout under TP draws from the per-rank stream megatron intends.
+   The same proxy maps `torch.autocast("cuda", ...)` in the schedules to `torch.autocast("cpu", ...)`, so
+   bf16 autocast (TransformerConfig.enable_autocast) works on the CPU.
+7. `p2p_communication` (pipeline send/recv) uses items 1 and 2; with gloo it sends CPU tensors.
+8. `clip_grad_by_total_norm_fp32` asserts every gradient is a `torch.cuda.FloatTensor`. It is replaced,
+   in `optimizer.clip_grads` and in `optimizer.optimizer` (which imported it by name), by a version that
+   asserts float32 on any device and scales the gradients in place by the same coefficient,
+   `max_norm / (total_norm + 1e-6)` when below 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import types
+
+import torch
+
+_INSTALLED = False
+
+# megatron modules that build tensors with a literal device="cuda" (item 5 of the docstring).
+_CUDA_LITERAL_MODULES = (
+    "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.optimizer.optimizer",
+    "megatron.core.optimizer.clip_grads",
+    "megatron.core.optimizer.grad_scaler",
+    "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.utils",
+)
+
+_FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange", "zeros_like", "ones_like", "empty_like")
+
+
+def _cpu_device(device):
+    if device is None:
+        return None
+    if isinstance(device, int):
+        return torch.device("cpu")
+    dev = torch.device(device) if isinstance(device, str) else device
+    return torch.device("cpu") if isinstance(dev, torch.device) and dev.type == "cuda" else device
+
+
+def _make_factory(fn):
+    def factory(*args, **kwargs):
+        if "device" in kwargs:
+            kwargs["device"] = _cpu_device(kwargs["device"])
+        return fn(*args, **kwargs)
+
+    factory.__name__ = fn.__name__
+    factory.__doc__ = fn.__doc__
+    return factory
+
+
+class _TorchOnCpu(types.ModuleType):
+    """`torch`, except that its tensor factories put `device="cuda"` tensors on the CPU."""
+
+    def __init__(self):
+        super().__init__("torch")
+        for name in _FACTORIES:
+            setattr(self, name, _make_factory(getattr(torch, name)))
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def autocast(device_type="cuda", *args, **kwargs):
+        return torch.autocast("cpu" if device_type == "cuda" else device_type, *args, **kwargs)
+
+
+class _DummyStream:
+    """Stands in for `torch.cuda.Stream` on the CPU, where work is already ordered."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+    def wait_event(self, event):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def record_event(self, event=None):
+        return None
+
+
+def _cpu_rng_tracker_class():
+    from megatron.core.tensor_parallel import random as mp_random
+
+    class CpuRNGStatesTracker(mp_random.CudaRNGStatesTracker):
+        """Named RNG states for the CPU generator, with megatron's tracker interface (add/fork/...)."""
+
+        def add(self, name, seed):
+            self._is_initialized = True
+            if seed in self.seeds_:
+                raise Exception(f"seed {seed} already exists")
+            self.seeds_.add(seed)
+            if name in self.states_:
+                raise Exception(f"rng state {name} already exists")
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(seed)
+            self.states_[name] = generator.get_state()
+
+        @contextlib.contextmanager
+        def fork(self, name=mp_random._MODEL_PARALLEL_RNG_TRACKER_NAME):
+            if name not in self.states_:
+                raise Exception(f"rng state {name} is not added")
+            outer = torch.get_rng_state()
+            torch.set_rng_state(self.states_[name])
+            previous_name, self._current_state_name = self._current_state_name, name
+            try:
+                yield
+            finally:
+                self.states_[name] = torch.get_rng_state()
+                torch.set_rng_state(outer)
+                self._current_state_name = previous_name
+
+    return CpuRNGStatesTracker
+
+
+def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
+    """megatron's gradient clipping, minus its CUDA type assertion."""
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    attr = "decoupled_grad" if use_decoupled_grad else "grad"
+    grads = [getattr(p, attr).detach() for p in parameters if getattr(p, attr, None) is not None]
+    for g in grads:
+        if g.dtype != torch.float32 and not use_decoupled_grad:
+            raise TypeError(f"gradient clipping expects float32 gradients, got {g.dtype}")
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if clip_coeff < 1.0:
+        torch._foreach_mul_(grads, clip_coeff)
+
+
+def install(force: bool = False) -> bool:
+    """Install the CPU redirects once. Returns True if installed, False when CUDA is present.
+
+    `force` is for tests only: it installs even if CUDA is present (never use it on a GPU machine).
+    """
+    global _INSTALLED
+    if torch.cuda.is_available() and not force:
+        return False
+    if _INSTALLED:
+        return True
+
+    cpu = torch.device("cpu")
+    torch.cuda.current_device = lambda: cpu
+    torch.cuda.synchronize = lambda *args, **kwargs: None
+    torch.cuda.empty_cache = lambda: None
+    torch.cuda.Stream = _DummyStream
+    torch.cuda.stream = lambda stream=None: contextlib.nullcontext()
+    torch.cuda.current_stream = lambda *args, **kwargs: _DummyStream()
+    torch.cuda.default_stream = lambda *args, **kwargs: _DummyStream()
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+
+    proxy = _TorchOnCpu()
+    for name in _CUDA_LITERAL_MODULES:
+        module = importlib.import_module(name)
+        module.torch = proxy
+
+    from megatron.core.optimizer import clip_grads, optimizer
+
+    clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+    optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+
+    from megatron.core.tensor_parallel import random as mp_random
+
+    # initialize_rng_tracker() instantiates `CudaRNGStatesTracker` by its module-level name.
+    mp_random.CudaRNGStatesTracker = _cpu_rng_tracker_class()
+    mp_random.initialize_rng_tracker(force_reset=True)
+
+    _INSTALLED = True
+    return True
+
+
+def is_installed() -> bool:
+    return _INSTALLED
