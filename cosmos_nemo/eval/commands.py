@@ -1,0 +1,114 @@
+"""`cosmos-nemo evaluate tokenbench`: TokenBench PSNR/SSIM (and LPIPS/FVD) between two video folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+_DESCRIPTION = """\
+Score generated videos against reference videos with TokenBench's metrics, exactly as NVIDIA's scripts
+define them: PSNR per video from one global MSE, SSIM per frame with scikit-image's defaults (7x7 uniform
+window, sample covariance, data range 255, channel-averaged) averaged over frames, and optionally LPIPS
+(VGG) and FVD (StyleGAN-V I3D). Frames are decoded with PyAV as uint8 RGB and streamed in chunks.
+
+Files are paired by their path relative to --gtpath and --targetpath; unmatched files, undecodable files,
+and pairs whose frame counts or sizes differ are reported and skipped. Outputs go to --targetpath:
+psnr.json and ssim.json (as NVIDIA's NeMo token_bench.py writes them: [[name, value], ...]), lpips.json
+with LPIPS, and tokenbench.json with per-video values, means, a per-subset breakdown by filename prefix,
+skipped files with reasons, and the settings used.
+
+Mapping from cosmos1/.../tokenizer/token_bench.py: --gtpath, --targetpath, --ext, --recursive, --width,
+--num_frames and --device mean the same. That script always preprocesses (default --width 320
+--num_frames 17) and re-encodes both sides to mp4 before scoring; here frames are compared as decoded
+unless --width/--num_frames are given, and the re-encode happens only with --reencode.
+"""
+
+
+def _metrics(text: str) -> tuple[str, ...]:
+    from cosmos_nemo.eval.tokenbench import METRICS
+
+    names = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    bad = [m for m in names if m not in METRICS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {bad}; choose from {','.join(METRICS)}")
+    return names
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _paths(text: str) -> list[Path]:
+    return [Path(p) for p in text.split(",") if p]
+
+
+def register(subparsers) -> None:
+    evaluate = subparsers.add_parser("evaluate", help="evaluate generated videos (TokenBench)",
+                                     description="Evaluate generated videos against references.")
+    sub = evaluate.add_subparsers(dest="evaluate_command", metavar="BENCHMARK")
+    evaluate.set_defaults(func=lambda args: (evaluate.print_help(), 2)[1])
+    p = sub.add_parser("tokenbench", help="PSNR/SSIM (and LPIPS/FVD) exactly as TokenBench computes them",
+                       description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gtpath", required=True, type=Path, help="folder of reference (ground-truth) videos")
+    p.add_argument("--targetpath", required=True, type=Path,
+                   help="folder of generated videos; the reports are written here")
+    p.add_argument("--recursive", action="store_true",
+                   help="pair files in the whole tree by relative path (default: only files directly in each folder)")
+    p.add_argument("--ext", default="mp4", help="video file extension to pair (default: mp4)")
+    p.add_argument("--width", type=_positive, default=None,
+                   help="reference preprocessing: resize the SHORT side to this many pixels with Lanczos, as "
+                   "token_bench.py's --width does (its name, though it is the short side). Default: no resize")
+    p.add_argument("--num_frames", "--num-frames", dest="num_frames", type=_positive, default=None,
+                   help="reference preprocessing: clip each video to 10 s (at least 300 frames), then keep the "
+                   "first N frames. Default: all frames")
+    p.add_argument("--reencode", action="store_true",
+                   help="with --width/--num_frames, re-encode both preprocessed sides to H.264 mp4 before scoring "
+                   "(libx264, qp 20 up to 640x480 else 28, as mediapy.write_video does), which the reference "
+                   "token_bench.py always does. Lossy for both sides. Off by default")
+    p.add_argument("--metrics", type=_metrics, default=("psnr", "ssim"),
+                   help="comma-separated metrics from psnr,ssim,lpips,fvd (default: psnr,ssim). lpips needs "
+                   "--lpips-weights and fvd needs --fvd-weights")
+    p.add_argument("--lpips-weights", "--lpips_weights", dest="lpips_weights", type=_paths, default=[],
+                   help="local LPIPS-VGG weights: a state_dict of lpips.LPIPS(net='vgg') (.safetensors or .pth), "
+                   "or 'vgg16-397923af.pth,vgg.pth' (torchvision VGG16 + lpips weights/v0.1/vgg.pth). "
+                   "Nothing is downloaded")
+    p.add_argument("--fvd-weights", "--fvd_weights", dest="fvd_weights", type=Path, default=None,
+                   help="local StyleGAN-V I3D TorchScript file i3d_torchscript.pt (HF LanguageBind/"
+                   "Open-Sora-Plan-v1.0.0, opensora/eval/fvd/styleganv/). FVD needs at least 2 pairs")
+    p.add_argument("--workers", type=_positive, default=2,
+                   help="pairs scored in parallel (threads; each also decodes its two files in the background). "
+                   "Default: 2")
+    p.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=_positive, default=16,
+                   help="frames decoded and scored at a time per file (default: 16); memory grows with it")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for the metrics, e.g. cpu or cuda (default: cpu). Decoding is always on CPU")
+    p.add_argument("--lpips-batch", "--lpips_batch", dest="lpips_batch", type=_positive, default=4,
+                   help="frames per LPIPS forward pass (default: 4)")
+    p.set_defaults(func=_run_tokenbench)
+
+
+def _run_tokenbench(args) -> int:
+    from cosmos_nemo.eval.tokenbench import NoResultsError, TokenBenchConfig, format_table, run_tokenbench
+
+    if args.reencode and args.width is None and args.num_frames is None:
+        print("error: --reencode applies to the reference preprocessing; give --width and/or --num_frames too",
+              file=sys.stderr)
+        return 2
+    cfg = TokenBenchConfig(
+        gtpath=args.gtpath, targetpath=args.targetpath, recursive=args.recursive, ext=args.ext,
+        width=args.width, num_frames=args.num_frames, reencode=args.reencode, metrics=args.metrics,
+        lpips_weights=args.lpips_weights, fvd_weights=args.fvd_weights, workers=args.workers,
+        chunk_size=args.chunk_size, device=args.device, lpips_batch=args.lpips_batch,
+    )
+    try:
+        report = run_tokenbench(cfg)
+    except (NoResultsError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_table(report))
+    print(f"wrote {args.targetpath / 'tokenbench.json'}")
+    return 0

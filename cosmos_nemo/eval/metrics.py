@@ -1,0 +1,190 @@
+"""PSNR and SSIM exactly as TokenBench defines them, computed from uint8 frames without float videos.
+
+TokenBench (`token_bench/metrics_cli.py`, and the NeMo `token_bench.py`) scores a pair of videos as:
+
+* PSNR per video from one global MSE over all frames, pixels and channels:
+  ``20 * log10(255 / (sqrt(MSE) + eps_f32))`` with ``eps_f32 = np.finfo(np.float32).eps``.
+  It is *not* the mean of per-frame PSNRs.
+* SSIM per frame with scikit-image's defaults (``structural_similarity(a, b, data_range=255,
+  channel_axis=-1)``): a 7x7 uniform window, sample covariance (``49/48``), ``C1 = (0.01*255)^2``,
+  ``C2 = (0.03*255)^2``, the SSIM map cropped by 3 px on each side (so it equals a *valid* 7x7 box
+  filter), averaged per channel and then over the three channels; the video's SSIM is the mean over
+  frames.
+
+How this stays exact and fast:
+
+* Frames are uint8, so every window sum (of x, y, x^2 + y^2 and x*y) is an integer that int32 holds
+  exactly, and so are the cancellation-prone terms ``49*Sxx - Sx^2`` (the variance numerators). Only the
+  final ratio is taken in floating point, so there is no catastrophic cancellation anywhere and the result
+  is the exact SSIM up to float rounding of one division (~1e-8), closer than skimage's own float32
+  arithmetic is to it (~1e-7).
+* PSNR accumulates an exact int64 sum of squared errors across chunks.
+* Frames are processed in horizontal strips of a few dozen rows, so the temporaries stay in cache;
+  whole videos are never materialised, not even one frame as float.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+# np.finfo(np.float32).eps, the constant the reference adds to sqrt(MSE).
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+DATA_RANGE = 255.0
+SSIM_WIN = 7
+_NP = SSIM_WIN * SSIM_WIN  # 49 samples per window
+_C1 = (0.01 * DATA_RANGE) ** 2
+_C2 = (0.03 * DATA_RANGE) ** 2
+# SSIM written over integer window sums S (means are S/49, sample covariances (49*Sab - Sa*Sb)/(49*48)):
+#   ((2 Sx Sy + C1*49^2) (2 (49 Sxy - Sx Sy) + C2*49*48)) / ((Sx^2 + Sy^2 + C1*49^2) (49 Sq - Sx^2 - Sy^2 + C2*49*48))
+# with Sq = S(x^2 + y^2). Numerator and denominator are scaled by the same 49^2 * 49*48.
+_C1S = _C1 * _NP * _NP
+_C2S = _C2 * _NP * (_NP - 1)
+
+
+class FrameTooSmallError(ValueError):
+    """A frame is smaller than the 7x7 SSIM window."""
+
+
+def psnr_from_sse(sse: int, count: int) -> float:
+    """TokenBench PSNR from an exact sum of squared uint8 errors over `count` values."""
+    if count <= 0:
+        raise ValueError("PSNR needs at least one value")
+    mse = sse / count
+    return 20.0 * math.log10(DATA_RANGE / (math.sqrt(mse) + FLOAT32_EPS))
+
+
+def _box7(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum of 7 consecutive elements along `dim` (valid positions only), via 2- and 4-wide partial sums."""
+    n = x.shape[dim] - (SSIM_WIN - 1)
+    s2 = x.narrow(dim, 0, n + 5) + x.narrow(dim, 1, n + 5)
+    s4 = s2.narrow(dim, 0, n + 3) + s2.narrow(dim, 2, n + 3)
+    out = s4.narrow(dim, 0, n) + s2.narrow(dim, 4, n)
+    out += x.narrow(dim, 6, n)
+    return out
+
+
+def _window_sums(q: torch.Tensor) -> torch.Tensor:
+    """Valid 7x7 window sums of `[C, h, W]` -> `[C, h-6, W-6]`."""
+    return _box7(_box7(q, 2), 1)
+
+
+def _ssim_map_sum(x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per-channel sum of the valid SSIM map of int32 planar strips `[C, h, W]` (h >= 7)."""
+    sx = _window_sums(x)
+    sy = _window_sums(y)
+    q = x * x
+    q += y * y
+    sq = _window_sums(q)
+    q = x * y
+    sxy = _window_sums(q)
+    p = sx * sy  # Sx*Sy
+    b1 = sx.mul_(sx)
+    b1 += sy.mul_(sy)  # Sx^2 + Sy^2
+    num = (2 * p).to(dtype).add_(_C1S)
+    sxy.mul_(_NP).sub_(p).mul_(2)  # 2 (49 Sxy - Sx Sy)
+    num.mul_(sxy.to(dtype).add_(_C2S))
+    sq.mul_(_NP).sub_(b1)  # 49 Sq - Sx^2 - Sy^2
+    den = b1.to(dtype).add_(_C1S)
+    den.mul_(sq.to(dtype).add_(_C2S))
+    return num.div_(den).sum(dim=(1, 2), dtype=torch.float64)
+
+
+def strip_rows_for_width(width: int, device: torch.device | str = "cpu") -> int:
+    """Rows per strip: ~80k pixels per channel keeps CPU temporaries in cache; GPUs take whole frames."""
+    if torch.device(device).type != "cpu":
+        return 1 << 30
+    return max(16, 81920 // max(width, 1))
+
+
+def check_frame_size(height: int, width: int) -> None:
+    if height < SSIM_WIN or width < SSIM_WIN:
+        raise FrameTooSmallError(
+            f"frames are {width}x{height} pixels, smaller than the 7x7 SSIM window "
+            "(scikit-image's default, which TokenBench uses); SSIM is undefined for them"
+        )
+
+
+@dataclass
+class FrameScores:
+    """Per-frame SSIM and per-frame sums of squared errors of one chunk."""
+
+    ssim: np.ndarray  # float64 [n]
+    sse: np.ndarray  # int64 [n]
+
+
+def score_frames(
+    a: np.ndarray | torch.Tensor,
+    b: np.ndarray | torch.Tensor,
+    device: torch.device | str = "cpu",
+    float_dtype: torch.dtype = torch.float64,
+) -> FrameScores:
+    """SSIM (skimage defaults) and exact squared-error sums for each frame pair of uint8 `[n, H, W, 3]`.
+
+    `float_dtype` is only used for the final ratio of exact integers; float64 (default) and float32 both
+    agree with skimage to ~1e-7.
+    """
+    a = torch.as_tensor(a)
+    b = torch.as_tensor(b)
+    if a.dtype != torch.uint8 or b.dtype != torch.uint8:
+        raise TypeError(f"frames must be uint8, got {a.dtype} and {b.dtype}")
+    if a.ndim == 3:
+        a, b = a[None], b[None]
+    if a.shape != b.shape:
+        raise ValueError(f"frame shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    n, height, width, channels = a.shape
+    check_frame_size(height, width)
+    device = torch.device(device)
+    rows = strip_rows_for_width(width, device)
+    valid = (height - 6) * (width - 6)
+    ssim = np.empty(n, dtype=np.float64)
+    sse = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        fa = a[i].to(device, non_blocking=True)
+        fb = b[i].to(device, non_blocking=True)
+        per_channel = torch.zeros(channels, dtype=torch.float64, device=device)
+        err = torch.zeros((), dtype=torch.int64, device=device)
+        for r in range(0, height - 6, rows):
+            stop = min(r + rows + 6, height)
+            # Strips overlap by 6 rows for the window; squared errors count each row once.
+            x = fa[r:stop].permute(2, 0, 1).to(torch.int32)
+            y = fb[r:stop].permute(2, 0, 1).to(torch.int32)
+            own = stop - r if stop == height else rows
+            d = x[:, :own] - y[:, :own]
+            err += d.mul_(d).sum(dtype=torch.int64)
+            per_channel += _ssim_map_sum(x, y, float_dtype)
+        ssim[i] = (per_channel / valid).mean().item()
+        sse[i] = int(err.item())
+    return FrameScores(ssim=ssim, sse=sse)
+
+
+@dataclass
+class PairAccumulator:
+    """Streams chunks of a video pair and yields TokenBench PSNR and SSIM at the end."""
+
+    device: str = "cpu"
+    frames: int = 0
+    values_per_frame: int = 0
+    sse: int = 0
+    ssim_sum: float = 0.0
+    ssim_frames: list[float] = field(default_factory=list)
+
+    def update(self, a: np.ndarray, b: np.ndarray) -> None:
+        scores = score_frames(a, b, device=self.device)
+        self.frames += len(scores.ssim)
+        self.values_per_frame = int(np.prod(a.shape[1:]))
+        self.sse += int(scores.sse.sum())
+        self.ssim_frames.extend(float(v) for v in scores.ssim)
+
+    @property
+    def psnr(self) -> float:
+        return psnr_from_sse(self.sse, self.frames * self.values_per_frame)
+
+    @property
+    def ssim(self) -> float:
+        if not self.ssim_frames:
+            raise ValueError("SSIM needs at least one frame")
+        return float(np.mean(self.ssim_frames))

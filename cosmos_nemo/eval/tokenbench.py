@@ -1,0 +1,300 @@
+"""TokenBench evaluation of a folder of generated videos against a folder of reference videos.
+
+`run_tokenbench(config)` pairs the files, scores each pair while streaming its frames (see `metrics.py`,
+`lpips.py`, `fvd.py` for the exact definitions), and writes into the generated folder:
+
+* `psnr.json`, `ssim.json` (and `lpips.json`): the NeMo reference script's files, a JSON list of
+  `[name, value]`;
+* `tokenbench.json`: per-video values of every metric, means, a per-subset breakdown by filename prefix,
+  every skipped file or pair with its reason, metrics refused and why, and the settings used.
+
+Every output is written under a temporary name and renamed when complete; a NaN or infinity never reaches
+a file (a pair whose value is not finite is reported and excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cosmos_nemo.eval.fvd import FVD_MAX_FRAMES, FVDAccumulator, i3d_features, i3d_preprocess, load_i3d
+from cosmos_nemo.eval.lpips import load_lpips, lpips_per_frame
+from cosmos_nemo.eval.metrics import FrameTooSmallError, PairAccumulator, check_frame_size
+from cosmos_nemo.eval.sources import Preprocess, pair_videos, prefetch, subset_of, video_chunks
+from cosmos_nemo.io.video import VideoDecodeError
+
+METRICS = ("psnr", "ssim", "lpips", "fvd")
+
+
+@dataclass
+class TokenBenchConfig:
+    gtpath: Path
+    targetpath: Path
+    recursive: bool = False
+    ext: str = "mp4"
+    width: int | None = None
+    num_frames: int | None = None
+    reencode: bool = False
+    metrics: tuple[str, ...] = ("psnr", "ssim")
+    lpips_weights: list[Path] = field(default_factory=list)
+    fvd_weights: Path | None = None
+    workers: int = 2
+    chunk_size: int = 16
+    device: str = "cpu"
+    lpips_batch: int = 4
+    progress: bool = True
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(width=self.width, num_frames=self.num_frames, reencode=self.reencode)
+
+
+class PairError(Exception):
+    """A pair that cannot be scored; it is reported and excluded."""
+
+
+class NoResultsError(RuntimeError):
+    """Nothing could be scored."""
+
+
+@dataclass
+class PairResult:
+    name: str
+    frames: int
+    height: int
+    width: int
+    values: dict[str, float]
+    fvd_features: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass
+class _Models:
+    lpips: object | None = None
+    i3d: object | None = None
+
+
+def _lockstep(ref_chunks, gen_chunks):
+    """Yield aligned (reference, generated) frame chunks; raise PairError on size or length mismatch."""
+    ref_it, gen_it = iter(ref_chunks), iter(gen_chunks)
+    ref_buf = gen_buf = None
+    n_ref = n_gen = 0
+    while True:
+        if ref_buf is None or len(ref_buf) == 0:
+            ref_buf = next(ref_it, None)
+            n_ref += 0 if ref_buf is None else len(ref_buf)
+        if gen_buf is None or len(gen_buf) == 0:
+            gen_buf = next(gen_it, None)
+            n_gen += 0 if gen_buf is None else len(gen_buf)
+        if ref_buf is None and gen_buf is None:
+            return
+        if ref_buf is None or gen_buf is None:
+            # One side ended first: count the rest of the other so the report gives both lengths.
+            n_ref += sum(len(c) for c in ref_it) if ref_buf is not None else 0
+            n_gen += sum(len(c) for c in gen_it) if gen_buf is not None else 0
+            raise PairError(f"frame counts differ: reference {n_ref} frames, generated {n_gen} frames")
+        if ref_buf.shape[1:] != gen_buf.shape[1:]:
+            (h0, w0), (h1, w1) = ref_buf.shape[1:3], gen_buf.shape[1:3]
+            raise PairError(f"frame sizes differ: reference {w0}x{h0}, generated {w1}x{h1}")
+        n = min(len(ref_buf), len(gen_buf))
+        yield ref_buf[:n], gen_buf[:n]
+        ref_buf, gen_buf = ref_buf[n:], gen_buf[n:]
+
+
+def evaluate_pair(name: str, ref: Path, gen: Path, cfg: TokenBenchConfig, models: _Models, workdir: Path | None) -> PairResult:
+    """Score one pair, streaming both files chunk by chunk."""
+    pre = cfg.preprocess
+    acc = PairAccumulator(device=cfg.device)
+    lpips_sum, fvd_ref, fvd_gen = 0.0, [], []
+    fvd_frames = 0
+    shape = None
+    ref_src = prefetch(video_chunks(ref, pre, cfg.chunk_size, workdir))
+    gen_src = prefetch(video_chunks(gen, pre, cfg.chunk_size, workdir))
+    try:
+        for a, b in _lockstep(ref_src, gen_src):
+            if shape is None:
+                shape = a.shape[1:3]
+                if "ssim" in cfg.metrics:
+                    check_frame_size(*shape)
+            if "psnr" in cfg.metrics or "ssim" in cfg.metrics:
+                acc.update(a, b)
+            else:
+                acc.frames += len(a)
+            if models.lpips is not None:
+                lpips_sum += float(lpips_per_frame(models.lpips, a, b, cfg.lpips_batch).sum())
+            if models.i3d is not None and fvd_frames < FVD_MAX_FRAMES:
+                take = min(len(a), FVD_MAX_FRAMES - fvd_frames)
+                fvd_ref.append(i3d_preprocess(torch.from_numpy(a[:take]), cfg.device))
+                fvd_gen.append(i3d_preprocess(torch.from_numpy(b[:take]), cfg.device))
+                fvd_frames += take
+    finally:
+        ref_src.close()
+        gen_src.close()
+    if shape is None:
+        raise PairError("no frames to compare")
+    values: dict[str, float] = {}
+    if "psnr" in cfg.metrics:
+        values["psnr"] = acc.psnr
+    if "ssim" in cfg.metrics:
+        values["ssim"] = acc.ssim
+    if models.lpips is not None:
+        values["lpips"] = lpips_sum / acc.frames
+    feats = None
+    if models.i3d is not None:
+        feats = (i3d_features(models.i3d, torch.cat(fvd_ref, dim=1)), i3d_features(models.i3d, torch.cat(fvd_gen, dim=1)))
+        if not all(torch.isfinite(f).all() for f in feats):
+            raise PairError("the I3D features are not finite")
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise PairError(f"non-finite {', '.join(bad)}")
+    return PairResult(name, acc.frames, int(shape[0]), int(shape[1]), values, feats)
+
+
+def _load_models(cfg: TokenBenchConfig) -> _Models:
+    models = _Models()
+    if "lpips" in cfg.metrics:
+        models.lpips = load_lpips(cfg.lpips_weights, cfg.device)
+    if "fvd" in cfg.metrics:
+        models.i3d = load_i3d(cfg.fvd_weights, cfg.device)
+    return models
+
+
+def check_metric_weights(cfg: TokenBenchConfig) -> dict[str, str]:
+    """Metrics that cannot run, with the reason (the file to provide)."""
+    from cosmos_nemo.eval.fvd import I3D_FILE
+    from cosmos_nemo.eval.lpips import HELP_WEIGHTS
+
+    refused = {}
+    if "lpips" in cfg.metrics and not cfg.lpips_weights:
+        refused["lpips"] = f"no --lpips-weights given; provide {HELP_WEIGHTS}"
+    if "fvd" in cfg.metrics and cfg.fvd_weights is None:
+        refused["fvd"] = f"no --fvd-weights given; provide the StyleGAN-V I3D TorchScript file {I3D_FILE}"
+    return refused
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # allow_nan=False: a NaN reaching a report is a bug, and must fail loudly rather than be written.
+    tmp.write_text(json.dumps(obj, indent=None if isinstance(obj, list) else 2, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def run_tokenbench(cfg: TokenBenchConfig) -> dict:
+    """Evaluate, write the outputs into `cfg.targetpath`, and return the `tokenbench.json` content."""
+    unknown = [m for m in cfg.metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(METRICS)}")
+    refused = check_metric_weights(cfg)
+    if refused:
+        raise ValueError("; ".join(f"{k}: {v}" for k, v in refused.items()))
+    pairing = pair_videos(cfg.gtpath, cfg.targetpath, cfg.ext, cfg.recursive)
+    skipped = [{"name": n, "reason": "only in the reference folder (--gtpath)"} for n in pairing.only_reference]
+    skipped += [{"name": n, "reason": "only in the generated folder (--targetpath)"} for n in pairing.only_generated]
+    if not pairing.pairs:
+        raise NoResultsError(
+            f"no pairs: no *.{cfg.ext} file has the same relative path under {cfg.gtpath} and {cfg.targetpath}"
+            + ("" if cfg.recursive else " (top level only; add --recursive for subfolders)")
+        )
+    models = _load_models(cfg)
+    results: dict[str, PairResult] = {}
+    with tempfile.TemporaryDirectory(prefix="tokenbench_") as tmp:
+        workdir = Path(tmp)
+        with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
+            futures = {pool.submit(evaluate_pair, n, r, g, cfg, models, workdir): n for n, r, g in pairing.pairs}
+            done = as_completed(futures)
+            if cfg.progress:
+                from tqdm import tqdm
+
+                done = tqdm(done, total=len(futures), desc="tokenbench pairs", unit="pair")
+            for fut in done:
+                name = futures[fut]
+                try:
+                    results[name] = fut.result()
+                except (PairError, VideoDecodeError, FrameTooSmallError) as e:
+                    skipped.append({"name": name, "reason": str(e)})
+    if not results:
+        reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped[:5])
+        raise NoResultsError(f"no pair could be scored ({reasons})")
+    report = _build_report(cfg, [results[n] for n in sorted(results)], skipped)
+    _write_outputs(cfg.targetpath, report)
+    return report
+
+
+def _build_report(cfg: TokenBenchConfig, results: list[PairResult], skipped: list[dict]) -> dict:
+    metric_names = [m for m in cfg.metrics if m != "fvd"]
+    means = {m: _mean([r.values[m] for r in results]) for m in metric_names}
+    notes = {}
+    if "fvd" in cfg.metrics:
+        fvd = FVDAccumulator()
+        for r in results:
+            fvd.add_pair(*r.fvd_features)
+        if fvd.real.count >= 2:
+            value = fvd.compute()
+            if math.isfinite(value):
+                means["fvd"] = value
+            else:
+                notes["fvd"] = "the Fréchet distance is not finite"
+        else:
+            notes["fvd"] = f"FVD needs at least 2 scored pairs, got {fvd.real.count}"
+    subsets: dict[str, dict] = {}
+    for prefix in sorted({subset_of(r.name) for r in results}):
+        members = [r for r in results if subset_of(r.name) == prefix]
+        subsets[prefix] = {"count": len(members), **{m: _mean([r.values[m] for r in members]) for m in metric_names}}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "progress"}
+    settings["lpips_weights"] = [str(p) for p in cfg.lpips_weights]
+    settings["fvd_weights"] = str(cfg.fvd_weights) if cfg.fvd_weights else None
+    settings["metrics"] = list(cfg.metrics)
+    settings["frames"] = (
+        "as decoded" if not cfg.preprocess.active else
+        "reference token_bench.py preprocessing" + (" with mp4 re-encode" if cfg.reencode else " without re-encode")
+    )
+    return {
+        "videos": [{"name": r.name, "frames": r.frames, "height": r.height, "width": r.width, **r.values} for r in results],
+        "means": means,
+        "subsets": subsets,
+        "skipped": sorted(skipped, key=lambda s: s["name"]),
+        "notes": notes,
+        "settings": settings,
+    }
+
+
+def _write_outputs(target: Path, report: dict) -> None:
+    for metric in ("psnr", "ssim", "lpips"):
+        if metric in report["means"]:
+            _atomic_write_json(target / f"{metric}.json", [[v["name"], v[metric]] for v in report["videos"]])
+    _atomic_write_json(target / "tokenbench.json", report)
+
+
+def format_table(report: dict) -> str:
+    """The printed summary: one row per subset and an overall row."""
+    metrics = [m for m in ("psnr", "ssim", "lpips") if m in report["means"]]
+    head = f"{'subset':<16}{'videos':>7}" + "".join(f"{m.upper():>10}" for m in metrics)
+    lines = [head, "-" * len(head)]
+
+    def row(label, count, vals):
+        cells = "".join(f"{vals[m]:>10.4f}" if m != "psnr" else f"{vals[m]:>10.3f}" for m in metrics)
+        return f"{label:<16}{count:>7}" + cells
+
+    for prefix, sub in report["subsets"].items():
+        lines.append(row(prefix, sub["count"], sub))
+    lines.append("-" * len(head))
+    lines.append(row("all", len(report["videos"]), report["means"]))
+    if "fvd" in report["means"]:
+        lines.append(f"FVD (I3D, {len(report['videos'])} pairs): {report['means']['fvd']:.3f}")
+    for metric, note in report["notes"].items():
+        lines.append(f"{metric.upper()}: not computed, {note}")
+    if report["skipped"]:
+        lines.append(f"skipped {len(report['skipped'])}:")
+        lines += [f"  {s['name']}: {s['reason']}" for s in report["skipped"]]
+    return "\n".join(lines)
