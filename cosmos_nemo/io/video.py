@@ -1,21 +1,31 @@
 """Video decoding and encoding with PyAV.
 
 Frames come out exactly as the decoder produces them (uint8 RGB, `[n, H, W, 3]`), with the container's
-rotation metadata applied so they are upright. Windows are taken by *frame index*: for variable-frame-rate
-(VFR) files the i-th decoded frame is frame i, whatever its timestamp, which is also how the ffmpeg CLI's
-`-f rawvideo` pipe numbers them.
+display matrix applied the way the ffmpeg CLI's autorotate applies it (rotations by multiples of 90° and
+mirror flips), so they are upright.
 
-A decoder that yields zero frames is an error (`VideoDecodeError`), never an empty array: mediapy with
-FFmpeg 9 silently returned empty arrays and turned metrics into NaN. A decode error in the middle of a file
-is also an error: the frames before it are not passed off as the whole video.
+Windows are taken by *frame index*: for variable-frame-rate (VFR) files the i-th decoded frame is frame
+i, whatever its timestamp. This is what the ffmpeg CLI's `-f rawvideo` pipe gives with `-fps_mode
+passthrough`; no frame is duplicated or dropped to reach a constant rate. The `fps` we report for such a
+file is the container's average rate, which is only an average.
+
+Errors are never silent (`VideoDecodeError`, with the reason):
+- a decoder that yields zero frames is an error, never an empty array (mediapy with FFmpeg 9 silently
+  returned empty arrays and turned metrics into NaN);
+- a decode error in the middle of a file, a frame the decoder marks as corrupt (concealed damage), fewer
+  frames than the container's index lists, or a last frame that ends well before the container's
+  duration (a truncated webm/mkv) are errors: the frames before the damage are not passed off as the
+  whole video.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import numpy as np
@@ -30,13 +40,89 @@ class VideoDecodeError(RuntimeError):
 @dataclass(frozen=True)
 class VideoInfo:
     path: str
-    width: int  # after rotation
-    height: int  # after rotation
-    fps: float  # average frame rate reported by the container (0.0 when unknown)
-    num_frames: int  # as reported by the container; 0 when unknown (count by decoding if needed)
-    rotation: int  # degrees the frames are rotated by to make them upright
+    width: int  # after the display transform (rotation)
+    height: int  # after the display transform (rotation)
+    fps: float  # average frame rate reported by the container (0.0 when unknown); an average for VFR
+    num_frames: int  # as listed by the container's index; 0 when unknown (`count_frames` decodes to count)
+    rotation: int  # clockwise degrees (0, 90, 180, 270) the stored frames are turned by to be upright
+    flipped: bool  # the display transform also mirrors the frames
     codec: str
     pix_fmt: str
+    duration: float  # seconds as reported by the container; 0.0 when unknown
+
+
+# ------------------------------------------------------------------------------------------------------
+# Display matrix (rotation / flips)
+
+
+def _display_matrix(frame) -> np.ndarray | None:
+    """The frame's 3x3 int32 DISPLAYMATRIX side data (FFmpeg layout), or None when absent."""
+    try:
+        entries = list(frame.side_data)
+    except Exception:  # pragma: no cover - very old PyAV
+        return None
+    for sd in entries:
+        if str(getattr(sd.type, "name", sd.type)).upper().endswith("DISPLAYMATRIX"):
+            raw = bytes(sd)
+            if len(raw) >= 36:
+                return np.frombuffer(raw[:36], dtype="<i4").reshape(3, 3)
+    return None
+
+
+# Each transform maps a stored HxWx3 array to the displayed one.
+_IDENTITY: Callable[[np.ndarray], np.ndarray] = lambda a: a
+_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": _IDENTITY,
+    "clock": lambda a: np.rot90(a, k=-1),  # rotate 90° clockwise
+    "cclock": lambda a: np.rot90(a, k=1),  # rotate 90° counter-clockwise
+    "clock_flip": lambda a: np.rot90(a, k=-1)[::-1],  # clockwise then vertical flip
+    "cclock_flip": lambda a: np.rot90(a, k=1)[::-1],  # counter-clockwise then vertical flip (= transpose)
+    "hflip": lambda a: a[:, ::-1],
+    "vflip": lambda a: a[::-1],
+    "rot180": lambda a: a[::-1, ::-1],
+}
+
+
+def display_transform(matrix: np.ndarray | None) -> tuple[str, int, bool]:
+    """`(transform name, clockwise rotation degrees, mirrored)` for a display matrix.
+
+    Follows the ffmpeg CLI's autorotate (fftools): theta = the matrix's clockwise rotation, then
+    90 → transpose `clock` (or `cclock_flip` when m[3] > 0), 270 → `cclock` (or `clock_flip` when m[3] < 0),
+    180 → `hflip` if m[0] < 0 and `vflip` if m[4] < 0, 0 → `vflip` if m[4] < 0. Angles that are not a
+    multiple of 90° are refused (the CLI would resample the picture with a rotate filter).
+    """
+    if matrix is None:
+        return "none", 0, False
+    m = matrix.reshape(-1).astype(np.float64)
+    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale0 == 0 or scale1 == 0:
+        return "none", 0, False
+    # av_display_rotation_get returns -atan2(m1/s1, m0/s0) (counter-clockwise); the CLI negates it.
+    theta = math.degrees(math.atan2(m[1] / scale1, m[0] / scale0))
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return ("cclock_flip", 90, True) if m[3] > 0 else ("clock", 90, False)
+    if abs(theta - 270) < 1:
+        return ("clock_flip", 270, True) if m[3] < 0 else ("cclock", 270, False)
+    if abs(theta - 180) < 1:
+        h, v = m[0] < 0, m[4] < 0
+        if h and v:
+            return "rot180", 180, False
+        if h:
+            return "hflip", 0, True
+        if v:
+            return "vflip", 0, True
+        return "none", 0, False
+    if abs(theta) < 1 or abs(theta - 360) < 1:
+        return ("vflip", 0, True) if m[4] < 0 else ("none", 0, False)
+    raise VideoDecodeError(
+        f"display matrix rotates by {theta:.1f}°, not a multiple of 90°; re-encode the file upright "
+        f"(e.g. `ffmpeg -i in -c:v libx264 out.mp4`, which applies the rotation)"
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Decoding
 
 
 def _open(path: str | os.PathLike):
@@ -47,7 +133,7 @@ def _open(path: str | os.PathLike):
         raise VideoDecodeError(f"{p}: zero-byte file")
     try:
         container = av.open(str(p), mode="r")
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
         raise VideoDecodeError(f"{p}: not a readable media file ({e})") from e
     if not container.streams.video:
         container.close()
@@ -55,15 +141,8 @@ def _open(path: str | os.PathLike):
     return container
 
 
-def _rotation_of(stream, first_frame=None) -> int:
-    rot = 0
-    if first_frame is not None:
-        rot = int(round(getattr(first_frame, "rotation", 0) or 0))
-    return rot % 360
-
-
 def probe(path: str | os.PathLike) -> VideoInfo:
-    """Read a file's video metadata, decoding one frame to learn its rotation and check it decodes."""
+    """A file's video metadata, decoding its first frame to learn the display transform and check it decodes."""
     container = _open(path)
     try:
         stream = container.streams.video[0]
@@ -71,11 +150,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         try:
             for first in container.decode(stream):
                 break
-        except av.error.FFmpegError as e:
+        except (av.error.FFmpegError, ValueError) as e:
             raise VideoDecodeError(f"{path}: cannot decode the first frame ({e})") from e
         if first is None:
             raise VideoDecodeError(f"{path}: the decoder produced zero frames")
-        rot = _rotation_of(stream, first)
+        _, rot, flipped = display_transform(_display_matrix(first))
         w, h = first.width, first.height
         if rot in (90, 270):
             w, h = h, w
@@ -87,19 +166,29 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             fps=fps,
             num_frames=int(stream.frames or 0),
             rotation=rot,
+            flipped=flipped,
             codec=stream.codec_context.name,
             pix_fmt=str(stream.codec_context.pix_fmt),
+            duration=_declared_duration(container, stream) or 0.0,
         )
     finally:
         container.close()
 
 
-def _to_rgb(frame, rotation: int) -> np.ndarray:
-    arr = frame.to_ndarray(format="rgb24")
-    if rotation:
-        # FFmpeg's display rotation is counter-clockwise; np.rot90 with k>0 also rotates counter-clockwise.
-        arr = np.ascontiguousarray(np.rot90(arr, k=rotation // 90))
-    return arr
+def _declared_duration(container, stream) -> float | None:
+    """The video's duration in seconds from the stream, or from the container when video is its only stream."""
+    if stream.duration is not None and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and len(container.streams) == 1:
+        return container.duration / 1_000_000
+    return None
+
+
+def _frame_end(frame) -> float | None:
+    if frame.pts is None or frame.time_base is None:
+        return None
+    duration = frame.duration or 0
+    return float((frame.pts + duration) * frame.time_base)
 
 
 def iter_frames(
@@ -107,50 +196,80 @@ def iter_frames(
     chunk_size: int = 32,
     start: int = 0,
     stop: int | None = None,
-    threads: bool = True,
+    threads: int = 0,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    check_complete: bool = True,
 ) -> Iterator[np.ndarray]:
     """Yield uint8 RGB frames `[n<=chunk_size, H, W, 3]` for frame indices `start <= i < stop`.
 
-    Raises `VideoDecodeError` if the file cannot be opened, if decoding fails part-way, or if no frame
-    at all was decoded.
+    `threads`: decoder threads (0 = FFmpeg's automatic choice, 1 = single-threaded). `transform` is applied
+    to each upright frame before it is buffered (e.g. a resize), which keeps memory proportional to the
+    output size. Raises `VideoDecodeError` if the file cannot be opened, if decoding fails or is damaged
+    part-way, or if no frame at all was decoded. With `stop=None` and `check_complete`, the whole file is
+    checked against the container's frame count and duration (see the module docstring).
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        if threads:
-            stream.thread_type = "AUTO"
+        stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+        stream.thread_count = max(0, int(threads))
         buf: list[np.ndarray] = []
         index = -1
-        rotation = None
+        display = None
+        first_time = None
+        last_end = None
         try:
             for frame in container.decode(stream):
                 index += 1
-                if rotation is None:
-                    rotation = _rotation_of(stream, frame)
+                if display is None:
+                    display = _TRANSFORMS[display_transform(_display_matrix(frame))[0]]
+                    first_time = None if frame.pts is None else float(frame.pts * frame.time_base)
+                if frame.is_corrupt:
+                    raise VideoDecodeError(f"{path}: frame {index} is marked corrupt by the decoder (damaged data)")
+                last_end = _frame_end(frame)
                 if index < start:
                     continue
                 if stop is not None and index >= stop:
                     break
-                buf.append(_to_rgb(frame, rotation))
+                rgb = np.ascontiguousarray(display(frame.to_ndarray(format="rgb24")))
+                buf.append(transform(rgb) if transform is not None else rgb)
                 if len(buf) == chunk_size:
                     yield np.stack(buf)
                     buf = []
-        except av.error.FFmpegError as e:
+        except (av.error.FFmpegError, ValueError) as e:
             raise VideoDecodeError(f"{path}: decoding failed after {index + 1} frames ({e})") from e
         if index < 0:
             raise VideoDecodeError(f"{path}: the decoder produced zero frames")
+        if stop is None and check_complete:
+            _check_complete(path, container, stream, index + 1, first_time, last_end)
         if buf:
             yield np.stack(buf)
     finally:
         container.close()
 
 
-def read_frames(path: str | os.PathLike, start: int = 0, num_frames: int | None = None) -> np.ndarray:
+def _check_complete(path, container, stream, decoded: int, first_time, last_end) -> None:
+    listed = int(stream.frames or 0)
+    if listed and decoded < listed:
+        raise VideoDecodeError(
+            f"{path}: truncated or damaged: decoded {decoded} frames but the container lists {listed}"
+        )
+    declared = _declared_duration(container, stream)
+    if declared and last_end is not None and first_time is not None and decoded > 1:
+        covered = last_end - first_time
+        period = covered / decoded
+        if declared - covered > max(3 * period, 0.05 * declared):
+            raise VideoDecodeError(
+                f"{path}: truncated: the decoded frames cover {covered:.2f}s of the declared {declared:.2f}s"
+            )
+
+
+def read_frames(path: str | os.PathLike, start: int = 0, num_frames: int | None = None, threads: int = 0) -> np.ndarray:
     """All frames `[start, start+num_frames)` as one uint8 array `[n, H, W, 3]`."""
     stop = None if num_frames is None else start + num_frames
-    chunks = list(iter_frames(path, chunk_size=64, start=start, stop=stop))
+    chunks = list(iter_frames(path, chunk_size=64, start=start, stop=stop, threads=threads))
     if not chunks:
         raise VideoDecodeError(f"{path}: no frames in range start={start}, num_frames={num_frames}")
     return np.concatenate(chunks)
@@ -158,7 +277,25 @@ def read_frames(path: str | os.PathLike, start: int = 0, num_frames: int | None 
 
 def count_frames(path: str | os.PathLike) -> int:
     """Count decodable frames exactly by decoding (container counts can be missing or wrong)."""
-    return sum(len(c) for c in iter_frames(path, chunk_size=256))
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        n = 0
+        try:
+            for _ in container.decode(stream):
+                n += 1
+        except (av.error.FFmpegError, ValueError) as e:
+            raise VideoDecodeError(f"{path}: decoding failed after {n} frames ({e})") from e
+        if n == 0:
+            raise VideoDecodeError(f"{path}: the decoder produced zero frames")
+        return n
+    finally:
+        container.close()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Encoding
 
 
 def write_mp4(
@@ -168,18 +305,22 @@ def write_mp4(
     crf: int = 18,
     codec: str = "libx264",
     pix_fmt: str | None = None,
+    deterministic: bool = False,
+    faststart: bool = True,
 ) -> Path:
     """Write uint8 RGB frames `[T, H, W, 3]` (or an iterator of such chunks) as an H.264 mp4.
 
     The file is written to a temporary name beside `path` and renamed when complete, so a crash never
     leaves a half-written video under the final name. Odd frame sizes use yuv444p (yuv420p needs even
-    sizes) unless `pix_fmt` is given.
+    sizes) unless `pix_fmt` is given. `deterministic` makes the bytes depend only on the frames and
+    settings: x264 single-threaded and without its SIMD code (see the comment below; slower, meant for
+    small generated sets). `faststart` puts the index at the front so players can start before the download ends.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.mp4")
     chunks = [frames] if isinstance(frames, np.ndarray) else frames
-    container = av.open(str(tmp), mode="w")
+    container = av.open(str(tmp), mode="w", options={"movflags": "+faststart"} if faststart else {})
     stream = None
     written = 0
     try:
@@ -194,9 +335,22 @@ def write_mp4(
                 stream = container.add_stream(codec, rate=_fps_fraction(fps))
                 stream.width, stream.height = w, h
                 stream.pix_fmt = pix_fmt or ("yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p")
-                stream.options = {"crf": str(crf)}
+                options = {"crf": str(crf)} if codec in ("libx264", "libx265") else {}
+                if deterministic:
+                    stream.thread_count = 1
+                    if codec == "libx264":
+                        # x264's SIMD routines make the bytes vary between identical runs (measured: 59 of
+                        # 150 encodes of one clip differed with asm on, 0 of 150 with asm off), presumably
+                        # by reading the uninitialised row padding of the input frames. The C paths only
+                        # read the picture, so the output depends on the frames alone.
+                        options["threads"] = "1"
+                        options["x264-params"] = "asm=0"
+                stream.options = options
+            elif chunk.shape[1:3] != (stream.height, stream.width):
+                raise ValueError(f"frame size changed mid-video: {chunk.shape[1:3]} vs {(stream.height, stream.width)}")
             for f in chunk:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+                for packet in stream.encode(frame):
                     container.mux(packet)
                 written += 1
         if stream is None or written == 0:
@@ -215,16 +369,18 @@ def write_mp4(
     return path
 
 
-def _fps_fraction(fps: float):
-    from fractions import Fraction
-
+def _fps_fraction(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
 def list_videos(root: str | os.PathLike, recursive: bool = False, extensions=VIDEO_EXTENSIONS) -> list[Path]:
-    """Video files under `root` (by extension), sorted by their path relative to `root`."""
+    """Video files under `root` (by extension), sorted by their path relative to `root` (POSIX form)."""
     root = Path(root)
     pattern = "**/*" if recursive else "*"
     exts = tuple(e.lower() for e in extensions)
-    files = [p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in exts]
+    files = [
+        p
+        for p in root.glob(pattern)
+        if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")
+    ]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
