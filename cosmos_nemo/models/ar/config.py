@@ -1,0 +1,187 @@
+"""Typed configs of the Cosmos AR models, and the named ones (`ar_config("4b")`).
+
+Sizes follow the reference table (ar_models.md §1.1): GQA 32/8 heads of 128, SwiGLU 14336, RMSNorm 1e-5,
+QK-RMSNorm, theta 5e5, untied 64,000-row output; 12B/13B add YaRN; Video2World (5B/13B) adds
+cross-attention to 1024-d T5 embeddings, the sin/cos absolute PE before every layer and a BOV token
+(embedding rounded up to 64,064 rows, output 64,000).
+
+Parallel sizes are not part of this config: they come from megatron's parallel state at build time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from cosmos_nemo.models.common.rope import YarnConfig
+from cosmos_nemo.tokenizers.grid import (
+    BOV_TOKEN_ID,
+    PAD_TOKEN_ID,
+    V2W_PAD_TO_MULTIPLE_OF,
+    LatentGrid,
+    base_layout,
+    v2w_layout,
+)
+
+FSQ_VOCAB = 64_000
+
+
+@dataclass
+class ARModelConfig:
+    """One Cosmos AR architecture. `vocab_size` is the embedding row count; `output_vocab_size` the
+    output-layer row count (None: the same)."""
+
+    name: str = "custom"
+    num_layers: int = 16
+    hidden_size: int = 4096
+    num_attention_heads: int = 32
+    num_query_groups: int = 8
+    kv_channels: int = 128
+    ffn_hidden_size: int = 14336
+    vocab_size: int = FSQ_VOCAB
+    output_vocab_size: Optional[int] = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 500_000.0
+    yarn: Optional[YarnConfig] = None
+    # Largest latent grid the model is used with (sizes KV caches and `seq_length`); any smaller or
+    # differently shaped grid works at run time.
+    max_grid: tuple[int, int, int] = (5, 40, 64)
+    # Video2World: cross-attention to text embeddings, abs-PE before every layer, BOV/PAD layout.
+    video2world: bool = False
+    context_dim: int = 1024
+    context_length: int = 512
+    abs_pos_emb_dtype: str = "bfloat16"  # the reference's table rounding
+    pad_to_multiple_of: int = V2W_PAD_TO_MULTIPLE_OF
+    bov_token_id: int = BOV_TOKEN_ID
+    pad_token_id: int = PAD_TOKEN_ID
+    # Training-time knobs (the released models use no dropout).
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+    recompute_granularity: Optional[str] = None  # None | "full" | "selective"
+    use_te: Optional[bool] = None  # None: Transformer Engine when TE and CUDA are present
+    extra_transformer_config: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.output_vocab_size is None:
+            self.output_vocab_size = self.vocab_size
+        self.max_grid = LatentGrid.of(self.max_grid).as_tuple()
+        if self.num_attention_heads % self.num_query_groups:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} must be a multiple of num_query_groups "
+                f"{self.num_query_groups}"
+            )
+        if self.output_vocab_size > self.vocab_size:
+            raise ValueError(f"output_vocab_size {self.output_vocab_size} > embedding rows {self.vocab_size}")
+        if self.video2world and self.vocab_size <= self.bov_token_id:
+            raise ValueError(
+                f"a Video2World model embeds the BOV token {self.bov_token_id}: vocab_size must exceed it, "
+                f"got {self.vocab_size}"
+            )
+        if self.abs_pos_emb_dtype not in ("bfloat16", "float32", "float64"):
+            raise ValueError(f"abs_pos_emb_dtype must be bfloat16/float32/float64, got {self.abs_pos_emb_dtype}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels
+
+    @property
+    def seq_length(self) -> int:
+        """Model input length for the largest grid (12,800 base / 12,864 V2W at 5x40x64)."""
+        layout = v2w_layout(self.max_grid, self.pad_to_multiple_of) if self.video2world else base_layout(self.max_grid)
+        return layout.input_length
+
+    def layout(self, grid):
+        """The sequence layout of a clip on `grid` for this model (base or V2W)."""
+        return v2w_layout(grid, self.pad_to_multiple_of) if self.video2world else base_layout(grid)
+
+    def replace(self, **changes) -> "ARModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def transformer_config(self, dtype: torch.dtype = torch.float32, **overrides):
+        """megatron TransformerConfig, with TP/PP sizes from megatron's parallel state."""
+        from megatron.core import parallel_state
+        from megatron.core.transformer.transformer_config import TransformerConfig
+
+        tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
+        pp = parallel_state.get_pipeline_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
+        for name, value in (("num_attention_heads", self.num_attention_heads), ("num_query_groups", self.num_query_groups)):
+            if value % tp:
+                raise ValueError(f"tensor parallel size {tp} must divide {name} = {value}")
+        if self.num_layers % pp:
+            raise ValueError(f"pipeline parallel size {pp} must divide num_layers = {self.num_layers}")
+        on_gpu = torch.cuda.is_available()
+        kwargs = dict(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            num_attention_heads=self.num_attention_heads,
+            num_query_groups=self.num_query_groups,
+            kv_channels=self.kv_channels,
+            ffn_hidden_size=self.ffn_hidden_size,
+            normalization="RMSNorm",
+            layernorm_epsilon=self.norm_eps,
+            gated_linear_unit=True,
+            activation_func=torch.nn.functional.silu,
+            add_bias_linear=False,
+            add_qkv_bias=False,
+            qk_layernorm=True,
+            hidden_dropout=self.hidden_dropout,
+            attention_dropout=self.attention_dropout,
+            init_method_std=self.init_method_std,
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            pipeline_dtype=dtype,
+            params_dtype=dtype,
+            bf16=dtype == torch.bfloat16,
+            fp16=dtype == torch.float16,
+            use_cpu_initialization=not on_gpu,
+            recompute_granularity=self.recompute_granularity,
+            recompute_method="uniform" if self.recompute_granularity == "full" else None,
+            recompute_num_layers=1 if self.recompute_granularity == "full" else None,
+            # Fused kernels are CUDA/apex-only; the unfused paths compute the same thing.
+            bias_dropout_fusion=False,
+            apply_rope_fusion=False,
+            masked_softmax_fusion=False,
+            gradient_accumulation_fusion=False,
+            persist_layer_norm=False,
+        )
+        kwargs.update(self.extra_transformer_config)
+        kwargs.update(overrides)
+        return TransformerConfig(**kwargs)
+
+
+_COSMOS_4B = dict(num_layers=16, hidden_size=4096)
+_COSMOS_12B = dict(num_layers=40, hidden_size=5120, yarn=YarnConfig(2.0, 4.0, 1.0, (3, 40, 64)))
+_V2W = dict(video2world=True, vocab_size=64_064, output_vocab_size=FSQ_VOCAB, context_dim=1024, context_length=512)
+_TINY = dict(num_layers=2, hidden_size=256, num_attention_heads=4, num_query_groups=2, kv_channels=64, ffn_hidden_size=512)
+
+NAMED_CONFIGS: dict[str, dict] = {
+    "4b": dict(name="4b", **_COSMOS_4B),
+    "12b": dict(name="12b", **_COSMOS_12B),
+    "5b_v2w": dict(name="5b_v2w", **_COSMOS_4B, **_V2W),
+    "13b_v2w": dict(name="13b_v2w", **_COSMOS_12B, **_V2W),
+    # Tiny models of the real block structure for CPU runs and tests; same FSQ vocabulary and special ids.
+    "tiny": dict(name="tiny", **_TINY, max_grid=(3, 4, 6)),
+    "tiny_v2w": dict(
+        name="tiny_v2w", **_TINY, max_grid=(3, 4, 6), video2world=True, vocab_size=64_064,
+        output_vocab_size=FSQ_VOCAB, context_dim=384, context_length=16,
+    ),
+}
+
+# Parameter counts of the reference models (ar_models.md §1.1), in billions, rounded as published.
+REFERENCE_PARAMS_B = {"4b": 4.01, "12b": 11.56, "5b_v2w": 4.58, "13b_v2w": 13.32}
+
+_ALIASES = {"cosmos-1.0-autoregressive-4b": "4b", "cosmos-predict1-4b": "4b", "5b": "5b_v2w", "13b": "13b_v2w",
+            "cosmos-1.0-autoregressive-12b": "12b", "cosmos-1.0-autoregressive-5b-video2world": "5b_v2w",
+            "cosmos-1.0-autoregressive-13b-video2world": "13b_v2w"}
+
+
+def ar_config(name: str, **overrides) -> ARModelConfig:
+    """A named config (`4b`, `12b`, `5b_v2w`, `13b_v2w`, `tiny`, `tiny_v2w`) with field overrides."""
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in NAMED_CONFIGS:
+        raise KeyError(f"unknown AR model config {name!r}; choose one of {sorted(NAMED_CONFIGS)}")
+    return ARModelConfig(**{**NAMED_CONFIGS[key], **overrides})
