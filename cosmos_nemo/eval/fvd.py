@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,10 @@ def load_i3d(path: str | os.PathLike, device: str | torch.device = "cpu"):
             f"FVD weights {path} do not exist; --fvd-weights needs the StyleGAN-V I3D TorchScript file "
             f"{I3D_FILE} (Hugging Face LanguageBind/Open-Sora-Plan-v1.0.0, opensora/eval/fvd/styleganv/)"
         )
-    model = torch.jit.load(str(path), map_location=device)
+    with warnings.catch_warnings():
+        # The file is TorchScript; torch.jit.load is the only way to open it, deprecation notwithstanding.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        model = torch.jit.load(str(path), map_location=device)
     model.eval()
     return model
 
