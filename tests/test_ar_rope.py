@@ -16,7 +16,6 @@ from cosmos_nemo.models.common.rope import (
     rope_inv_freqs,
     rope_split,
 )
-from tests.conftest import golden_dir
 
 
 def test_splits():
@@ -26,8 +25,8 @@ def test_splits():
     assert abs_pos_split(5120) == (1708, 1706, 1706)
 
 
-def test_golden_rope_tables_equal():
-    folder = golden_dir("ar", "ar4b_base")
+def test_golden_rope_tables_equal(golden):
+    folder = golden("ar", "ar4b_base")
     cfg = json.loads((folder / "config.json").read_text())["derived"]["rope"]
     aux = load_file(str(folder / "aux.safetensors"))
     temporal, spatial = rope_inv_freqs(64, cfg["theta"])
