@@ -121,11 +121,13 @@ def score_frames(
     b: np.ndarray | torch.Tensor,
     device: torch.device | str = "cpu",
     float_dtype: torch.dtype = torch.float64,
+    with_ssim: bool = True,
 ) -> FrameScores:
     """SSIM (skimage defaults) and exact squared-error sums for each frame pair of uint8 `[n, H, W, 3]`.
 
     `float_dtype` is only used for the final ratio of exact integers; float64 (default) and float32 both
-    agree with skimage to ~1e-7.
+    agree with skimage to ~1e-7. With `with_ssim=False` only the squared errors are computed (SSIM is
+    NaN), and frames of any size are accepted.
     """
     a = torch.as_tensor(a)
     b = torch.as_tensor(b)
@@ -136,12 +138,17 @@ def score_frames(
     if a.shape != b.shape:
         raise ValueError(f"frame shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     n, height, width, channels = a.shape
-    check_frame_size(height, width)
     device = torch.device(device)
+    ssim = np.full(n, np.nan, dtype=np.float64)
+    sse = np.empty(n, dtype=np.int64)
+    if not with_ssim:
+        for i in range(n):
+            d = a[i].to(device).to(torch.int32) - b[i].to(device).to(torch.int32)
+            sse[i] = int(d.mul_(d).sum(dtype=torch.int64).item())
+        return FrameScores(ssim=ssim, sse=sse)
+    check_frame_size(height, width)
     rows = strip_rows_for_width(width, device)
     valid = (height - 6) * (width - 6)
-    ssim = np.empty(n, dtype=np.float64)
-    sse = np.empty(n, dtype=np.int64)
     for i in range(n):
         fa = a[i].to(device, non_blocking=True)
         fb = b[i].to(device, non_blocking=True)
@@ -166,6 +173,7 @@ class PairAccumulator:
     """Streams chunks of a video pair and yields TokenBench PSNR and SSIM at the end."""
 
     device: str = "cpu"
+    with_ssim: bool = True
     frames: int = 0
     values_per_frame: int = 0
     sse: int = 0
@@ -173,11 +181,12 @@ class PairAccumulator:
     ssim_frames: list[float] = field(default_factory=list)
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
-        scores = score_frames(a, b, device=self.device)
+        scores = score_frames(a, b, device=self.device, with_ssim=self.with_ssim)
         self.frames += len(scores.ssim)
         self.values_per_frame = int(np.prod(a.shape[1:]))
         self.sse += int(scores.sse.sum())
-        self.ssim_frames.extend(float(v) for v in scores.ssim)
+        if self.with_ssim:
+            self.ssim_frames.extend(float(v) for v in scores.ssim)
 
     @property
     def psnr(self) -> float:

@@ -111,7 +111,7 @@ def _lockstep(ref_chunks, gen_chunks):
 def evaluate_pair(name: str, ref: Path, gen: Path, cfg: TokenBenchConfig, models: _Models, workdir: Path | None) -> PairResult:
     """Score one pair, streaming both files chunk by chunk."""
     pre = cfg.preprocess
-    acc = PairAccumulator(device=cfg.device)
+    acc = PairAccumulator(device=cfg.device, with_ssim="ssim" in cfg.metrics)
     lpips_sum, fvd_ref, fvd_gen = 0.0, [], []
     fvd_frames = 0
     shape = None
