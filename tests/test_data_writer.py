@@ -262,3 +262,54 @@ def test_pattern_dataset_patterns(tmp_path):
     out = write_pattern_dataset(tmp_path / "fc", 2, grid=(3, 2, 2), vocab_size=50, pattern="frame_copy")
     d = _indexed(out)[0].reshape(3, 4)
     assert (d == d[0]).all()
+
+
+def test_rerun_repairs_damaged_files_of_the_same_content(tmp_path):
+    docs = _docs(3)
+    out = write_ar_dataset(tmp_path / "ds", docs, _meta())
+    good = (out / "tokens.bin").read_bytes()
+    (out / "tokens.bin").write_bytes(b"\0" * len(good))  # same size, wrong bytes
+    write_ar_dataset(out, docs, _meta())  # same content: no overwrite needed, files repaired
+    assert (out / "tokens.bin").read_bytes() == good
+
+
+def test_stale_temp_folders_of_dead_writers_are_removed(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    dead = out / ".ar_write.999999999.deadbeef"  # no such pid
+    dead.mkdir()
+    (dead / "tokens.bin").write_bytes(b"partial")
+    (out / ".ar_write.999999999.cafe.text_embeddings.safetensors").write_bytes(b"partial")
+    write_ar_dataset(out, _docs(1), _meta())
+    assert not [p for p in out.iterdir() if p.name.startswith(".ar_write")]
+
+
+def test_text_embeddings_written_first_are_used_in_place(tmp_path):
+    out = tmp_path / "v"
+    emb = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float32)
+    path = write_text_embeddings(out, emb, np.ones((3, 5), bool))
+    inode = path.stat().st_ino
+    ids = np.arange(24)
+    write_ar_dataset(out, [(ids, _record(0, prompt_id=2))], _meta(task="video2world"))
+    assert path.stat().st_ino == inode  # not copied or rewritten
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["text_embeddings"] == {"num_prompts": 3, "length": 5, "dim": 4}
+    assert "text_embeddings.safetensors" in info["files"]
+    # same embeddings again: no-op; different ones: refused while a complete dataset uses the file
+    write_text_embeddings(out, emb, np.ones((3, 5), bool))
+    with pytest.raises(DatasetExistsError, match="text_embeddings.safetensors differs"):
+        write_text_embeddings(out, emb + 1, np.ones((3, 5), bool))
+    write_text_embeddings(out, emb + 1, np.ones((3, 5), bool), overwrite=True)
+    assert not (out / "dataset.json").exists()  # incomplete until the dataset is rewritten
+    write_ar_dataset(out, [(ids, _record(0, prompt_id=2))], _meta(task="video2world"), overwrite=True)
+    assert (out / "dataset.json").exists()
+
+
+def test_text_embedding_errors(tmp_path):
+    with pytest.raises(ARDatasetError, match=r"must be \[N, L, D\]"):
+        write_text_embeddings(tmp_path, np.zeros((3, 4)), np.ones((3, 4)))
+    with pytest.raises(ARDatasetError, match=r"mask must be \[N, L\] = \[3, 4\]"):
+        write_text_embeddings(tmp_path, np.zeros((3, 4, 2)), np.ones((3, 5)))
+    with pytest.raises(ARDatasetError, match="NaN or Inf"):
+        write_text_embeddings(tmp_path, np.full((1, 1, 1), np.nan), np.ones((1, 1)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

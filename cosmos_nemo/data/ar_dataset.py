@@ -380,8 +380,12 @@ def _remove_stale_tmp(out_dir: Path) -> None:
             pid = int(stale.name[len(_TMP_PREFIX):].split(".")[0])
         except ValueError:
             pid = -1
-        if pid == os.getpid() or not _pid_alive(pid):
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -545,8 +549,8 @@ def write_ar_dataset(
             if text_embeddings is not None:
                 emb_shape = _save_text_embeddings(tmp / TEXT_EMB_NAME, *text_embeddings)
             elif (out / TEXT_EMB_NAME).is_file():
-                shutil.copyfile(out / TEXT_EMB_NAME, tmp / TEXT_EMB_NAME)
-                emb_shape = read_text_embedding_shape(tmp / TEXT_EMB_NAME)
+                # written before by write_text_embeddings: used in place (it can be large), not copied
+                emb_shape = read_text_embedding_shape(out / TEXT_EMB_NAME)
             else:
                 raise ARDatasetError(
                     f"a Video2World dataset needs text embeddings: call write_text_embeddings({str(out)!r}, ...) "
@@ -598,10 +602,12 @@ def write_ar_dataset(
             )
 
         names = [BIN_NAME, IDX_NAME, MANIFEST_NAME] + ([TEXT_EMB_NAME] if emb_shape is not None else [])
+        # where each file is now: the temp folder, or (embeddings written earlier) already in place
+        src = {name: (tmp / name if (tmp / name).exists() else out / name) for name in names}
         files = {}
         for name in names:
-            _fsync_file(tmp / name)
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256_file(tmp / name)}
+            _fsync_file(src[name])
+            files[name] = {"bytes": src[name].stat().st_size, "sha256": _sha256_file(src[name])}
         info = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
         info.update(meta.to_json())
         info.update(
@@ -621,11 +627,15 @@ def write_ar_dataset(
 
         existing = _read_existing_meta(out)
         if existing is not None:
-            if existing == json.loads(info_bytes) and all(
-                (out / n).is_file() and (out / n).stat().st_size == files[n]["bytes"] for n in names
-            ):
-                return out  # identical dataset already complete: nothing to do (idempotent rerun)
-            if not overwrite:
+            if existing == json.loads(info_bytes):
+                if all(
+                    (out / n).is_file() and (out / n).stat().st_size == files[n]["bytes"]
+                    and _sha256_file(out / n) == files[n]["sha256"]
+                    for n in names
+                ):
+                    return out  # identical dataset already complete: nothing to do (idempotent rerun)
+                # same intended content but damaged files on disk: repair them below
+            elif not overwrite:
                 raise DatasetExistsError(
                     f"{out} already holds a complete AR dataset with different content "
                     f"({existing.get('content_hash')} vs new {info['content_hash']}); pass overwrite=True "
@@ -636,9 +646,8 @@ def write_ar_dataset(
             (out / META_NAME).unlink()
             _fsync_dir(out)
         for name in names:
-            if name == TEXT_EMB_NAME and (out / name).is_file() and _sha256_file(out / name) == files[name]["sha256"]:
-                continue
-            os.replace(tmp / name, out / name)
+            if src[name] != out / name:
+                os.replace(src[name], out / name)
         _fsync_dir(out)
         meta_tmp = tmp / META_NAME
         meta_tmp.write_bytes(info_bytes)
@@ -800,7 +809,31 @@ class ARTokenDataset:
             )
         return records
 
+    def _check_idx_header(self) -> None:
+        """Structural check of tokens.idx (megatron mmap layout, ar_models.md §4.1) before megatron opens it:
+        a corrupt index would otherwise fail deep inside megatron with a bare assertion."""
+        import struct
+
+        path = self.path / IDX_NAME
+        raw = path.read_bytes()[:34]
+        problem = None
+        if len(raw) < 34 or raw[:9] != b"MMIDIDX\x00\x00":
+            problem = "it does not start with the MMIDIDX header"
+        else:
+            version, = struct.unpack("<Q", raw[9:17])
+            n_seq, n_doc = struct.unpack("<QQ", raw[18:34])
+            expected = 34 + 4 * n_seq + 8 * n_seq + 8 * n_doc
+            if version != 1:
+                problem = f"it has index version {version}, expected 1"
+            elif path.stat().st_size != expected:
+                problem = f"its size {path.stat().st_size} does not match {n_seq} sequences / {n_doc - 1} documents ({expected} bytes)"
+        if problem:
+            raise ARDatasetError(
+                f"{path} is not a readable megatron index ({problem}); the dataset is damaged, re-run prepare with --overwrite"
+            )
+
     def _check_index(self) -> None:
+        self._check_idx_header()
         try:
             indexed = self._open_indexed()
         except Exception as exc:  # megatron asserts / struct errors on a corrupt index
