@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from cosmos_nemo.data.ar_dataset import (
-    ARDatasetError,
-    ARDatasetMeta,
-    ARTokenDataset,
-    IncompleteDatasetError,
-    write_ar_dataset,
-)
+from cosmos_nemo.data.ar_dataset import ARDatasetError, ARDatasetMeta, IncompleteDatasetError, write_ar_dataset
+from cosmos_nemo.data.reader import ARTokenDataset
 from cosmos_nemo.data.loader import resolve_dataset_paths
 
 GRIDS = [(2, 3, 4), (1, 2, 2), (3, 1, 2)]

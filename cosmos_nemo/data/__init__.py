@@ -8,7 +8,7 @@ model configuration before the model is built.
 
 Public API:
     ARDatasetMeta, write_ar_dataset, write_text_embeddings      (ar_dataset)
-    ARTokenDataset, ARDocument, read_dataset_info                (ar_dataset)
+    ARTokenDataset, ARDocument, read_dataset_info                (reader)
     ARDataConfig, build_ar_dataloaders, ARDataLoader             (loader)
     split_ranges, parse_split_string, GridBatchSampler           (sampler)
     validate_for_model, DataModelMismatch                        (validation)
@@ -18,14 +18,12 @@ Public API:
 from cosmos_nemo.data.ar_dataset import (
     ARDatasetError,
     ARDatasetMeta,
-    ARDocument,
-    ARTokenDataset,
     DatasetExistsError,
     IncompleteDatasetError,
-    read_dataset_info,
     write_ar_dataset,
     write_text_embeddings,
 )
+from cosmos_nemo.data.reader import ARDocument, ARTokenDataset, read_dataset_info
 from cosmos_nemo.data.loader import ARDataConfig, ARDataLoader, build_ar_dataloaders
 from cosmos_nemo.data.sampler import GridBatchSampler, SamplerError, parse_split_string, split_ranges
 from cosmos_nemo.data.synthetic import write_pattern_dataset

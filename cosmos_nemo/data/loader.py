@@ -26,7 +26,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from cosmos_nemo.data.ar_dataset import META_NAME, ARDatasetError, ARTokenDataset
+from cosmos_nemo.data.ar_dataset import META_NAME, ARDatasetError
+from cosmos_nemo.data.reader import ARTokenDataset
 from cosmos_nemo.data.layout import TASK_VIDEO2WORLD, TASKS, layout_for
 from cosmos_nemo.data.sampler import BlendSource, GridBatchSampler, SamplerError, parse_split_string, split_ranges
 

@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
-from cosmos_nemo.data.ar_dataset import ARDatasetError, ARDatasetMeta, ARTokenDataset, read_dataset_info
+from cosmos_nemo.data.ar_dataset import ARDatasetError, ARDatasetMeta
+from cosmos_nemo.data.reader import ARTokenDataset, read_dataset_info
 from cosmos_nemo.data.layout import TASK_BASE, TASK_VIDEO2WORLD, layout_for
 from cosmos_nemo.data.sampler import SamplerError, split_ranges
 
