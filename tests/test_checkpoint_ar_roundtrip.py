@@ -1,0 +1,176 @@
+"""Released Cosmos AR layout ⇄ megatron layout: fusion layout, bit-exact round trips, strict errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cosmos_nemo.checkpoint.cosmos_ar import (
+    CheckpointMismatchError,
+    cosmos_expected_shapes,
+    cosmos_to_megatron,
+    export_cosmos_state_dict,
+    fuse_qkv,
+    load_cosmos_checkpoint,
+    megatron_to_cosmos,
+    read_cosmos_checkpoint,
+    split_qkv,
+    strip_prefix,
+)
+from cosmos_nemo.models.ar.config import ar_config
+from cosmos_nemo.parallel.launch import run_in_processes
+
+
+def random_state(cfg, seed=0, prefix=""):
+    g = torch.Generator().manual_seed(seed)
+    return {prefix + k: torch.randn(s, generator=g) for k, s in sorted(cosmos_expected_shapes(cfg).items())}
+
+
+def test_qkv_layout_is_per_kv_group():
+    heads, groups, hd = 4, 2, 1
+    wq = torch.arange(4.0)[:, None]  # q heads 0..3
+    wk = torch.tensor([[10.0], [11.0]])
+    wv = torch.tensor([[20.0], [21.0]])
+    fused = fuse_qkv(wq, wk, wv, heads, groups, hd)
+    # megatron GQA layout: [q0 q1 k0 v0 | q2 q3 k1 v1]
+    assert fused.flatten().tolist() == [0, 1, 10, 20, 2, 3, 11, 21]
+    assert all(torch.equal(a, b) for a, b in zip(split_qkv(fused, heads, groups, hd), (wq, wk, wv)))
+
+
+def test_megatron_keys_and_fc1_order():
+    cfg = ar_config("tiny_v2w", num_layers=1)
+    state = random_state(cfg)
+    meg = cosmos_to_megatron(state, cfg)
+    assert torch.equal(meg["decoder.layers.0.mlp.linear_fc1.weight"][:512], state["layers.0.feed_forward.w1.weight"])
+    assert torch.equal(meg["decoder.layers.0.mlp.linear_fc1.weight"][512:], state["layers.0.feed_forward.w3.weight"])
+    kv = meg["decoder.layers.0.cross_attention.linear_kv.weight"]
+    assert kv.shape == (2 * 2 * 64, 384)
+    assert torch.equal(kv[64:128], state["layers.0.cross_attention.wv.weight"][:64])  # [k0; v0; k1; v1]
+    te = cosmos_to_megatron(state, cfg, fused_norms=True)
+    assert torch.equal(te["decoder.layers.0.self_attention.linear_qkv.layer_norm_weight"], state["layers.0.attention_norm.weight"])
+    back = megatron_to_cosmos(te, cfg, fused_norms=True)
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    torch.set_num_threads(2)
+    from cosmos_nemo import parallel
+
+    parallel.setup()
+    yield
+    parallel.teardown()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+@pytest.mark.parametrize("prefix", ["", "model."])
+def test_import_export_bit_exact(single_process, tmp_path, fmt, prefix):
+    from cosmos_nemo.models.ar.model import build_ar_model
+
+    cfg = ar_config("tiny_v2w", num_layers=2)
+    state = random_state(cfg, seed=1, prefix=prefix)
+    path = tmp_path / f"model.{fmt}"
+    save_file(state, str(path)) if fmt == "safetensors" else torch.save(state, path)
+    model = build_ar_model(cfg)
+    report = load_cosmos_checkpoint(model, path)
+    assert report["source_keys"] == len(state)
+    exported = export_cosmos_state_dict(model, prefix=prefix)
+    assert exported.keys() == state.keys()
+    for k in state:
+        assert torch.equal(exported[k], state[k]), k
+    # the directory form finds model.<fmt> too
+    assert read_cosmos_checkpoint(tmp_path).keys() == state.keys()
+
+
+def _expect_error(model, state, *fragments):
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_cosmos_checkpoint(model, state)
+    for f in fragments:
+        assert f in str(err.value), str(err.value)
+
+
+def test_strict_errors(single_process):
+    from cosmos_nemo.models.ar.model import build_ar_model
+
+    cfg = ar_config("tiny", num_layers=2, vocab_size=320)
+    model = build_ar_model(cfg)
+    good = random_state(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
+
+    missing = dict(good)
+    del missing["layers.1.feed_forward.w3.weight"]
+    _expect_error(model, missing, "missing keys (1)", "layers.1.feed_forward.w3.weight")
+
+    extra = dict(good, **{"layers.2.attention.wq.weight": torch.zeros(256, 256), "medusa_head.weight": torch.zeros(1)})
+    _expect_error(model, extra, "unexpected keys (2)", "layers.2.attention.wq.weight", "medusa_head.weight")
+
+    wrong = dict(good, **{"tok_embeddings.weight": torch.zeros(64000, 256)})
+    _expect_error(model, wrong, "wrong shapes (1)", "tok_embeddings.weight: checkpoint (64000, 256), model (320, 256)")
+
+    mixed = {("model." + k if i % 2 else k): v for i, (k, v) in enumerate(good.items())}
+    _expect_error(model, mixed, "mix the 'model.' prefix")
+
+    # nothing was copied by a refused load
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class NotATensor:
+    """A class a weights-only load must refuse to construct."""
+
+
+def test_unsafe_or_foreign_files_refused(tmp_path):
+    bad = tmp_path / "pickled.pt"
+    with open(bad, "wb") as f:
+        pickle.dump({"x": NotATensor()}, f)
+    with pytest.raises(ValueError, match="weights-only"):
+        read_cosmos_checkpoint(bad)
+    nested = tmp_path / "nested.pt"
+    torch.save({"model": {"a": torch.zeros(1)}, "iteration": 3}, nested)
+    assert list(read_cosmos_checkpoint(nested)) == ["a"]
+    nontensor = tmp_path / "nontensor.pt"
+    torch.save({"a": torch.zeros(1), "step": 3}, nontensor)
+    with pytest.raises(ValueError, match="non-tensor entries"):
+        read_cosmos_checkpoint(nontensor)
+    with pytest.raises(FileNotFoundError, match="without model.safetensors or model.pt"):
+        read_cosmos_checkpoint(tmp_path / "..")
+    assert strip_prefix({"model.a": 1}) == {"a": 1}
+
+
+def _tp2_roundtrip(cfg_kwargs: dict, state: dict) -> dict:
+    """Load at TP=2, check the shard shapes, export (gathering over TP) and return the export.
+
+    Tensors cross the process boundary as numpy arrays (torch's shared-memory handles would outlive
+    the worker)."""
+    torch.set_num_threads(1)
+    state = {k: torch.from_numpy(v) for k, v in state.items()}
+    from cosmos_nemo import parallel
+    from cosmos_nemo.models.ar.model import build_ar_model
+
+    parallel.setup(tensor_parallel=2)
+    model = build_ar_model(ar_config("tiny_v2w", **cfg_kwargs))
+    load_cosmos_checkpoint(model, state)
+    shapes = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    exported = {k: v.numpy() for k, v in export_cosmos_state_dict(model, prefix="").items()}
+    parallel.teardown()
+    return {"shapes": shapes, "exported": exported}
+
+
+@pytest.mark.distributed
+def test_tp2_load_export_bit_exact():
+    cfg_kwargs = dict(num_layers=2)
+    state = random_state(ar_config("tiny_v2w", **cfg_kwargs), seed=7)
+    results = run_in_processes(_tp2_roundtrip, 2, cfg_kwargs, {k: v.numpy() for k, v in state.items()})
+    for r in results:
+        shapes = r["shapes"]
+        assert shapes["embedding.word_embeddings.weight"] == (32032, 256)
+        assert shapes["decoder.layers.0.self_attention.linear_qkv.weight"] == (256, 256)  # 1 group: 2q + k + v
+        assert shapes["decoder.layers.0.mlp.linear_fc1.weight"] == (512, 256)  # [gate_r; up_r]
+        assert shapes["decoder.layers.0.cross_attention.linear_kv.weight"] == (128, 384)
+        assert shapes["output_layer.weight"] == (32000, 256)
+        assert r["exported"].keys() == state.keys()
+        for k in state:
+            assert torch.equal(torch.from_numpy(r["exported"][k]), state[k]), k
