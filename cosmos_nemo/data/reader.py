@@ -138,9 +138,10 @@ class ARTokenDataset:
         self.num_documents = int(self.info["num_documents"])
         self._indexed = None
         self._emb_file = None
-        self.records = self._read_manifest()
-        self.grids = np.asarray([r["grid"] for r in self.records], dtype=np.int64).reshape(-1, 3)
-        self.prompt_ids = np.asarray([r.get("prompt_id", -1) for r in self.records], dtype=np.int64)
+        self._manifest_file = None
+        # Only grids, prompt ids and line offsets stay in memory; records are read on demand, so a
+        # manifest of millions of windows costs a few arrays per rank and worker.
+        self.grids, self.prompt_ids, self._line_offsets = self._read_manifest()
         self._check_index()
         self.text_embedding_shape = None
         if self.meta.task == TASK_VIDEO2WORLD:
@@ -155,13 +156,17 @@ class ARTokenDataset:
 
     # -- validation ------------------------------------------------------------------------------
 
-    def _read_manifest(self) -> list[dict]:
+    def _read_manifest(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(grids [N, 3], prompt_ids [N], byte offset of each line [N]) after checking every line."""
         path = self.path / MANIFEST_NAME
-        records = []
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f):
+        grids, prompt_ids, offsets = [], [], []
+        offset = 0
+        with open(path, "rb") as f:
+            for line_no, raw in enumerate(f):
+                offsets.append(offset)
+                offset += len(raw)
                 try:
-                    rec = json.loads(line)
+                    rec = json.loads(raw.decode("utf-8"))
                 except ValueError as exc:
                     raise ARDatasetError(f"{path} line {line_no + 1} is not JSON ({exc}); re-run prepare with --overwrite") from exc
                 if not isinstance(rec, dict) or rec.get("doc") != line_no:
@@ -171,13 +176,24 @@ class ARTokenDataset:
                 grid = rec.get("grid")
                 if not isinstance(grid, list) or len(grid) != 3 or not all(_is_int(g) and g >= 1 for g in grid):
                     raise ARDatasetError(f"{path} line {line_no + 1}: bad grid {grid!r}")
-                records.append(rec)
-        if len(records) != self.num_documents:
+                grids.append(grid)
+                prompt_id = rec.get("prompt_id", -1)
+                prompt_ids.append(prompt_id if _is_int(prompt_id) else -1)
+        if len(grids) != self.num_documents:
             raise ARDatasetError(
-                f"{path} has {len(records)} records but {META_NAME} says {self.num_documents} documents; the dataset is "
+                f"{path} has {len(grids)} records but {META_NAME} says {self.num_documents} documents; the dataset is "
                 "damaged, re-run prepare with --overwrite"
             )
-        return records
+        return (np.asarray(grids, dtype=np.int64).reshape(-1, 3), np.asarray(prompt_ids, dtype=np.int64),
+                np.asarray(offsets, dtype=np.int64))
+
+    def record(self, i: int) -> dict:
+        """Manifest record of document `i` (read from disk on demand)."""
+        i = int(i)
+        if self._manifest_file is None:
+            self._manifest_file = open(self.path / MANIFEST_NAME, "rb")
+        self._manifest_file.seek(int(self._line_offsets[i]))
+        return json.loads(self._manifest_file.readline().decode("utf-8"))
 
     def _check_idx_header(self) -> None:
         """Structural check of tokens.idx (megatron mmap layout, ar_models.md §4.1) before megatron opens it:
@@ -230,8 +246,8 @@ class ARTokenDataset:
         if bad.size:
             i = int(bad[0])
             raise ARDatasetError(
-                f"document {i} ({self.records[i].get('source')}) stores {int(lengths[i])} tokens but its grid "
-                f"{self.records[i]['grid']} needs {int(expected[i])} ({self.meta.task} layout); the dataset is damaged, "
+                f"document {i} ({self.record(i).get('source')}) stores {int(lengths[i])} tokens but its grid "
+                f"{self.grids[i].tolist()} needs {int(expected[i])} ({self.meta.task} layout); the dataset is damaged, "
                 "re-run prepare with --overwrite"
             )
 
@@ -252,7 +268,7 @@ class ARTokenDataset:
         if not 0 <= i < self.num_documents:
             raise IndexError(f"document {i} out of range for {self.num_documents} documents in {self.path}")
         tokens = np.array(self._open_indexed()[i], dtype=np.int64)  # copy out of the mmap
-        return ARDocument(tokens=tokens, grid=tuple(int(g) for g in self.grids[i]), record=self.records[i])
+        return ARDocument(tokens=tokens, grid=tuple(int(g) for g in self.grids[i]), record=self.record(i))
 
     def stored_tokens(self, i: int) -> np.ndarray:
         """The stored ids of document `i` (int64 copy)."""
@@ -285,10 +301,28 @@ class ARTokenDataset:
             masks.append(mask_slice[p : p + 1])
         return torch.cat(embs).float(), torch.cat(masks).bool()
 
+    def close(self) -> None:
+        """Release the open files (the dataset reopens them if used again)."""
+        if self._manifest_file is not None:
+            self._manifest_file.close()
+        self._manifest_file = self._emb_file = self._indexed = None
+
+    def __enter__(self) -> "ARTokenDataset":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        manifest = getattr(self, "_manifest_file", None)
+        if manifest is not None:
+            manifest.close()
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_indexed"] = None
         state["_emb_file"] = None
+        state["_manifest_file"] = None
         return state
 
     def __repr__(self) -> str:
