@@ -18,7 +18,7 @@ import json
 import math
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -108,10 +108,11 @@ def _lockstep(ref_chunks, gen_chunks):
         ref_buf, gen_buf = ref_buf[n:], gen_buf[n:]
 
 
-def evaluate_pair(name: str, ref: Path, gen: Path, cfg: TokenBenchConfig, models: _Models, workdir: Path | None) -> PairResult:
-    """Score one pair, streaming both files chunk by chunk."""
+def evaluate_pair(name: str, ref: Path, gen: Path, cfg: TokenBenchConfig, models: _Models, workdir: Path | None,
+                  frame_pool: Executor | None = None) -> PairResult:
+    """Score one pair, streaming both files chunk by chunk (frames scored on `frame_pool` if given)."""
     pre = cfg.preprocess
-    acc = PairAccumulator(device=cfg.device, with_ssim="ssim" in cfg.metrics)
+    acc = PairAccumulator(device=cfg.device, with_ssim="ssim" in cfg.metrics, pool=frame_pool)
     lpips_sum, fvd_ref, fvd_gen = 0.0, [], []
     fvd_frames = 0
     shape = None
@@ -208,10 +209,19 @@ def run_tokenbench(cfg: TokenBenchConfig) -> dict:
         )
     models = _load_models(cfg)
     results: dict[str, PairResult] = {}
-    with tempfile.TemporaryDirectory(prefix="tokenbench_") as tmp:
-        workdir = Path(tmp)
-        with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
-            futures = {pool.submit(evaluate_pair, n, r, g, cfg, models, workdir): n for n, r, g in pairing.pairs}
+    workers = max(1, cfg.workers)
+    threads_before = torch.get_num_threads()
+    if torch.device(cfg.device).type == "cpu":
+        # Parallelism comes from our threads (pairs, and frames within a pair). torch's own intra-op threads
+        # spin-wait on each other and slow down many-fold when the cores are shared with other work.
+        torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tokenbench_") as tmp, \
+                ThreadPoolExecutor(workers, thread_name_prefix="tokenbench-frames") as frame_pool, \
+                ThreadPoolExecutor(workers, thread_name_prefix="tokenbench-pairs") as pool:
+            workdir = Path(tmp)
+            futures = {pool.submit(evaluate_pair, n, r, g, cfg, models, workdir, frame_pool): n
+                       for n, r, g in pairing.pairs}
             done = as_completed(futures)
             if cfg.progress:
                 from tqdm import tqdm
@@ -223,6 +233,8 @@ def run_tokenbench(cfg: TokenBenchConfig) -> dict:
                     results[name] = fut.result()
                 except (PairError, VideoDecodeError, FrameTooSmallError) as e:
                     skipped.append({"name": name, "reason": str(e)})
+    finally:
+        torch.set_num_threads(threads_before)
     if not results:
         reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped[:5])
         raise NoResultsError(f"no pair could be scored ({reasons})")
