@@ -1,0 +1,191 @@
+"""The megatron-core training harness: model wrapping, optimizer, one train step, dist-ckpt save/load.
+
+These few functions are all the trainer needs from megatron-core, and they run the same code on a
+2-core CPU (gloo, with `parallel.cpu_adapter` installed) as on GPUs (NCCL):
+
+- `wrap_model`: build the model chunk for this pipeline stage and wrap it in megatron
+  `DistributedDataParallel` (gradient buckets reduced over the data-parallel group).
+- `build_optimizer`: megatron's optimizer (`get_megatron_optimizer`, AdamW with decoupled weight decay,
+  gradient clipping by the global norm across TP/PP/DP).
+- `train_step` / `eval_step`: one global batch through megatron's `get_forward_backward_func` (no
+  pipelining, or the 1F1B pipeline schedule when PP > 1), gradient accumulation over micro-batches,
+  then one optimizer step. The model-specific part is the `forward_step` function the caller passes.
+- `save_sharded` / `load_sharded`: megatron `dist_checkpointing` of any sharded state dict, so a
+  checkpoint written at one TP/PP loads at another.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+# forward_step(data_iterator, model) -> (output_tensor, loss_fn); loss_fn(output) -> (loss, metrics dict).
+ForwardStep = Callable[[Iterator, torch.nn.Module], tuple]
+
+
+@dataclass
+class OptimConfig:
+    """AdamW settings (decoupled weight decay) and gradient clipping."""
+
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+def wrap_model(model_provider: Callable[[bool, bool], torch.nn.Module], overlap_grad_reduce: bool = False):
+    """Build this rank's model chunk with `model_provider(pre_process, post_process)` and wrap it in DDP.
+
+    Returns a one-element list (megatron's schedules take a list of chunks).
+    """
+    pre = parallel_state.is_pipeline_first_stage()
+    post = parallel_state.is_pipeline_last_stage()
+    model = model_provider(pre, post)
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=overlap_grad_reduce,
+        use_distributed_optimizer=False,
+        check_for_nan_in_grad=False,
+    )
+    ddp = DistributedDataParallel(model.config, ddp_config, model)
+    # The schedules call these hooks: finalize_model_grads finishes DDP's gradient all-reduce over DP and
+    # all-reduces the gradients of TP-replicated parameters that see different heads on each rank
+    # (QK-layernorm weights), and no_sync defers DP reduction to the last micro-batch.
+    model.config.finalize_model_grads_func = finalize_model_grads
+    model.config.no_sync_func = ddp.no_sync
+    return [ddp]
+
+
+def build_optimizer(model_chunks, cfg: OptimConfig, bf16: bool = False):
+    config = OptimizerConfig(
+        optimizer="adam",
+        lr=cfg.lr,
+        min_lr=cfg.min_lr,
+        weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.beta1,
+        adam_beta2=cfg.beta2,
+        adam_eps=cfg.eps,
+        clip_grad=cfg.clip_grad,
+        # On GPU, bf16 parameters get fp32 main copies inside the optimizer. On the CPU, parameters stay
+        # fp32 and compute runs under bf16 autocast (see training/trainer.py), so the optimizer is fp32.
+        bf16=bf16 and torch.cuda.is_available(),
+        params_dtype=torch.bfloat16 if (bf16 and torch.cuda.is_available()) else torch.float32,
+        use_distributed_optimizer=False,
+    )
+    return get_megatron_optimizer(config, model_chunks)
+
+
+def _reduce_losses(losses: list[dict], key: str = "loss") -> float | None:
+    """Mean of a metric over micro-batches and data-parallel ranks, known on every rank."""
+    value = torch.zeros(2, dtype=torch.float64)
+    if parallel_state.is_pipeline_last_stage() and losses:
+        value[0] = sum(float(m[key]) for m in losses)
+        value[1] = len(losses)
+    # Sum over the DP group, then share the last stage's value with the whole pipeline.
+    dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        dist.all_reduce(value, group=parallel_state.get_pipeline_model_parallel_group())
+    return float(value[0] / value[1]) if value[1] > 0 else None
+
+
+def train_step(
+    forward_step: ForwardStep,
+    data_iterator: Iterator,
+    model_chunks,
+    optimizer,
+    num_microbatches: int,
+    seq_length: int,
+    micro_batch_size: int,
+    metric_keys: tuple[str, ...] = ("loss",),
+) -> dict:
+    """One optimizer step over `num_microbatches` micro-batches on this data-parallel rank.
+
+    Returns `grad_norm`, `skipped` and the mean over micro-batches and DP ranks of each metric in
+    `metric_keys` (from the metrics dicts the forward step's loss function returns), on every rank.
+    """
+    for chunk in model_chunks:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    metrics = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=data_iterator,
+        model=model_chunks,
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=False,
+    )
+    updated, grad_norm, _ = optimizer.step()
+    out = {"grad_norm": grad_norm, "skipped": not updated}
+    out.update({key: _reduce_losses(metrics, key) for key in metric_keys})
+    return out
+
+
+@torch.no_grad()
+def eval_step(
+    forward_step: ForwardStep,
+    data_iterator,
+    model_chunks,
+    num_microbatches: int,
+    seq_length: int,
+    micro_batch_size: int,
+    metric_keys: tuple[str, ...] = ("loss",),
+) -> dict:
+    """Forward-only pass over `num_microbatches` micro-batches; returns the mean of every metric."""
+    for chunk in model_chunks:
+        chunk.eval()
+    metrics = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=data_iterator,
+        model=model_chunks,
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=True,
+    )
+    for chunk in model_chunks:
+        chunk.train()
+    return {key: _reduce_losses(metrics, key) for key in metric_keys}
+
+
+def model_sharded_state_dict(model_chunks) -> dict:
+    """Sharded state dict of the (unwrapped) model chunks, keyed like megatron's own checkpoints."""
+    if len(model_chunks) != 1:
+        raise NotImplementedError("virtual pipeline stages (several model chunks per rank) are not supported")
+    return model_chunks[0].module.sharded_state_dict()
+
+
+def save_sharded(sharded_state_dict: dict, directory: str) -> None:
+    """Write a dist-ckpt folder (collective: every rank calls it). The folder must be new or empty."""
+    if dist.get_rank() == 0:
+        os.makedirs(directory, exist_ok=True)
+    dist.barrier()
+    dist_checkpointing.save(sharded_state_dict, str(directory))
+
+
+def load_sharded(sharded_state_dict: dict, directory: str) -> dict:
+    """Read a dist-ckpt folder into the given sharded layout (collective). Missing keys are an error."""
+    return dist_checkpointing.load(sharded_state_dict, str(directory), strict="raise_all")
+
+
+def save_model(model_chunks, directory: str) -> None:
+    save_sharded(model_sharded_state_dict(model_chunks), directory)
+
+
+def load_model(model_chunks, directory: str) -> None:
+    """Load weights saved by `save_model` at any TP/PP into these chunks."""
+    state = load_sharded(model_sharded_state_dict(model_chunks), directory)
+    model_chunks[0].module.load_state_dict(state, strict=True)

@@ -1,0 +1,76 @@
+"""The CPU adapter: installs nothing when CUDA is present, and its redirects keep values unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def _run(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip()
+
+
+def test_adapter_is_noop_when_cuda_is_present():
+    out = _run(
+        """
+        import torch
+        from unittest import mock
+        before = (torch.cuda.current_device, torch.cuda.synchronize, torch.cuda.Stream, torch.Tensor.cuda)
+        import megatron.core.pipeline_parallel.schedules as schedules
+        import megatron.core.optimizer.clip_grads as clip_grads
+        from megatron.core.tensor_parallel import random as mp_random
+        tracker_cls, sched_torch, clip = mp_random.CudaRNGStatesTracker, schedules.torch, clip_grads.clip_grad_by_total_norm_fp32
+        from cosmos_nemo.parallel import cpu_adapter
+        with mock.patch.object(torch.cuda, "is_available", return_value=True):
+            installed = cpu_adapter.install()
+        after = (torch.cuda.current_device, torch.cuda.synchronize, torch.cuda.Stream, torch.Tensor.cuda)
+        assert installed is False and not cpu_adapter.is_installed()
+        assert all(a is b for a, b in zip(before, after))
+        assert schedules.torch is torch and mp_random.CudaRNGStatesTracker is tracker_cls
+        assert clip_grads.clip_grad_by_total_norm_fp32 is clip
+        print("noop")
+        """
+    )
+    assert out == "noop"
+
+
+def test_adapter_redirects_on_cpu_and_keeps_values():
+    out = _run(
+        """
+        import torch
+        assert not torch.cuda.is_available()
+        from cosmos_nemo.parallel import cpu_adapter
+        assert cpu_adapter.install() is True
+        import megatron.core.pipeline_parallel.schedules as schedules
+        t = schedules.torch.zeros([], dtype=torch.int, device="cuda")
+        assert t.device.type == "cpu" and t.dtype == torch.int
+        assert torch.cuda.current_device() == torch.device("cpu")
+        torch.cuda.synchronize()
+        x = torch.arange(4.0)
+        assert x.cuda() is x
+        # The replaced gradient clipping scales exactly like megatron's: by max_norm / (norm + 1e-6).
+        from megatron.core.optimizer import clip_grads
+        p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.full((3,), 2.0)
+        clip_grads.clip_grad_by_total_norm_fp32([p], max_norm=1.0, total_norm=4.0)
+        assert torch.allclose(p.grad, torch.full((3,), 2.0 / (4.0 + 1e-6)))
+        # The CPU RNG tracker: fork() draws from the named stream and restores the outer one.
+        from megatron.core.tensor_parallel import random as mp_random
+        tracker = mp_random.get_cuda_rng_tracker()
+        tracker.add("a", 123)
+        torch.manual_seed(0); outer_expected = torch.rand(2)
+        torch.manual_seed(0)
+        with tracker.fork("a"):
+            inside = torch.rand(2)
+        outer = torch.rand(2)
+        assert torch.equal(outer, outer_expected)
+        assert torch.equal(inside, torch.Generator().manual_seed(123) and torch.rand(2, generator=torch.Generator().manual_seed(123)))
+        with tracker.fork("a"):
+            second = torch.rand(2)
+        assert not torch.equal(second, inside)  # the named stream advanced
+        print("ok")
+        """
+    )
+    assert out == "ok"
