@@ -33,6 +33,10 @@ What is adapted, and why:
    in `optimizer.clip_grads` and in `optimizer.optimizer` (which imported it by name), by a version that
    asserts float32 on any device and scales the gradients in place by the same coefficient,
    `max_norm / (total_norm + 1e-6)` when below 1.
+9. Activation recompute (`tensor_parallel.checkpoint`) saves and restores the CUDA generator state with
+   `random._get_cuda_rng_state` / `_set_cuda_rng_state`, besides the CPU state and the tracker states it
+   handles itself. With no CUDA generator, the getter returns the CPU state (a placeholder the setter
+   ignores) and the setter does nothing: the CPU state is already restored by the checkpoint function.
 """
 
 from __future__ import annotations
@@ -194,6 +198,8 @@ def install(force: bool = False) -> bool:
 
     from megatron.core.tensor_parallel import random as mp_random
 
+    mp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    mp_random._set_cuda_rng_state = lambda *args, **kwargs: None
     # initialize_rng_tracker() instantiates `CudaRNGStatesTracker` by its module-level name.
     mp_random.CudaRNGStatesTracker = _cpu_rng_tracker_class()
     mp_random.initialize_rng_tracker(force_reset=True)
