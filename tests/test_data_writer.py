@@ -313,3 +313,56 @@ def test_text_embedding_errors(tmp_path):
     with pytest.raises(ARDatasetError, match="NaN or Inf"):
         write_text_embeddings(tmp_path, np.full((1, 1, 1), np.nan), np.ones((1, 1)))
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+_KILLED_WRITER = r"""
+import sys, time
+import numpy as np
+from cosmos_nemo.data.ar_dataset import ARDatasetMeta, write_ar_dataset
+
+out, flag = sys.argv[1], sys.argv[2]
+meta = ARDatasetMeta(tokenizer="DV8x16x16", compression=(8, 16, 16), vocab_size=64000, frames=9, height=48, width=64)
+
+def docs():
+    for k in range(1000):
+        if k == 3:
+            open(flag, "w").close()  # three documents are in the temp files: now kill me
+            time.sleep(60)
+        yield np.arange(24), {"source": f"v{k}.mp4", "start_frame": 0, "num_frames": 9, "fps": 24, "height": 48,
+                              "width": 64, "grid": [2, 3, 4]}
+
+write_ar_dataset(out, docs(), meta)
+"""
+
+
+def test_sigkill_mid_write(tmp_path):
+    """A writer killed with SIGKILL (no cleanup code runs) leaves only its hidden temp folder: no
+    final-named file, the reader refuses the directory, and the next write removes the leftovers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cosmos_nemo.data.reader import ARTokenDataset
+    from cosmos_nemo.data.ar_dataset import IncompleteDatasetError
+
+    out, flag = tmp_path / "ds", tmp_path / "flag"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(out), str(flag)])
+    try:
+        deadline = time.time() + 120
+        while not flag.exists():
+            assert proc.poll() is None, "writer exited early"
+            assert time.time() < deadline, "writer never reached document 3"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = sorted(p.name for p in out.iterdir())
+    assert len(left) == 1 and left[0].startswith(".ar_write.")  # only the temp folder
+    with pytest.raises(IncompleteDatasetError, match="incomplete: it has no dataset.json"):
+        ARTokenDataset(out)
+    write_ar_dataset(out, _docs(2), _meta())
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "manifest.jsonl", "tokens.bin", "tokens.idx"]
+    assert len(ARTokenDataset(out)) == 2
