@@ -87,6 +87,9 @@ class CosmosARModel(GPTModel):
             position_embedding_type="none",
             vp_stage=vp_stage,
         )
+        if config.context_parallel_size > 1:
+            # The grid tables would need megatron's per-CP-rank sequence slicing; not wired up yet.
+            raise ValueError("context parallelism is not supported by the Cosmos AR model yet; use TP/PP/DP")
         self.ar_config = cfg
         if pre_process and cfg.vocab_size != cfg.output_vocab_size:
             # V2W embeds the BOV token (64000) in a table rounded up to 64064 rows, while the output
