@@ -1,0 +1,433 @@
+"""The resumable, parallel video → token engine behind `prepare ar-tokens` and `prepare v2w`.
+
+Work is split per source video. A worker decodes one video (streaming), cuts windows, resizes, tokenizes
+them in batches and commits a *part* under `DIR/.parts/`:
+
+    .parts/fingerprint.json     what the parts were made from (settings, tokenizer, input listing)
+    .parts/00000012.tokens      int32 ids of every window of source 12, raster order, window after window
+    .parts/00000012.json        the commit marker: source, windows, fps, or the reason it was skipped
+
+The `.tokens` file is renamed into place before the `.json`, so a part exists only when complete; a kill
+at any moment loses at most the videos in flight. A rerun with the same fingerprint keeps the complete
+parts and does the rest; a different fingerprint discards them. When every part exists, the merge
+streams them in source order into `cosmos_nemo.data.ar_dataset.write_ar_dataset` (atomic, dataset.json
+last), so the dataset is byte-identical for any worker count and after any kill and rerun. Each video's
+windows are tokenized in batches of that video's windows only and every worker uses the same number of
+torch threads, so a clip's ids never depend on which worker made it or what else was in flight.
+
+A video that cannot be used is *skipped with a reason* (and the run continues): unreadable, zero-byte,
+not a video, audio-only, truncated or damaged (a decode error anywhere discards the whole file's clips:
+the frames before the damage are not passed off as the video), fewer frames than one window, smaller
+than the target without `--allow-upscale`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from cosmos_nemo.data_prep.clips import RESIZE_MODES, frames_to_tokenizer_input, geometry, iter_windows
+from cosmos_nemo.io.video import VideoDecodeError, probe
+
+PARTS_DIR = ".parts"
+PREPARE_RECORD = ".prepare.json"
+FINGERPRINT = "fingerprint.json"
+# Files the contract puts in DIR plus our own bookkeeping; anything else means DIR is not ours.
+_OWN_NAMES = {"tokens.bin", "tokens.idx", "manifest.jsonl", "dataset.json", "text_embeddings.safetensors", PARTS_DIR, PREPARE_RECORD}
+_OWN_PREFIXES = (".ar_write.",)
+
+
+class PrepareError(RuntimeError):
+    """A problem found before any work: bad flags, tokenizer mismatch, impossible grid, foreign output."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    source: str  # POSIX path relative to the input root (recorded in the manifest)
+    path: str  # absolute path read
+    caption: str | None = None
+    prompt_id: int | None = None
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    tokenizer: str  # name, hub id or folder given to load_video_tokenizer
+    frames: int
+    height: int
+    width: int
+    stride: int
+    resize_mode: str = "crop"
+    allow_upscale: bool = False
+    batch_size: int = 4
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads_per_worker: int = 1
+    decode_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise PrepareError(f"--resize-mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        for name in ("frames", "height", "width", "stride", "batch_size", "threads_per_worker"):
+            if int(getattr(self, name)) < 1:
+                raise PrepareError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+
+
+@dataclass
+class Report:
+    """What a prepare run wrote and skipped (printed at the end; the skip list is in dataset.json)."""
+
+    output_dir: str
+    num_sources: int = 0
+    num_used: int = 0
+    num_documents: int = 0
+    num_tokens: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    resumed_parts: int = 0
+    seconds: float = 0.0
+    already_complete: bool = False
+
+    def summary(self) -> str:
+        lines = [
+            f"output: {self.output_dir}",
+            f"videos: {self.num_sources} found, {self.num_used} used, {len(self.skipped)} skipped"
+            + (f" ({self.resumed_parts} reused from an interrupted run)" if self.resumed_parts else ""),
+            f"written: {self.num_documents} clips, {self.num_tokens} tokens"
+            + (" (already complete; nothing to do)" if self.already_complete else f" in {self.seconds:.1f}s"),
+        ]
+        if self.skipped:
+            kinds = Counter(_reason_kind(s["reason"]) for s in self.skipped)
+            lines.append("skipped by reason: " + ", ".join(f"{k}: {n}" for k, n in kinds.most_common()))
+            for s in self.skipped[:20]:
+                lines.append(f"  - {s['source']}: {s['reason']}")
+            if len(self.skipped) > 20:
+                lines.append(f"  ... and {len(self.skipped) - 20} more (all listed in dataset.json)")
+        return "\n".join(lines)
+
+
+def _reason_kind(reason: str) -> str:
+    for key in ("zero-byte", "no video stream", "not a readable media file", "truncated", "corrupt", "decoding failed",
+                "fewer frames", "smaller than", "no such file", "display matrix"):
+        if key in reason:
+            return key
+    return "other"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Fingerprints and the output directory
+
+
+def tokenizer_identity(spec: str) -> dict:
+    """A cheap identity of the tokenizer weights: the name, or a folder's file names, sizes and mtimes."""
+    path = Path(spec)
+    if path.is_file():
+        path = path.parent
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        return {"folder": str(path.resolve()), "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+    return {"name": spec}
+
+
+def input_listing(items: Sequence[SourceItem]) -> list:
+    out = []
+    for it in items:
+        try:
+            st = os.stat(it.path)
+            out.append([it.source, st.st_size, st.st_mtime_ns, it.caption, it.prompt_id])
+        except OSError:
+            out.append([it.source, None, None, it.caption, it.prompt_id])
+    return out
+
+
+def fingerprint(settings: EngineSettings, items: Sequence[SourceItem], extra: dict | None = None) -> str:
+    # Decode threads do not change decoded frames; everything else may change the ids (batch size can
+    # change a convolution's float reduction order), so parts made with other values are not reused.
+    payload = {
+        "settings": {k: v for k, v in asdict(settings).items() if k != "decode_threads"},
+        "tokenizer": tokenizer_identity(settings.tokenizer),
+        "inputs": input_listing(items),
+        "extra": extra or {},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an output directory that holds anything but a dataset (or an interrupted one) of ours."""
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"--output_prefix {out} exists and is a file; give a directory path")
+    if not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_NAMES and not p.name.startswith(_OWN_PREFIXES))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise PrepareError(
+            f"--output_prefix {out} already holds other files ({shown}); it must be a new or empty directory, or a "
+            "dataset written by `cosmos-nemo prepare`"
+        )
+
+
+def read_prepare_record(out: Path) -> dict | None:
+    try:
+        return json.loads((out / PREPARE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def prepare_parts_dir(out: Path, fp: str) -> tuple[Path, bool]:
+    """`DIR/.parts` for fingerprint `fp`; stale parts of other settings/inputs are removed. Returns (dir, reused)."""
+    parts = out / PARTS_DIR
+    marker = parts / FINGERPRINT
+    if parts.is_dir():
+        try:
+            old = json.loads(marker.read_text()).get("fingerprint")
+        except (OSError, ValueError):
+            old = None
+        if old != fp:
+            shutil.rmtree(parts)
+    reused = parts.is_dir()
+    parts.mkdir(parents=True, exist_ok=True)
+    for stale in parts.glob(".*.tmp*"):
+        stale.unlink(missing_ok=True)  # a killed worker's half-written file
+    if not marker.is_file():
+        _atomic_write(marker, json.dumps({"fingerprint": fp}).encode())
+    return parts, reused
+
+
+def part_paths(parts: Path, index: int) -> tuple[Path, Path]:
+    return parts / f"{index:08d}.json", parts / f"{index:08d}.tokens"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Per-video work
+
+
+def _skip(source: str, reason: str) -> dict:
+    return {"status": "skipped", "source": source, "reason": reason}
+
+
+def process_source(index: int, item: SourceItem, settings: EngineSettings, tokenizer, parts: Path) -> dict:
+    """Tokenize every window of one video and commit its part; returns the part's json content."""
+    meta_path, tokens_path = part_paths(parts, index)
+    try:
+        result = _tokenize_source(item, settings, tokenizer, tokens_path)
+    except VideoDecodeError as e:
+        result = _skip(item.source, _strip_path(str(e), item.path))
+    result.update({"index": index, "source": item.source})
+    if result["status"] != "ok":
+        tokens_path.unlink(missing_ok=True)
+    _atomic_write(meta_path, json.dumps(result, sort_keys=True).encode())
+    return result
+
+
+def _strip_path(message: str, path: str) -> str:
+    return message.replace(f"{path}: ", "").replace(str(path), "<file>")
+
+
+def _tokenize_source(item: SourceItem, settings: EngineSettings, tokenizer, tokens_path: Path) -> dict:
+    info = probe(item.path)
+    if info.num_frames and info.num_frames < settings.frames:
+        return _skip(item.source, f"fewer frames than one window: {info.num_frames} < {settings.frames}")
+    geo = geometry(info.height, info.width, settings.height, settings.width, settings.resize_mode)
+    if geo.upscale and not settings.allow_upscale:
+        return _skip(
+            item.source,
+            f"smaller than the target: {info.width}x{info.height} would be upscaled x{geo.scale:.2f} to fill "
+            f"{settings.width}x{settings.height} ({settings.resize_mode}); pass --allow-upscale to use it",
+        )
+    tmp = tokens_path.with_name(f".{tokens_path.name}.tmp{os.getpid()}")
+    starts: list[int] = []
+    vocab = int(tokenizer.vocab_size)
+    try:
+        with open(tmp, "wb") as sink:
+            batch: list[np.ndarray] = []
+
+            def flush() -> None:
+                x = frames_to_tokenizer_input(batch, dtype=settings.torch_dtype, device=settings.device)
+                ids = tokenizer.encode(x).reshape(len(batch), -1).cpu().numpy()
+                if ids.min() < 0 or ids.max() >= vocab:
+                    raise RuntimeError(f"tokenizer returned ids outside [0, {vocab}): [{ids.min()}, {ids.max()}]")
+                sink.write(ids.astype("<i4").tobytes())
+                batch.clear()
+
+            for start, clip in iter_windows(item.path, geo, settings.frames, settings.stride, settings.decode_threads):
+                starts.append(start)
+                batch.append(clip)
+                if len(batch) == settings.batch_size:
+                    flush()
+            if batch:
+                flush()
+            sink.flush()
+            os.fsync(sink.fileno())
+        if not starts:
+            tmp.unlink(missing_ok=True)
+            return _skip(item.source, f"fewer frames than one window of {settings.frames} (decoded fewer)")
+        os.replace(tmp, tokens_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fps = info.fps if info.fps > 0 else (30.0 if not info.duration else max(1e-3, (starts[-1] + settings.frames) / info.duration))
+    return {
+        "status": "ok",
+        "windows": starts,
+        "fps": float(fps),
+        "caption": item.caption,
+        "prompt_id": item.prompt_id,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------
+# Worker pool
+
+_WORKER: dict[str, Any] = {}
+
+
+def load_tokenizer(settings: EngineSettings):
+    from cosmos_nemo.tokenizers import load_video_tokenizer
+
+    spec = Path(settings.tokenizer)
+    name = str(spec.parent) if spec.is_file() else settings.tokenizer
+    return load_video_tokenizer(name, device=settings.device, dtype=settings.torch_dtype)
+
+
+def _init_worker(settings: EngineSettings, items: list[SourceItem], parts: str) -> None:
+    torch.set_num_threads(settings.threads_per_worker)
+    _WORKER.update(settings=settings, items=items, parts=Path(parts), tokenizer=load_tokenizer(settings))
+
+
+def _work(index: int) -> dict:
+    w = _WORKER
+    return process_source(index, w["items"][index], w["settings"], w["tokenizer"], w["parts"])
+
+
+def run_parts(
+    items: Sequence[SourceItem],
+    settings: EngineSettings,
+    parts: Path,
+    workers: int,
+    tokenizer=None,
+    progress: bool = True,
+) -> int:
+    """Make every missing part; returns how many parts already existed."""
+    pending = [i for i in range(len(items)) if not part_paths(parts, i)[0].is_file()]
+    done_before = len(items) - len(pending)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), initial=done_before, unit="video", desc="prepare", dynamic_ncols=True)
+    clips = 0
+    t0 = time.perf_counter()
+
+    def tick(result: dict) -> None:
+        nonlocal clips
+        clips += len(result.get("windows") or [])
+        if bar is not None:
+            rate = clips / max(1e-9, time.perf_counter() - t0)
+            bar.set_postfix_str(f"{rate:.2f} clips/s, {clips} clips")
+            bar.update(1)
+
+    try:
+        if not pending:
+            return done_before
+        if workers <= 1:
+            old = torch.get_num_threads()
+            torch.set_num_threads(settings.threads_per_worker)
+            try:
+                tok = tokenizer if tokenizer is not None else load_tokenizer(settings)
+                for i in pending:
+                    tick(process_source(i, items[i], settings, tok, parts))
+            finally:
+                torch.set_num_threads(old)
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(settings, list(items), str(parts))) as pool:
+                for result in pool.imap_unordered(_work, pending, chunksize=1):
+                    tick(result)
+    finally:
+        if bar is not None:
+            bar.close()
+    return done_before
+
+
+def read_parts(parts: Path, count: int) -> list[dict]:
+    out = []
+    for i in range(count):
+        meta_path, _ = part_paths(parts, i)
+        out.append(json.loads(meta_path.read_text()))
+    return out
+
+
+def iter_documents(parts: Path, part_meta: list[dict], settings: EngineSettings, grid: Sequence[int]):
+    """`(tokens, record)` pairs in document order (source order, then window start)."""
+    per_window = int(np.prod(grid))
+    for meta in part_meta:
+        if meta["status"] != "ok":
+            continue
+        _, tokens_path = part_paths(parts, meta["index"])
+        ids = np.fromfile(tokens_path, dtype="<i4")
+        n = len(meta["windows"])
+        if ids.size != n * per_window:
+            raise RuntimeError(f"part {tokens_path} holds {ids.size} ids, expected {n} x {per_window}; delete {parts} and rerun")
+        ids = ids.reshape(n, per_window)
+        for k, start in enumerate(meta["windows"]):
+            record = {
+                "source": meta["source"],
+                "start_frame": int(start),
+                "num_frames": settings.frames,
+                "fps": meta["fps"],
+                "height": settings.height,
+                "width": settings.width,
+                "grid": list(grid),
+            }
+            if meta.get("caption") is not None:
+                record["caption"] = meta["caption"]
+            if meta.get("prompt_id") is not None:
+                record["prompt_id"] = meta["prompt_id"]
+            yield ids[k].astype(np.int64), record
+
+
+def finish(out: Path, fp: str, report: Report) -> None:
+    """Record what made the dataset and drop the parts (the dataset holds everything they held)."""
+    # Only what depends on the inputs and settings, so this file too is identical across reruns/workers.
+    stable = {k: v for k, v in asdict(report).items() if k not in ("output_dir", "seconds", "resumed_parts", "already_complete")}
+    _atomic_write(out / PREPARE_RECORD, json.dumps({"fingerprint": fp, "report": stable}, sort_keys=True, indent=1).encode())
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+
+
+__all__ = [
+    "EngineSettings",
+    "PrepareError",
+    "Report",
+    "SourceItem",
+    "check_output_dir",
+    "fingerprint",
+    "iter_documents",
+    "prepare_parts_dir",
+    "process_source",
+    "read_parts",
+    "run_parts",
+]

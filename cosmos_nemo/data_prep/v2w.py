@@ -1,0 +1,146 @@
+"""`prepare v2w`: a jsonl of `{"prompt", "visual_input"}` → a Video2World AR token dataset.
+
+The reference is NVIDIA's `video2world_prepare_dataset.py`. Like it, documents are stored as
+`[BOV] + clip ids + [PAD] * k` (the dataset writer applies the framing) and each clip is conditioned on
+its prompt's text embeddings. Unlike it: text embeddings are computed once per *distinct* prompt and
+stored in one bf16 `text_embeddings.safetensors` (documents refer to rows by `prompt_id`) instead of a
+2 MiB fp32 `.pt` per sample; the output directory is never `rmtree`'d; the train/val/test split is taken
+at read time (deterministically, from the recipe's `split_string`) instead of an unseeded shuffle here.
+
+`visual_input` may be absolute or relative to the jsonl's folder. Manifest `source` paths are relative to
+the input root: the jsonl's folder, or the deepest folder holding every video when some lie outside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cosmos_nemo.data_prep.ar_tokens import run_prepare
+from cosmos_nemo.data_prep.engine import EngineSettings, PrepareError, Report, SourceItem, tokenizer_identity
+
+TEXT_CACHE = "text_embeddings.cache.safetensors"
+
+
+@dataclass
+class V2WConfig:
+    input_jsonl: Path
+    output_dir: Path
+    encoder_path: str = "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16"
+    width: int = 1024
+    height: int = 640
+    num_context_frames: int = 33
+    tokenizer_compression_factor: str | None = None
+    text_encoder: str = "t5-11b"
+    prompt_length: int | None = None
+    text_batch_size: int = 8
+    stride: int | None = None
+    resize_mode: str = "crop"
+    allow_upscale: bool = False
+    workers: int = 1
+    batch_size: int = 4
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads_per_worker: int = 1
+    decode_threads: int | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+def read_jsonl(path: Path) -> list[tuple[str, Path]]:
+    """`(prompt, absolute video path)` per line; malformed lines are an error naming the line."""
+    if not path.is_file():
+        raise PrepareError(f"--input_jsonl {path} does not exist")
+    base = path.resolve().parent
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise PrepareError(f"{path}:{n}: not valid JSON ({e})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("visual_input"), str):
+            raise PrepareError(f'{path}:{n}: each line needs string fields "prompt" and "visual_input", got {line[:120]!r}')
+        video = Path(rec["visual_input"])
+        out.append((rec["prompt"], video if video.is_absolute() else base / video))
+    if not out:
+        raise PrepareError(f"--input_jsonl {path} holds no records")
+    return out
+
+
+def build_items(path: Path) -> tuple[list[SourceItem], list[str]]:
+    """Items sorted by source (then line), and the distinct prompts in first-use order of that sort."""
+    records = read_jsonl(path)
+    base = path.resolve().parent
+    resolved = [(prompt, Path(os.path.normpath(video))) for prompt, video in records]
+    root = base
+    if any(base not in v.parents for _, v in resolved):
+        root = Path(os.path.commonpath([str(base)] + [str(v.parent) for _, v in resolved]))
+    rows = sorted(((v.relative_to(root).as_posix(), line, prompt, v) for line, (prompt, v) in enumerate(resolved)))
+    prompts: dict[str, int] = {}
+    items = []
+    for source, _, prompt, video in rows:
+        pid = prompts.setdefault(prompt, len(prompts))
+        items.append(SourceItem(source=source, path=str(video), caption=prompt, prompt_id=pid))
+    return items, list(prompts)
+
+
+def _embedder(prompts: list[str], cfg: V2WConfig):
+    def compute(parts: Path):
+        from safetensors.torch import load_file, save_file
+
+        cache = parts / TEXT_CACHE
+        if cache.is_file():
+            t = load_file(str(cache))
+            return t["embeddings"], t["mask"]
+        from cosmos_nemo.tokenizers.text import TextEncoderNotAvailableError, load_text_encoder
+
+        try:
+            encoder = load_text_encoder(cfg.text_encoder, device=cfg.device, max_length=cfg.prompt_length)
+        except TextEncoderNotAvailableError as e:
+            raise PrepareError(str(e)) from None
+        embs, masks = [], []
+        for i in range(0, len(prompts), cfg.text_batch_size):
+            enc = encoder.encode(prompts[i : i + cfg.text_batch_size])
+            embs.append(enc.embeddings)
+            masks.append(enc.mask)
+        embeddings = torch.cat(embs).to(torch.bfloat16).contiguous()
+        mask = torch.cat(masks).contiguous()
+        tmp = parts / f".{TEXT_CACHE}.tmp{os.getpid()}"
+        save_file({"embeddings": embeddings, "mask": mask}, str(tmp))
+        os.replace(tmp, cache)
+        return embeddings, mask
+
+    return compute
+
+
+def prepare_v2w(cfg: V2WConfig) -> Report:
+    settings = EngineSettings(
+        tokenizer=str(cfg.encoder_path),
+        frames=int(cfg.num_context_frames),
+        height=int(cfg.height),
+        width=int(cfg.width),
+        stride=int(cfg.stride or cfg.num_context_frames),
+        resize_mode=cfg.resize_mode,
+        allow_upscale=bool(cfg.allow_upscale),
+        batch_size=int(cfg.batch_size),
+        device=cfg.device,
+        dtype=cfg.dtype,
+        threads_per_worker=int(cfg.threads_per_worker),
+        decode_threads=int(cfg.decode_threads if cfg.decode_threads is not None else (0 if cfg.workers <= 1 else 1)),
+    )
+    items, prompts = build_items(Path(cfg.input_jsonl))
+    return run_prepare(
+        items, settings, Path(cfg.output_dir), workers=int(cfg.workers), overwrite=cfg.overwrite,
+        compression_flag=cfg.tokenizer_compression_factor, task="video2world", progress=cfg.progress,
+        text_embeddings=_embedder(prompts, cfg),
+        extra_fingerprint={"text_encoder": tokenizer_identity(cfg.text_encoder), "prompt_length": cfg.prompt_length, "prompts": prompts},
+    )
+
+
+__all__ = ["V2WConfig", "build_items", "prepare_v2w", "read_jsonl"]
