@@ -76,29 +76,29 @@ def _add_tokenize_flags(p, video_help: str) -> None:
           help="frames per clip window; must be 1 + k*t for the tokenizer's temporal compression t (33 for 8x16x16, 17 for 4x8x8)")
     _flag(p, "--tokenizer_compression_factor", "--tokenizer-compression-factor", default=None,
           help="'t,h,w' the data is meant for (reference: '8,16,16'); when given it must equal the tokenizer's compression, "
-               "else the run stops before any work. Default: the tokenizer's own")
+               "else the run stops before any work; None means the tokenizer's own")
     p.add_argument("--stride", type=int, default=None,
-                   help="frames between window starts; default = --num_context_frames (non-overlapping windows over the whole "
-                        "video; the reference kept only the first window)")
+                   help="frames between window starts; None means --num_context_frames (non-overlapping windows over the "
+                        "whole video; the reference kept only the first window)")
     _flag(p, "--resize-mode", "--resize_mode", choices=("crop", "pad"), default="crop",
           help="crop: scale so both sides cover the target then center-crop (reference); pad: scale to fit and center on black")
     _flag(p, "--allow-upscale", "--allow_upscale", action="store_true",
-          help="use videos smaller than the target by upscaling them (default: skip them with a reason)")
+          help="use videos smaller than the target by upscaling them; without it they are skipped with a reason")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel worker processes (replaces the reference's torchrun ranks); the output is byte-identical "
                         "for any number")
     _flag(p, "--batch-size", "--batch_size", type=int, default=4,
           help="clip windows of one video tokenized per encoder call (the reference encoder batch is <= 8)")
-    p.add_argument("--device", default=None, help="tokenizer device: cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    p.add_argument("--device", default=None, help="tokenizer device: cpu, cuda, cuda:1; None means cuda if available, else cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                   help="tokenizer compute dtype (default: bfloat16 on cuda as the reference, float32 on cpu)")
+                   help="tokenizer compute dtype; None means bfloat16 on cuda (as the reference) and float32 on cpu")
     _flag(p, "--threads-per-worker", "--threads_per_worker", type=int, default=1,
           help="torch threads per worker; part of the settings (a different value may change float rounding), so "
                "keep it fixed across reruns")
     _flag(p, "--decode-threads", "--decode_threads", type=int, default=None,
-          help="FFmpeg decoder threads per worker (default: automatic with 1 worker, 1 with several)")
+          help="FFmpeg decoder threads per worker; None means automatic with 1 worker and 1 with several")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a complete dataset made from other inputs or settings (default: refuse before any work)")
+                   help="replace a complete dataset made from other inputs or settings; without it such a directory is refused before any work")
     _flag(p, "--no-progress", "--no_progress", action="store_true", help="no progress bars")
 
 
@@ -161,7 +161,7 @@ def _register_prepare(subparsers) -> None:
           help="text encoder: t5-11b (google-t5/t5-11b encoder, 1024-d x 512 tokens, the reference), minilm (bundled "
                "offline MiniLM-L6, 384-d x 256), a local folder, or a hub id")
     _flag(v2w, "--prompt-length", "--prompt_length", type=int, default=None,
-          help="text tokens per prompt L (default: 512 for T5, 256 for MiniLM)")
+          help="text tokens per prompt L; None means 512 for T5 and 256 for MiniLM")
     _flag(v2w, "--text-batch-size", "--text_batch_size", type=int, default=8, help="prompts per text-encoder call")
     _flag(v2w, "--split_string", "--split-string", default=None,
           help="accepted for compatibility; splits are taken when the dataset is read (the training recipe's "
@@ -176,7 +176,7 @@ def _register_prepare(subparsers) -> None:
     )
     _flag(pr, "--dataset_path", "--dataset-path", required=True, type=Path, help="folder holding videos/")
     pr.add_argument("--prompt", required=True, help='caption for every video, e.g. "A video of sks teal robot."')
-    pr.add_argument("--overwrite", action="store_true", help="replace existing non-empty captions (default: keep them)")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing non-empty captions; without it they are kept")
     pr.add_argument("--jsonl", action="store_true", help="also write DATASET/prompts.jsonl for `prepare v2w`")
     pr.set_defaults(func=_run_prompts)
 

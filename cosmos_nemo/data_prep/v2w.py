@@ -7,6 +7,9 @@ stored in one bf16 `text_embeddings.safetensors` (documents refer to rows by `pr
 2 MiB fp32 `.pt` per sample; the output directory is never `rmtree`'d; the train/val/test split is taken
 at read time (deterministically, from the recipe's `split_string`) instead of an unseeded shuffle here.
 
+Prompts are embedded before any video is read, so a text encoder that cannot be loaded stops the run
+before the expensive part; the prompt of a video that is later skipped keeps its (unused) row.
+
 `visual_input` may be absolute or relative to the jsonl's folder. Manifest `source` paths are relative to
 the input root: the jsonl's folder, or the deepest folder holding every video when some lie outside it.
 """
