@@ -110,11 +110,13 @@ def train_step(
     seq_length: int,
     micro_batch_size: int,
     metric_keys: tuple[str, ...] = ("loss",),
+    pre_step: Callable | None = None,
 ) -> dict:
     """One optimizer step over `num_microbatches` micro-batches on this data-parallel rank.
 
     Returns `grad_norm`, `skipped` and the mean over micro-batches and DP ranks of each metric in
     `metric_keys` (from the metrics dicts the forward step's loss function returns), on every rank.
+    `pre_step(model_chunks)`, if given, runs on the reduced gradients just before the optimizer step.
     """
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
@@ -128,6 +130,8 @@ def train_step(
         micro_batch_size=micro_batch_size,
         forward_only=False,
     )
+    if pre_step is not None:
+        pre_step(model_chunks)
     updated, grad_norm, _ = optimizer.step()
     out = {"grad_norm": grad_norm, "skipped": not updated}
     out.update({key: _reduce_losses(metrics, key) for key in metric_keys})

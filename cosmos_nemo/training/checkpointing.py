@@ -1,0 +1,201 @@
+"""The run folder and crash-safe checkpoints.
+
+Layout (DESIGN.md, "Run folder"):
+
+    <output_root>/<project>/<group>/<name>/
+        config.yaml  launch_info.yaml  job_env.yaml  tensorboard/
+        checkpoints/latest_checkpoint.txt            -> "iter_000000200"
+        checkpoints/iter_000000200/
+            model/       megatron dist-ckpt of the weights only (conversion reads this alone)
+            optim/       megatron dist-ckpt of the optimizer state
+            scheduler/   scheduler.json (step, lr)
+            trainer/     trainer.json (iteration, consumed samples) + rng_rank<r>.safetensors per rank
+            dataloader/  rank<r>.json: each rank's data position
+
+A checkpoint is written under `iter_<N>.tmp-<token>/` and renamed to `iter_<N>/` only once every rank
+has finished writing; `latest_checkpoint.txt` is replaced (write to a temp file, fsync, rename) after
+that. So the pointer only ever names a complete folder, and a run killed at any moment, even inside
+`dist_checkpointing.save`, leaves at worst a `*.tmp-*` folder that resume ignores and the next save
+removes. `keep_last` pruning runs after the pointer moves and never deletes the folder it names.
+
+`COSMOS_NEMO_KILL_AT=<point>` is a test hook: the process SIGKILLs itself at that point of a save
+(`model_shard`: between the model's shard writes inside dist_checkpointing.save; `after_model`,
+`after_optim`, `before_rename`, `before_pointer`), once `COSMOS_NEMO_KILL_STEP` (if set) is reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from cosmos_nemo.training import harness
+
+POINTER = "latest_checkpoint.txt"
+_ITER_RE = re.compile(r"^iter_(\d{9})$")
+
+
+def iter_name(step: int) -> str:
+    return f"iter_{step:09d}"
+
+
+def run_dir(output_root: str, project: str, group: str, name: str) -> Path:
+    return Path(output_root) / project / group / name
+
+
+def _kill_point(point: str, step: int) -> None:
+    if os.environ.get("COSMOS_NEMO_KILL_AT") == point:
+        at = os.environ.get("COSMOS_NEMO_KILL_STEP")
+        if at is None or int(at) == step:
+            # dist-ckpt may write from a worker process: take the trainer process down, then this one.
+            trainer_pid = int(os.environ.get("COSMOS_NEMO_TRAINER_PID", os.getpid()))
+            os.kill(trainer_pid, signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def is_complete(folder: Path) -> bool:
+    return _ITER_RE.match(folder.name) is not None and all(
+        (folder / part).is_dir() for part in ("model", "optim", "scheduler", "trainer", "dataloader")
+    ) and (folder / "model" / ".metadata").is_file() and (folder / "optim" / ".metadata").is_file()
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The folder the pointer names, if it is complete; else the newest complete iter_ folder."""
+    pointer = checkpoints_dir / POINTER
+    if pointer.is_file():
+        target = checkpoints_dir / pointer.read_text().strip()
+        if is_complete(target):
+            return target
+    complete = sorted((p for p in checkpoints_dir.glob("iter_*") if is_complete(p)), key=lambda p: p.name)
+    return complete[-1] if complete else None
+
+
+def _kill_inside_dist_ckpt(step: int):
+    """Context for the `model_shard` kill point: SIGKILL after the first tensor write of a save."""
+    import contextlib
+
+    if os.environ.get("COSMOS_NEMO_KILL_AT") != "model_shard":
+        return contextlib.nullcontext()
+    from megatron.core.dist_checkpointing.strategies import filesystem_async as filesystem
+
+    os.environ["COSMOS_NEMO_TRAINER_PID"] = str(os.getpid())
+    original = filesystem._write_item
+
+    def write_then_die(*args, **kwargs):
+        result = original(*args, **kwargs)
+        _kill_point("model_shard", step)
+        return result
+
+    @contextlib.contextmanager
+    def patched():
+        filesystem._write_item = write_then_die
+        try:
+            yield
+        finally:
+            filesystem._write_item = original
+
+    return patched()
+
+
+def save_checkpoint(checkpoints_dir: Path, step: int, model_chunks, optimizer, scheduler_state: dict,
+                    trainer_state: dict, dataloader_state: dict, keep_last: int = 2) -> Path:
+    """Write `iter_<step>` atomically (collective over all ranks) and move the pointer to it."""
+    rank = dist.get_rank()
+    token = [secrets.token_hex(4) if rank == 0 else None]
+    dist.broadcast_object_list(token, src=0)
+    final = checkpoints_dir / iter_name(step)
+    tmp = checkpoints_dir / f"{final.name}.tmp-{token[0]}"
+    if rank == 0:
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        for stale in checkpoints_dir.glob("iter_*.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for part in ("scheduler", "trainer", "dataloader"):
+            (tmp / part).mkdir(parents=True)
+    dist.barrier()
+
+    with _kill_inside_dist_ckpt(step):
+        harness.save_sharded(harness.model_sharded_state_dict(model_chunks), tmp / "model")
+    _kill_point("after_model", step)
+    # dist_checkpointing.save consumes the sharded dict it is given (factories are applied in place), so
+    # the optimizer's mapping to model parameters is built from a fresh one.
+    model_sd = harness.model_sharded_state_dict(model_chunks)
+    harness.save_sharded(optimizer.sharded_state_dict(model_sd), tmp / "optim")
+    _kill_point("after_optim", step)
+
+    rng = {"cpu": torch.get_rng_state()}
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    for name, state in get_cuda_rng_tracker().get_states().items():
+        rng[f"tracker.{name}"] = state.clone() if torch.is_tensor(state) else torch.tensor(state)
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file({k: v.contiguous().cpu() for k, v in rng.items()}, str(tmp / "trainer" / f"rng_rank{rank}.safetensors"))
+    (tmp / "dataloader" / f"rank{rank}.json").write_text(json.dumps(dataloader_state))
+    if rank == 0:
+        (tmp / "scheduler" / "scheduler.json").write_text(json.dumps(scheduler_state))
+        (tmp / "trainer" / "trainer.json").write_text(json.dumps(dict(trainer_state, world_size=dist.get_world_size())))
+    dist.barrier()
+    _kill_point("before_rename", step)
+    if rank == 0:
+        if final.exists():  # the same step saved again (e.g. a rerun): replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _kill_point("before_pointer", step)
+        _atomic_write_text(checkpoints_dir / POINTER, final.name + "\n")
+        if keep_last > 0:
+            complete = sorted((p for p in checkpoints_dir.glob("iter_*") if is_complete(p)), key=lambda p: p.name)
+            for old in complete[:-keep_last]:
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(folder: Path, model_chunks, optimizer) -> dict:
+    """Restore model, optimizer, RNG; return {"scheduler", "trainer", "dataloader"} states."""
+    rank = dist.get_rank()
+    harness.load_model(model_chunks, str(folder / "model"))
+    model_sd = harness.model_sharded_state_dict(model_chunks)
+    optim_state = harness.load_sharded(optimizer.sharded_state_dict(model_sd, is_loading=True), str(folder / "optim"))
+    optimizer.load_state_dict(optim_state)
+    trainer = json.loads((folder / "trainer" / "trainer.json").read_text())
+    rng_file = folder / "trainer" / f"rng_rank{rank}.safetensors"
+    same_layout = trainer.get("world_size") == dist.get_world_size() and rng_file.is_file()
+    if same_layout:
+        # Exact resume: every rank gets back its own generator states. At another layout the streams
+        # are reseeded from the run seed instead (dropout-free models are unaffected).
+        rng = load_file(str(rng_file))
+        torch.set_rng_state(rng["cpu"])
+        from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+        tracker = get_cuda_rng_tracker()
+        states = {k.split(".", 1)[1]: v for k, v in rng.items() if k.startswith("tracker.")}
+        if states:
+            tracker.set_states(states)
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    loader_file = folder / "dataloader" / f"rank{rank}.json"
+    if not loader_file.is_file():
+        loader_file = folder / "dataloader" / "rank0.json"
+    return {
+        "scheduler": json.loads((folder / "scheduler" / "scheduler.json").read_text()),
+        "trainer": trainer,
+        "dataloader": json.loads(loader_file.read_text()),
+    }

@@ -1,0 +1,100 @@
+"""Typed configs of a training run, one per component; a recipe fills them and passes them to `train`.
+
+`train(model, data, optim, trainer, checkpoint, parallel, log)` (training/trainer.py) takes exactly these,
+plus the model family's config (`models.ar.config.ARModelConfig`) and data config
+(`data.loader.ARDataConfig`). Dtypes are strings ("fp32", "bf16") so configs serialise through nemo-run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW (decoupled weight decay), learning-rate schedule and gradient clipping.
+
+    schedule: "cosine" (linear warm-up, then cosine from lr to min_lr at decay_steps or max_steps),
+        "constant" (linear warm-up, then lr; the NeMo reference scripts use a constant 5e-5 with no
+        warm-up), or "cycle" (the reference diffusion trainer's LambdaLinear: the factor ramps from
+        f_start to f_max over warmup_steps, then falls linearly to f_min over each cycle_length steps).
+    zero_nonfinite_grads: replace NaN/Inf gradients by 0 before clipping, instead of skipping the step.
+    """
+
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    clip_grad: float = 1.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    decay_steps: Optional[int] = None
+    cycle_length: int = 100_000
+    f_start: float = 1e-6
+    f_max: float = 1.0
+    f_min: float = 1.0
+    zero_nonfinite_grads: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    """The loop: how long, how precise, what loss, how often to validate and log.
+
+    precision: "fp32" or "bf16" (bf16 parameters with fp32 optimizer copies on GPU; bf16 autocast over
+        fp32 parameters on the CPU).
+    z_loss: weight of the z-loss `mean(logsumexp(logits)^2)` (native cosmos-predict1: 1e-4; NeMo: 0).
+    max_epochs: stop after this many passes over the training split (None: only max_steps counts).
+    """
+
+    max_steps: int = 300
+    max_epochs: Optional[int] = None
+    precision: str = "fp32"
+    seed: int = 1234
+    z_loss: float = 0.0
+    val_interval: int = 100
+    val_batches: int = 4
+    log_interval: int = 1
+
+
+@dataclass
+class CheckpointConfig:
+    """The run folder `<output_root>/<project>/<group>/<name>/` and what goes into it.
+
+    mode: "finetune" starts from `pretrained` (a dist-ckpt `model/` folder, a run folder, or a released
+        Cosmos checkpoint `.pt`/`.safetensors`); "pretrain" starts from random weights.
+    resume: continue from the run folder's latest complete checkpoint when there is one.
+    keep_last: keep this many newest complete checkpoints (0 keeps all).
+    """
+
+    output_root: str = "runs"
+    project: str = "cosmos_nemo"
+    group: str = "default"
+    name: str = "run"
+    save_interval: int = 100
+    keep_last: int = 2
+    resume: bool = True
+    mode: str = "pretrain"
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class ParallelConfig:
+    """Model-parallel sizes; data parallel is the world size divided by TP x PP x CP."""
+
+    tensor: int = 1
+    pipeline: int = 1
+    context: int = 1
+
+
+@dataclass
+class LogConfig:
+    """Where progress goes: the console bar always; TensorBoard when `tensorboard`; W&B when
+    `wandb_mode` is "online" or "offline" ("offline" writes to the run folder without a network)."""
+
+    tensorboard: bool = True
+    wandb_mode: str = "disabled"
+    wandb_project: Optional[str] = None
+    progress_bar: bool = True
