@@ -23,7 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cosmos_nemo.io.video import iter_frames
+from cosmos_nemo.io.video import VideoDecodeError, iter_frames
+
+# Decoded full-resolution frames held at once before resizing: about this many bytes (4K: 2 frames).
+_DECODE_CHUNK_BYTES = 64 << 20
 
 RESIZE_MODES = ("crop", "pad")
 
@@ -103,20 +106,23 @@ def iter_windows(
     window: int,
     stride: int,
     decode_threads: int = 0,
-    chunk_size: int = 16,
+    chunk_size: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield `(start_frame, frames uint8 [window, H, W, 3])` for each full window, streaming.
 
     Only the frames of windows still open are kept, so memory is bounded by `window + chunk_size` output
-    frames whatever the video's length. Decode errors propagate (`VideoDecodeError`) after the windows
-    before them were yielded: callers that must not keep a partial file's clips discard them.
+    frames plus one chunk of decoded frames (about 64 MB by default) whatever the video's length.
+    Decode errors propagate (`VideoDecodeError`) after the windows before them were yielded: callers
+    that must not keep a partial file's clips discard them.
     """
+    if chunk_size is None:
+        chunk_size = int(max(1, min(16, _DECODE_CHUNK_BYTES // (geo.src_h * geo.src_w * 3))))
     buf: list[np.ndarray] = []  # frames from index `buf_start` on
     buf_start = 0
     next_start = 0
     for chunk in iter_frames(path, chunk_size=chunk_size, threads=decode_threads):
         if chunk.shape[1:3] != (geo.src_h, geo.src_w):
-            raise ValueError(
+            raise VideoDecodeError(
                 f"{path}: frame size changed mid-stream from {geo.src_h}x{geo.src_w} to {chunk.shape[1]}x{chunk.shape[2]}"
             )
         buf.extend(apply_geometry(chunk, geo))
