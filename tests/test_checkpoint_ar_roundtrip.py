@@ -174,3 +174,21 @@ def test_tp2_load_export_bit_exact():
         assert r["exported"].keys() == state.keys()
         for k in state:
             assert torch.equal(torch.from_numpy(r["exported"][k]), state[k]), k
+
+
+def test_resize_vocab(single_process):
+    from cosmos_nemo.models.ar.model import build_ar_model
+
+    small = ar_config("tiny", num_layers=1, vocab_size=300)
+    state = random_state(small, seed=11)
+    model = build_ar_model(ar_config("tiny", num_layers=1, vocab_size=320))
+    _expect_error(model, state, "tok_embeddings.weight: checkpoint (300, 256), model (320, 256)", "resize_vocab")
+    load_cosmos_checkpoint(model, state, resize_vocab=True)
+    emb = model.embedding.word_embeddings.weight
+    assert torch.equal(emb[:300], state["tok_embeddings.weight"])
+    torch.testing.assert_close(emb[300:], state["tok_embeddings.weight"].mean(0).expand(20, -1))
+    out = model.output_layer.weight
+    torch.testing.assert_close(out[310], state["output.weight"].mean(0))
+    shrink = build_ar_model(ar_config("tiny", num_layers=1, vocab_size=200))
+    load_cosmos_checkpoint(shrink, state, resize_vocab=True)
+    assert torch.equal(shrink.embedding.word_embeddings.weight, state["tok_embeddings.weight"][:200])

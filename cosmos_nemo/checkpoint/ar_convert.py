@@ -59,8 +59,8 @@ def _atomic_dir(final: Path, overwrite: bool) -> Path:
 
 
 def import_to_dist_ckpt(source: str | os.PathLike, cfg: ARModelConfig, output: str | os.PathLike,
-                        dtype: torch.dtype = torch.float32, overwrite: bool = False) -> Path:
-    """Released checkpoint -> dist-ckpt model folder (strict key accounting)."""
+                        dtype: torch.dtype = torch.float32, overwrite: bool = False, resize_vocab: bool = False) -> Path:
+    """Released checkpoint -> dist-ckpt model folder (strict key accounting; optional vocab resize)."""
     from megatron.core import dist_checkpointing
 
     from cosmos_nemo import parallel
@@ -71,7 +71,7 @@ def import_to_dist_ckpt(source: str | os.PathLike, cfg: ARModelConfig, output: s
     own = _single_process()
     try:
         model = build_ar_model(cfg, dtype=dtype, perform_initialization=False)
-        load_cosmos_checkpoint(model, source)
+        load_cosmos_checkpoint(model, source, resize_vocab=resize_vocab)
         tmp.mkdir(parents=True)
         dist_checkpointing.save(model.sharded_state_dict(), str(tmp))
         if out.exists():

@@ -28,6 +28,9 @@ def register(subparsers) -> None:
                    help="released model.pt / .safetensors file, or a folder holding model.pt or model.safetensors")
     _model_flags(p)
     p.add_argument("--output", required=True, help="dist-ckpt folder to write (written to a temporary name, renamed when complete)")
+    p.add_argument("--resize-vocab", "--resize_vocab", dest="resize_vocab", action="store_true",
+                   help="when the checkpoint's vocabulary differs from the model's (tokenizer swap), resize the "
+                        "embedding/output rows: new rows = mean of the old ones, surplus rows dropped (logged)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.set_defaults(func=_run_import)
 
@@ -82,7 +85,8 @@ def _run_import(args) -> int:
     from cosmos_nemo.checkpoint.cosmos_ar import CheckpointMismatchError
 
     try:
-        out = import_to_dist_ckpt(args.checkpoint_path, _config(args), args.output, overwrite=args.overwrite)
+        out = import_to_dist_ckpt(args.checkpoint_path, _config(args), args.output, overwrite=args.overwrite,
+                                  resize_vocab=args.resize_vocab)
     except (CheckpointMismatchError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"error: {err}")
         return 2

@@ -21,6 +21,7 @@ Export reverses the fusion by indexing only, so import then export returns the o
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 from cosmos_nemo.models.ar.config import ARModelConfig
 
 PREFIX = "model."
+log = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
@@ -145,7 +147,33 @@ def check_cosmos_state(state: Mapping[str, torch.Tensor], cfg: ARModelConfig) ->
             parts.append(_fmt_list("missing keys", missing))
         if wrong:
             parts.append(_fmt_list("wrong shapes", wrong))
+            if any(k.startswith(("tok_embeddings.", "output.")) for k in wrong):
+                parts.append("  (a different vocabulary size: set model.resize_vocab=true / resize_vocab=True to "
+                             "resize the embedding and output rows, new rows initialised from the mean of the old)")
         raise CheckpointMismatchError("\n".join(parts))
+
+
+def resize_vocab_rows(weight: torch.Tensor, rows: int, name: str = "") -> torch.Tensor:
+    """`weight` with `rows` rows: extra rows are the mean of the existing ones, surplus rows are dropped.
+    Logged, since it changes what the model knows about token ids."""
+    old = weight.shape[0]
+    if rows == old:
+        return weight
+    if rows < old:
+        log.warning("resize_vocab: %s keeps the first %d of %d rows (ids >= %d dropped)", name, rows, old, rows)
+        return weight[:rows].clone()
+    mean = weight.float().mean(dim=0, keepdim=True).to(weight.dtype)
+    log.warning("resize_vocab: %s grows from %d to %d rows; new rows = mean of the old rows", name, old, rows)
+    return torch.cat([weight, mean.expand(rows - old, -1)], dim=0)
+
+
+def apply_vocab_resize(state: Mapping[str, torch.Tensor], cfg: ARModelConfig) -> dict[str, torch.Tensor]:
+    """Resize `tok_embeddings` / `output` (prefix stripped) to the config's vocabulary sizes."""
+    out = dict(state)
+    for key, rows in (("tok_embeddings.weight", cfg.vocab_size), ("output.weight", cfg.output_vocab_size)):
+        if key in out and out[key].ndim == 2 and out[key].shape[1] == cfg.hidden_size:
+            out[key] = resize_vocab_rows(out[key], rows, key)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -317,14 +345,19 @@ def _tp():
 
 
 @torch.no_grad()
-def load_cosmos_checkpoint(model, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]]) -> dict:
+def load_cosmos_checkpoint(model, source: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
+                           resize_vocab: bool = False) -> dict:
     """Fill `model` (this rank's TP/PP part of a CosmosARModel) from a released checkpoint or state dict.
 
     Strict: the source must hold exactly the architecture's keys and shapes (checked before anything is
-    copied), and every parameter of this rank must be filled. Returns a small report."""
+    copied), and every parameter of this rank must be filled. With `resize_vocab`, embedding and output
+    rows are first resized to the model's vocabulary (new rows = mean of the old, logged). Returns a
+    small report."""
     cfg: ARModelConfig = model.ar_config
     state = read_cosmos_checkpoint(source) if isinstance(source, (str, os.PathLike)) else dict(source)
     state = strip_prefix(state)
+    if resize_vocab:
+        state = apply_vocab_resize(state, cfg)
     check_cosmos_state(state, cfg)
     fused = _uses_fused_norms(model)
     offset = _layer_offset(model)
