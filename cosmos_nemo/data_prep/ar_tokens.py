@@ -126,6 +126,10 @@ def _check_tokenizer(tok, compression_flag: str | None, settings: EngineSettings
     return list(grid.as_tuple())
 
 
+def torch_cuda_in_use(device: str) -> bool:
+    return str(device).startswith("cuda")
+
+
 def run_prepare(
     items: Sequence[SourceItem],
     settings: EngineSettings,
@@ -152,6 +156,15 @@ def run_prepare(
     except (FileNotFoundError, OSError, ValueError, RuntimeError) as e:
         raise PrepareError(f"cannot load the tokenizer {settings.tokenizer!r}: {e}") from None
     grid = _check_tokenizer(tok, compression_flag, settings)
+    tok_name, tok_compression, tok_vocab = tok.name, tuple(tok.compression), int(tok.vocab_size)
+    if workers > 1:
+        # Each worker loads its own copy; do not hold a third one (GPU memory) in the parent.
+        del tok
+        tok = None
+        if torch_cuda_in_use(settings.device):
+            import torch
+
+            torch.cuda.empty_cache()
     fp = fingerprint(settings, items, extra_fingerprint)
     record = read_prepare_record(out)
     ours = record is not None and record.get("fingerprint") == fp
@@ -175,7 +188,7 @@ def run_prepare(
     parts, _ = prepare_parts_dir(out, fp)
     # Text embeddings first: a text encoder that cannot be loaded is an error before any video work.
     emb = text_embeddings(parts) if text_embeddings is not None else None
-    done_before = run_parts(items, settings, parts, workers, tokenizer=tok if workers <= 1 else None, progress=progress)
+    done_before = run_parts(items, settings, parts, workers, tokenizer=tok, progress=progress)
     part_meta = read_parts(parts, len(items))
     skipped = [{"source": m["source"], "reason": m["reason"]} for m in part_meta if m["status"] != "ok"]
     report = Report(
@@ -188,9 +201,9 @@ def run_prepare(
     if report.num_used == 0:
         raise PrepareError("no usable clips in any input video; nothing was written.\n" + report.summary())
     meta = ARDatasetMeta(
-        tokenizer=tok.name,
-        compression=tuple(tok.compression),
-        vocab_size=int(tok.vocab_size),
+        tokenizer=tok_name,
+        compression=tok_compression,
+        vocab_size=tok_vocab,
         frames=settings.frames,
         height=settings.height,
         width=settings.width,

@@ -312,7 +312,14 @@ def load_tokenizer(settings: EngineSettings):
 
 
 def _init_worker(settings: EngineSettings, items: list[SourceItem], parts: str) -> None:
+    import dataclasses
+    import multiprocessing as mp
+
     torch.set_num_threads(settings.threads_per_worker)
+    if settings.device == "cuda" and torch.cuda.device_count() > 1:
+        # Spread workers over the visible GPUs (worker k -> GPU k mod n), like the reference's one rank per GPU.
+        rank = (mp.current_process()._identity or (1,))[0] - 1
+        settings = dataclasses.replace(settings, device=f"cuda:{rank % torch.cuda.device_count()}")
     _WORKER.update(settings=settings, items=items, parts=Path(parts), tokenizer=load_tokenizer(settings))
 
 
