@@ -84,9 +84,10 @@ rep = prepare_ar_tokens(ARTokensConfig(input_videos_dir=Path(args['inp']), outpu
     encoder_path='tiny', width=args['w'], height=args['h'], num_context_frames=args['frames'], stride=args['stride'],
     workers=args['workers'], progress=False))
 dt = time.perf_counter() - t
-self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({'seconds': dt, 'clips': rep.num_documents, 'rss_mb': self_kb / 1024, 'worker_rss_mb': child_kb / 1024}))
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+print(json.dumps({'seconds': dt, 'clips': rep.num_documents, 'rss_mb': me.ru_maxrss / 1024,
+                  'worker_rss_mb': kids.ru_maxrss / 1024, 'cpu_seconds': cpu}))
 """
 
 
@@ -125,11 +126,16 @@ def main(argv=None) -> int:
         "clips_per_s_1_worker": one["clips"] / one["seconds"],
         "clips_per_s_2_workers": two["clips"] / two["seconds"],
         "speedup": one["seconds"] / two["seconds"],
+        "cpu_seconds_1_worker": one["cpu_seconds"],
+        "cpu_seconds_2_workers": two["cpu_seconds"],
+        "load_average_1min": os.getloadavg()[0],
         "outputs_identical": same,
     }
     e = results["end_to_end"]
     print(f"end to end ({e['clips']} clips, tiny tokenizer): 1 worker {e['clips_per_s_1_worker']:.2f} clips/s, "
-          f"2 workers {e['clips_per_s_2_workers']:.2f} clips/s -> speedup {e['speedup']:.2f}x; outputs identical: {same}")
+          f"2 workers {e['clips_per_s_2_workers']:.2f} clips/s -> speedup {e['speedup']:.2f}x; outputs identical: {same}; "
+          f"CPU seconds {e['cpu_seconds_1_worker']:.1f} vs {e['cpu_seconds_2_workers']:.1f}; "
+          f"load average {e['load_average_1min']:.1f} on {os.cpu_count()} cores")
 
     big = work / "e2e_4x"
     big.mkdir(parents=True, exist_ok=True)
