@@ -132,7 +132,6 @@ class CosmosARModel(GPTModel):
         context_mask: Optional[torch.Tensor] = None,
         inference_context=None,
         labels: Optional[torch.Tensor] = None,
-        loss_mask: Optional[torch.Tensor] = None,
         gather_output: Optional[bool] = None,
         decoder_input: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
@@ -141,8 +140,9 @@ class CosmosARModel(GPTModel):
         optional context_mask [B, Lc] (True = attend) for Video2World.
 
         Returns logits [B, L, V] (gathered over TP unless `gather_output=False`), or with `labels` [B, L]
-        the per-token vocab-parallel cross-entropy [B, L] (megatron style). On a pipeline stage without
-        the output layer, the hidden states [L, B, hidden]."""
+        the per-token vocab-parallel cross-entropy [B, L] (megatron style: the caller applies its loss
+        mask). On a pipeline stage without the output layer, the hidden states [L, B, hidden].
+        `context_mask` may also be given as [B, 1, 1, Lc]."""
         cfg = self.ar_config
         offset = inference_context.sequence_len_offset if inference_context is not None else 0
         if tokens is not None:
@@ -185,7 +185,10 @@ class CosmosARModel(GPTModel):
                 raise ValueError(f"context width {context.shape[-1]} != model context_dim {cfg.context_dim}")
             extra["context"] = context.transpose(0, 1).to(self.config.params_dtype)
             if context_mask is not None:
-                extra["context_mask"] = ~context_mask.to(torch.bool)[:, None, None, :]
+                keep = context_mask.to(torch.bool).reshape(context_mask.shape[0], -1)
+                if keep.shape != context.shape[:2]:
+                    raise ValueError(f"context_mask {tuple(context_mask.shape)} does not match context {tuple(context.shape[:2])}")
+                extra["context_mask"] = ~keep[:, None, None, :]  # megatron convention: True = masked out
         elif context is not None:
             raise ValueError("`context` was given to a base (non-Video2World) model")
 
@@ -219,7 +222,6 @@ class CosmosARModel(GPTModel):
             rotary_pos_emb=rotary,
             rotary_pos_cos=None,
             rotary_pos_sin=None,
-            loss_mask=loss_mask,
             decoder_input=decoder_input,
             runtime_gather_output=gather_output,
             inference_context=inference_context,
