@@ -287,7 +287,9 @@ def _tokenize_source(item: SourceItem, settings: EngineSettings, tokenizer, toke
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fps = info.fps if info.fps > 0 else (30.0 if not info.duration else max(1e-3, (starts[-1] + settings.frames) / info.duration))
+    fps = info.fps
+    if fps <= 0:  # no average rate in the container: frames per second of the declared duration, else 24
+        fps = info.num_frames / info.duration if info.num_frames and info.duration else 24.0
     return {
         "status": "ok",
         "windows": starts,
