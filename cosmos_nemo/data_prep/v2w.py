@@ -95,11 +95,11 @@ def build_items(path: Path) -> tuple[list[SourceItem], list[str]]:
 
 def _embedder(prompts: list[str], cfg: V2WConfig):
     def compute(parts: Path):
-        from safetensors.torch import load_file, save_file
+        from cosmos_nemo.io.tensors import load_tensors, save_tensors
 
         cache = parts / TEXT_CACHE
         if cache.is_file():
-            t = load_file(str(cache))
+            t = load_tensors(cache, expected=("embeddings", "mask"))
             return t["embeddings"], t["mask"]
         from cosmos_nemo.tokenizers.text import TextEncoderNotAvailableError, load_text_encoder
 
@@ -114,9 +114,7 @@ def _embedder(prompts: list[str], cfg: V2WConfig):
             masks.append(enc.mask)
         embeddings = torch.cat(embs).to(torch.bfloat16).contiguous()
         mask = torch.cat(masks).contiguous()
-        tmp = parts / f".{TEXT_CACHE}.tmp{os.getpid()}"
-        save_file({"embeddings": embeddings, "mask": mask}, str(tmp))
-        os.replace(tmp, cache)
+        save_tensors(cache, {"embeddings": embeddings, "mask": mask})
         return embeddings, mask
 
     return compute
