@@ -58,3 +58,24 @@ def test_transformer_config_fields():
     assert tc.num_query_groups == 2 and tc.qk_layernorm and tc.gated_linear_unit and not tc.add_bias_linear
     assert tc.layernorm_epsilon == 1e-5 and tc.normalization == "RMSNorm"
     assert tc.params_dtype == torch.float32
+
+
+def test_config_from_reference_fields():
+    from cosmos_nemo.models.ar.config import ar_config_from_reference
+
+    base = dict(dim=4096, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=128, vocab_size=64000,
+                ffn_hidden_size=14336, norm_eps=1e-5, rope_theta=500000, video_latent_shape=[5, 40, 64])
+    assert count_parameters(ar_config_from_reference(base)) == count_parameters(ar_config("4b"))
+    v2w = dict(base, insert_cross_attn=True, apply_abs_pos_emb=True, context_dim=1024)
+    cfg = ar_config_from_reference(v2w, {"training_type": "text_to_video", "video_vocab_size": 64000})
+    assert (cfg.vocab_size, cfg.output_vocab_size, cfg.bov_token_id) == (64064, 64000, 64000)
+    assert count_parameters(cfg) == count_parameters(ar_config("5b_v2w"))
+    tiny = dict(base, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=None, vocab_size=1000, ffn_hidden_size=512,
+                insert_cross_attn=True, apply_abs_pos_emb=True, context_dim=1024)
+    t = ar_config_from_reference(tiny, {"training_type": "text_to_video", "video_vocab_size": 1000})
+    assert (t.vocab_size, t.output_vocab_size, t.kv_channels, t.bov_token_id) == (1024, 1000, 64, 1000)
+    yarn = ar_config_from_reference(dict(base, dim=5120, n_layers=40, apply_yarn=True, yarn_scale=2, yarn_beta_fast=4,
+                                         yarn_beta_slow=1, original_latent_shape=[3, 40, 64]))
+    assert yarn.yarn == ar_config("12b").yarn
+    with pytest.raises(ValueError, match="together"):
+        ar_config_from_reference(dict(base, insert_cross_attn=True))

@@ -20,17 +20,14 @@ TOL = 1e-5
 
 
 def golden_config(folder: Path):
-    """An ARModelConfig built from the golden's recorded model_config (no size special-casing)."""
-    from cosmos_nemo.models.ar.config import ARModelConfig
+    """An ARModelConfig from the golden's recorded native config (no size special-casing)."""
+    from cosmos_nemo.models.ar.config import ar_config_from_reference
 
-    mc = json.loads((folder / "config.json").read_text())["model_config"]
-    head_dim = mc["head_dim"] or mc["dim"] // mc["n_heads"]
-    return ARModelConfig(
-        name="golden", num_layers=mc["n_layers"], hidden_size=mc["dim"], num_attention_heads=mc["n_heads"],
-        num_query_groups=mc["n_kv_heads"], kv_channels=head_dim, ffn_hidden_size=mc["ffn_hidden_size"],
-        vocab_size=mc["vocab_size"], norm_eps=mc["norm_eps"], rope_theta=float(mc["rope_theta"]),
-        max_grid=tuple(mc["video_latent_shape"]),
-    )
+    recorded = json.loads((folder / "config.json").read_text())
+    cfg = ar_config_from_reference(recorded["model_config"], recorded["tokenizer_config"], name="golden")
+    vocab = recorded["derived"]["vocab"]
+    assert (cfg.vocab_size, cfg.output_vocab_size) == (vocab["tok_embeddings_rows"], vocab["output_rows"])
+    return cfg
 
 
 def _build_loaded(folder: Path, tp: int = 1, pp: int = 1):

@@ -23,6 +23,7 @@ from cosmos_nemo.tokenizers.grid import (
     V2W_PAD_TO_MULTIPLE_OF,
     LatentGrid,
     base_layout,
+    round_up,
     v2w_layout,
 )
 
@@ -177,6 +178,44 @@ REFERENCE_PARAMS_B = {"4b": 4.01, "12b": 11.56, "5b_v2w": 4.58, "13b_v2w": 13.32
 _ALIASES = {"cosmos-1.0-autoregressive-4b": "4b", "cosmos-predict1-4b": "4b", "5b": "5b_v2w", "13b": "13b_v2w",
             "cosmos-1.0-autoregressive-12b": "12b", "cosmos-1.0-autoregressive-5b-video2world": "5b_v2w",
             "cosmos-1.0-autoregressive-13b-video2world": "13b_v2w"}
+
+
+def ar_config_from_reference(model_config: dict, tokenizer_config: Optional[dict] = None, name: str = "reference",
+                             **overrides) -> ARModelConfig:
+    """An ARModelConfig from cosmos-predict1's native `ModelConfig` fields (dim, n_layers, n_heads, ...) and
+    its tokenizer config, applying the reference's vocabulary rules: for `training_type="text_to_video"`
+    one BOV id (= video vocabulary size + offset) is added and the embedding only is rounded up to a
+    multiple of 64 (1001 -> 1024, 64001 -> 64064), the output keeps `vocab_size` rows."""
+    mc, tc = model_config, tokenizer_config or {}
+    head_dim = mc.get("head_dim") or mc["dim"] // mc["n_heads"]
+    cross = bool(mc.get("insert_cross_attn", False))
+    if cross != bool(mc.get("apply_abs_pos_emb", False)):
+        raise ValueError("only the released combinations are supported: cross-attention and the absolute PE together "
+                         f"(Video2World) or neither; got insert_cross_attn={cross}, apply_abs_pos_emb={mc.get('apply_abs_pos_emb')}")
+    if cross and mc.get("insert_cross_attn_every_k_layers", 1) != 1:
+        raise ValueError("cross-attention in every layer is supported (insert_cross_attn_every_k_layers = 1)")
+    if mc.get("rope_dim", "3D") != "3D" or mc.get("pytorch_rope_version", "v2") != "v2":
+        raise ValueError("only the 3D RoPE of pytorch_rope_version v2 (the released models' math) is supported")
+    fields = dict(
+        name=name, num_layers=mc["n_layers"], hidden_size=mc["dim"], num_attention_heads=mc["n_heads"],
+        num_query_groups=mc.get("n_kv_heads") or mc["n_heads"], kv_channels=head_dim,
+        ffn_hidden_size=mc["ffn_hidden_size"], vocab_size=mc["vocab_size"], norm_eps=mc.get("norm_eps", 1e-5),
+        rope_theta=float(mc.get("rope_theta", 500_000.0)), pad_to_multiple_of=mc.get("pad_to_multiple_of") or 64,
+    )
+    if mc.get("video_latent_shape"):
+        fields["max_grid"] = tuple(mc["video_latent_shape"])
+    if mc.get("apply_yarn"):
+        fields["yarn"] = YarnConfig(float(mc["yarn_scale"]), float(mc["yarn_beta_fast"]), float(mc["yarn_beta_slow"]),
+                                    tuple(mc["original_latent_shape"]))
+    if tc.get("training_type") == "text_to_video" or cross:
+        if not cross:
+            raise ValueError("training_type text_to_video without cross-attention is not a released model")
+        bov = tc.get("video_vocab_size", mc["vocab_size"]) + tc.get("video_tokenizer_offset", 0)
+        fields.update(video2world=True, context_dim=mc.get("context_dim") or 1024, bov_token_id=bov,
+                      pad_token_id=bov + 2, output_vocab_size=mc["vocab_size"],
+                      vocab_size=round_up(max(bov + 1, mc["vocab_size"] + 1), 64))
+    fields.update(overrides)
+    return ARModelConfig(**fields)
 
 
 def ar_config(name: str, **overrides) -> ARModelConfig:
