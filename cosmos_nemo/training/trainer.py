@@ -106,7 +106,7 @@ def train(
     val_loss = val_first["loss"] if val_first else None
     if val_first:
         logger.scalars(step, {"val/loss": val_first["loss"], "val/accuracy": val_first["accuracy"]})
-    out = {}
+    out, history = {}, []
 
     # 5. The loop.
     while step < trainer.max_steps and not _epochs_done(train_data, trainer):
@@ -122,6 +122,7 @@ def train(
         elapsed = time.perf_counter() - start
         step += 1
         consumed += data.global_batch_size
+        history.append(out["loss"])
         if step % trainer.log_interval == 0 or step == trainer.max_steps:
             logger.step(step, {"loss": out["loss"], "lr": lr, "grad_norm": out["grad_norm"],
                                "tokens_per_s": tokens / elapsed, "flops_per_s": flops_per_token * tokens / elapsed,
@@ -137,7 +138,8 @@ def train(
     logger.close()
     summary = {"run_dir": str(run_dir), "step": step, "train_loss": out.get("loss"), "val_loss": val_loss,
                "val_loss_first": val_first["loss"] if val_first else None,
-               "checkpoint": str(ckpt_dir / checkpointing.iter_name(step)) if step else None}
+               "checkpoint": str(ckpt_dir / checkpointing.iter_name(step)) if step else None,
+               "losses": history}
     if state.rank == 0:
         print(f"run folder: {run_dir}", flush=True)
     parallel_mod.teardown()
