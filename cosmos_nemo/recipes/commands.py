@@ -1,0 +1,151 @@
+"""`cosmos-nemo train RECIPE [a.b=value ...]`: build a recipe, apply overrides, check it, launch it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+_EPILOG = """examples:
+  cosmos-nemo train --list
+  cosmos-nemo train cosmos_ar_tiny_finetune data.paths=[./tokens] --nproc 2 parallel.tensor=2
+  cosmos-nemo train cosmos_ar_4b_tokenizer_swap --recipe-arg frames=17 --recipe-arg height=320 \\
+      --recipe-arg width=512 data.paths=[./my_4x8x8_tokens] --nproc 8 parallel.tensor=8
+  cosmos-nemo train cosmos_ar_12b_finetune data.paths=[/data/tokens] --executor slurm --nodes 4 \\
+      --gpus-per-node 8 --account ACCT --partition batch --time 04:00:00 \\
+      --container-image nvcr.io/ORG/cosmos-nemo:latest --mounts /lustre/data:/data --dryrun
+"""
+
+
+def _parse_recipe_args(items: list[str]) -> dict[str, str]:
+    from cosmos_nemo.recipes.overrides import split_override
+
+    return dict(split_override(item) for item in items or [])
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cosmos_nemo.recipes import launch as L
+    from cosmos_nemo.recipes.overrides import OverrideError, apply_overrides
+    from cosmos_nemo.recipes.registry import build_recipe, list_recipes
+
+    if args.list or not args.recipe:
+        for name, summary in list_recipes():
+            print(f"{name:34s} {summary}")
+        return 0 if args.list else 2
+    try:
+        recipe = build_recipe(args.recipe, _parse_recipe_args(args.recipe_arg))
+        apply_overrides(recipe, args.overrides)
+        if args.executor == "slurm":
+            missing = [flag for flag, value in (("--account", args.account), ("--partition", args.partition)) if not value]
+            if missing:
+                raise L.LaunchError(f"--executor slurm needs {' and '.join(missing)}")
+            job_dir = args.job_dir or str(L.run_dir_of(recipe) / "launches")
+            executor = L.slurm_executor(
+                account=args.account, partition=args.partition, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                time=args.time, container_image=args.container_image, mounts=L.parse_mounts(args.mounts),
+                job_dir=job_dir, ssh_host=args.ssh_host, ssh_user=args.ssh_user,
+            )
+            world = args.nodes * args.gpus_per_node
+        else:
+            if args.nproc < 1:
+                raise L.LaunchError(f"--nproc must be >= 1, got {args.nproc}")
+            executor = L.local_executor(args.nproc)
+            world = args.nproc
+        # Slurm data and weights usually live on the cluster: check them only when they are here.
+        on_cluster = args.executor == "slurm"
+        data_here = all(Path(p).exists() for p in recipe.data.paths)
+        for note in L.preflight(recipe, world, check_data=not on_cluster or data_here):
+            print(f"note: {note}")
+        pretrained = recipe.checkpoint.pretrained
+        if pretrained and not (on_cluster and args.dryrun):
+            if not (on_cluster and not L.is_hub_id(pretrained) and not Path(pretrained).exists()):
+                recipe.checkpoint.pretrained = L.resolve_pretrained(pretrained)
+    except (KeyError, OverrideError, L.LaunchError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+    if args.dryrun:
+        print(f"# recipe {args.recipe}\n{recipe}\n")
+        result = L.launch(recipe, executor, name=args.name, dryrun=True)
+        print(result.text)
+        print(f"\n# run folder: {result.run_dir}")
+        return 0
+    if args.direct:
+        import fiddle as fdl
+
+        if world != 1:
+            print("error: --direct runs one process in this one; drop --nproc or --direct", file=sys.stderr)
+            return 2
+        summary = fdl.build(recipe)()
+        print(f"run folder: {summary['run_dir']}  step {summary['step']}  train loss {summary['train_loss']}")
+        return 0
+    print(f"run folder: {L.run_dir_of(recipe)}", flush=True)
+    result = L.launch(recipe, executor, name=args.name, tail_logs=not args.quiet)
+    if not result.ok:
+        print(f"error: training {result.text.lower() or 'failed'}; logs:", file=sys.stderr)
+        for path in result.logs:
+            print(f"  {path}", file=sys.stderr)
+        tail = _tail(result.logs)
+        if tail:
+            print("last lines:\n" + tail, file=sys.stderr)
+        return 1
+    if args.executor == "slurm":
+        print(f"submitted; logs and the sbatch script are under {result.logs[0] if result.logs else args.job_dir}")
+    else:
+        print(f"done: run folder {result.run_dir}")
+    return 0
+
+
+def _tail(paths: list[str], lines: int = 25) -> str:
+    for path in paths:
+        if path.endswith("combined.log") or path.endswith("stderr.log"):
+            text = Path(path).read_text(errors="replace").splitlines()
+            if text:
+                return "\n".join(text[-lines:])
+    return ""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a recipe (local torchrun or Slurm), with dotted overrides",
+        description="Build a named recipe (see --list), apply dotted overrides (trainer.max_steps=100), check "
+        "parallel sizes, batch sizes and data against the model, then launch it through nemo-run: locally with "
+        "torchrun (CPU or GPU) or on Slurm. The run folder is <checkpoint.output_root>/<project>/<group>/<name>/.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", nargs="?", help="recipe name, e.g. cosmos_ar_tiny_finetune (see --list)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides of the recipe's configs: model.*, data.*, optim.*, trainer.*, checkpoint.*, "
+                   "parallel.*, log.* (values are YAML: true, null, [a,b]); an unknown key names the closest valid one")
+    p.add_argument("--list", action="store_true", help="list the recipes and exit")
+    p.add_argument("--recipe-arg", "--recipe_arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="an argument of the recipe function itself, e.g. frames=17 for a tokenizer-swap recipe "
+                   "(repeatable); these change derived values (the latent grid) that overrides alone would not")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: torchrun on this machine (default); slurm: sbatch through nemo-run's SlurmExecutor")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="local: processes (torchrun ranks) on this machine (default 1); world size = nproc")
+    p.add_argument("--direct", action="store_true",
+                   help="local, 1 process: run in this process without torchrun (debugging)")
+    p.add_argument("--nodes", type=int, default=1, help="slurm: nodes (default 1)")
+    p.add_argument("--gpus-per-node", "--gpus_per_node", type=int, default=8,
+                   help="slurm: GPUs (= torchrun ranks) per node (default 8); world size = nodes x gpus-per-node")
+    p.add_argument("--account", help="slurm: account (sbatch --account)")
+    p.add_argument("--partition", help="slurm: partition (sbatch --partition)")
+    p.add_argument("--time", default="04:00:00", help="slurm: wall-clock limit (default 04:00:00)")
+    p.add_argument("--container-image", "--container_image",
+                   help="slurm: container image for pyxis (srun --container-image), with cosmos_nemo installed")
+    p.add_argument("--mounts", help="slurm: container mounts SRC:DST[:ro],... (srun --container-mounts)")
+    p.add_argument("--job-dir", "--job_dir",
+                   help="slurm: folder on a shared file system for the sbatch script, logs and serialised recipe "
+                   "(default <run folder>/launches)")
+    p.add_argument("--ssh-host", "--ssh_host", help="slurm: submit through ssh to this login node (default: sbatch here)")
+    p.add_argument("--ssh-user", "--ssh_user", help="slurm: ssh user (default $USER)")
+    p.add_argument("--name", help="experiment name (default checkpoint.name)")
+    p.add_argument("--dryrun", action="store_true",
+                   help="print the resolved recipe and the torchrun command or sbatch script; start nothing")
+    p.add_argument("--quiet", action="store_true", help="local: do not stream rank 0's output")
+    p.set_defaults(func=_train)

@@ -1,0 +1,271 @@
+"""Launching a recipe: checks before anything starts, nemo-run executors, and the run itself.
+
+- `preflight(recipe, world_size)`: parallel sizes against the world size and the model's heads/layers,
+  the global batch against micro-batch x DP, the data against the model (when the data is on this
+  machine), finetune weights present. Every problem is a `LaunchError` with the arithmetic.
+- `local_executor(nproc)`: nemo-run `LocalExecutor` with torchrun (CPU: gloo and one thread per rank).
+- `slurm_executor(...)`: nemo-run `SlurmExecutor` (pyxis container, torchrun rendezvous on the head node).
+- `launch(recipe, executor, ...)`: run it as a nemo-run experiment whose metadata and logs live in the
+  run folder (`<run>/launches/`), and report failures with the log paths; `dryrun=True` returns the
+  torchrun command or the sbatch script instead.
+- `resolve_pretrained(path_or_hub_id)`: a hub id becomes the local path of its downloaded weights.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import fiddle as fdl
+import nemo_run as run
+
+
+class LaunchError(ValueError):
+    """A run that would fail: reported before any process starts."""
+
+
+@dataclass
+class LaunchResult:
+    ok: bool
+    run_dir: str
+    logs: list[str] = field(default_factory=list)
+    text: str = ""  # dry run: the command or sbatch script
+
+
+def run_dir_of(recipe: run.Partial) -> Path:
+    ck = recipe.checkpoint
+    return Path(ck.output_root) / ck.project / ck.group / ck.name
+
+
+# --------------------------------------------------------------------------------------------------
+# checks before launching
+
+
+def preflight(recipe: run.Partial, world_size: int, check_data: bool = True) -> list[str]:
+    """Validate `recipe` for `world_size` processes; returns notes, raises LaunchError."""
+    notes: list[str] = []
+    par, model, data = recipe.parallel, recipe.model, recipe.data
+    tp, pp, cp = par.tensor, par.pipeline, par.context
+    if min(tp, pp, cp) < 1:
+        raise LaunchError(f"parallel sizes must be >= 1, got TP={tp} PP={pp} CP={cp}")
+    if cp != 1:
+        raise LaunchError("context parallelism is not supported by the AR models: set parallel.context=1")
+    mp = tp * pp * cp
+    if world_size % mp:
+        raise LaunchError(
+            f"world size {world_size} is not divisible by TP x PP x CP = {tp} x {pp} x {cp} = {mp}: launch a multiple "
+            f"of {mp} processes (nodes x processes per node), or lower parallel.tensor / parallel.pipeline"
+        )
+    dp = world_size // mp
+    built = fdl.build(model)  # the dataclass's own checks (heads vs groups, vocab) run here
+    for name, value in (("num_attention_heads", built.num_attention_heads), ("num_query_groups", built.num_query_groups)):
+        if value % tp:
+            raise LaunchError(f"parallel.tensor={tp} must divide model.{name}={value}")
+    if built.num_layers % pp:
+        raise LaunchError(f"parallel.pipeline={pp} must divide model.num_layers={built.num_layers}")
+    mbs, gbs = data.micro_batch_size, data.global_batch_size
+    if mbs < 1 or gbs < 1:
+        raise LaunchError(f"batch sizes must be >= 1, got micro {mbs}, global {gbs}")
+    if gbs % (mbs * dp):
+        raise LaunchError(
+            f"data.global_batch_size={gbs} is not a multiple of micro_batch_size x DP = {mbs} x {dp} = {mbs * dp} "
+            f"(DP = world {world_size} / (TP {tp} x PP {pp})); use a global batch of {_nearest_multiple(gbs, mbs * dp)}"
+        )
+    notes.append(
+        f"world {world_size} = TP {tp} x PP {pp} x DP {dp}; global batch {gbs} = micro {mbs} x DP {dp} x "
+        f"{gbs // (mbs * dp)} accumulation steps"
+    )
+    if recipe.trainer.precision not in ("fp32", "bf16"):
+        raise LaunchError(f"trainer.precision must be 'fp32' or 'bf16', got {recipe.trainer.precision!r}")
+    if recipe.checkpoint.mode == "finetune" and not recipe.checkpoint.pretrained:
+        raise LaunchError("checkpoint.mode=finetune needs checkpoint.pretrained (a Cosmos .pt, a dist-ckpt folder, "
+                          "a run folder or a hub id)")
+    if not data.paths:
+        raise LaunchError("no training data: set data.paths=[DIR,...] (a `cosmos-nemo prepare ar-tokens` output)")
+    if check_data:
+        notes.extend(_check_data(recipe, built))
+    return notes
+
+
+def _nearest_multiple(value: int, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def _check_data(recipe: run.Partial, model) -> list[str]:
+    from cosmos_nemo.data import DataModelMismatch, validate_for_model
+    from cosmos_nemo.data.ar_dataset import ARDatasetError
+    from cosmos_nemo.data.loader import resolve_dataset_paths
+
+    paths = list(recipe.data.paths)
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise LaunchError(f"data path(s) not found: {', '.join(missing)}")
+    try:
+        resolved = [str(p) for p in resolve_dataset_paths(paths)]
+        return validate_for_model(
+            resolved, model.output_vocab_size or model.vocab_size, max_seq_length=model.seq_length,
+            split_string=recipe.data.split_string, model_task="video2world" if model.video2world else "base",
+            model_embedding_rows=model.vocab_size,
+        )
+    except (DataModelMismatch, ARDatasetError, ValueError) as err:
+        raise LaunchError(f"the data does not fit the model: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# pretrained weights
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(value: str) -> bool:
+    return bool(_HUB_ID.match(value)) and not Path(value).exists()
+
+
+def resolve_pretrained(value: Optional[str]) -> Optional[str]:
+    """A local path as is; a hub id (`nvidia/Cosmos-1.0-Autoregressive-4B`) downloaded with
+    `huggingface_hub.snapshot_download` to the local path of its released weights (`model.pt`)."""
+    if not value or not is_hub_id(value):
+        if value and not Path(value).exists():
+            raise LaunchError(f"pretrained weights {value!r} not found (a Cosmos .pt/.safetensors, a dist-ckpt folder, "
+                              "a run folder, or a hub id such as nvidia/Cosmos-1.0-Autoregressive-4B)")
+        return value
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(value, allow_patterns=["model.pt", "*.safetensors", "config.json"]))
+    except Exception as err:  # offline, gated, unknown repo
+        raise LaunchError(
+            f"cannot download {value!r} from the Hugging Face hub ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            f"Download it where there is network (`huggingface-cli download {value} model.pt --local-dir DIR`) and "
+            "pass the local path instead: --model_path DIR/model.pt (or checkpoint.pretrained=DIR/model.pt)"
+        ) from None
+    for pattern in ("model.pt", "*.safetensors"):
+        found = sorted(folder.glob(pattern))
+        if found:
+            return str(found[0])
+    raise LaunchError(f"{value!r} downloaded to {folder} holds no model.pt or .safetensors weights")
+
+
+# --------------------------------------------------------------------------------------------------
+# executors
+
+
+def _cpu_only() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def local_executor(nproc: int, env: Optional[dict] = None) -> run.LocalExecutor:
+    """torchrun with `nproc` processes on this machine; on a CPU each rank gets one thread (2 ranks on 2
+    cores would otherwise oversubscribe them with intra-op threads)."""
+    env_vars = {"PYTHONUNBUFFERED": "1"}
+    if _cpu_only():
+        env_vars["OMP_NUM_THREADS"] = "1"
+    env_vars.update(env or {})
+    return run.LocalExecutor(ntasks_per_node=nproc, launcher="torchrun", env_vars=env_vars)
+
+
+def parse_mounts(text: Optional[str]) -> list[str]:
+    """`SRC:DST[:ro],...` as pyxis container mounts; each must name a source and an absolute target."""
+    mounts = []
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/") or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise LaunchError(f"a mount is SRC:DST or SRC:DST:ro with an absolute DST, got {item!r}")
+        mounts.append(item)
+    return mounts
+
+
+def slurm_executor(
+    *,
+    account: str,
+    partition: str,
+    nodes: int,
+    gpus_per_node: int,
+    time: str = "04:00:00",
+    container_image: Optional[str] = None,
+    mounts: Optional[list[str]] = None,
+    job_dir: str,
+    ssh_host: Optional[str] = None,
+    ssh_user: Optional[str] = None,
+    env: Optional[dict] = None,
+) -> run.SlurmExecutor:
+    """One torchrun per node (`--ntasks-per-node=1`) that starts `gpus_per_node` ranks, rendezvous at the
+    head node's address. `job_dir` must be on a file system the compute nodes see (sbatch script, logs,
+    serialised recipe). The container (pyxis) must have cosmos_nemo installed (containers/Dockerfile)."""
+    if nodes < 1 or gpus_per_node < 1:
+        raise LaunchError(f"--nodes and --gpus-per-node must be >= 1, got {nodes} and {gpus_per_node}")
+    if not account or not partition:
+        raise LaunchError("a Slurm launch needs --account and --partition")
+    if not re.match(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$", time):
+        raise LaunchError(f"--time must be a Slurm time such as 04:00:00 or 1-00:00:00, got {time!r}")
+    tunnel = (run.SSHTunnel(host=ssh_host, user=ssh_user or os.environ.get("USER", ""), job_dir=job_dir)
+              if ssh_host else run.LocalTunnel(job_dir=job_dir))
+    return run.SlurmExecutor(
+        account=account,
+        partition=partition,
+        nodes=nodes,
+        ntasks_per_node=gpus_per_node,
+        gpus_per_node=gpus_per_node,
+        time=time,
+        container_image=container_image,
+        container_mounts=list(mounts or []),
+        launcher="torchrun",
+        tunnel=tunnel,
+        packager=run.Packager(),  # the code comes from the container, not from a copy of this checkout
+        env_vars={"PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+def world_size_of(executor) -> int:
+    return executor.nnodes() * executor.nproc_per_node()
+
+
+# --------------------------------------------------------------------------------------------------
+# the launch
+
+
+def _dryrun_text(job) -> str:
+    info = job._dryrun_info
+    request = getattr(info, "request", None)
+    if hasattr(request, "materialize"):  # Slurm: the sbatch script
+        return request.materialize()
+    lines = []
+    for role, replicas in getattr(request, "role_params", {}).items():
+        for replica in replicas:
+            env = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in sorted(replica.env.items()) if k != "PATH")
+            lines.append(f"cd {shlex.quote(replica.cwd or os.getcwd())} && {env} " + " ".join(shlex.quote(a) for a in replica.args))
+    return "\n".join(lines) if lines else str(info)
+
+
+def launch(recipe: run.Partial, executor, name: Optional[str] = None, dryrun: bool = False,
+           base_dir: Optional[str] = None, tail_logs: bool = True) -> LaunchResult:
+    """Run `recipe` on `executor` as a nemo-run experiment; its metadata goes to `base_dir` (default
+    `<run folder>/launches`). Returns whether it succeeded and where its logs are."""
+    run_dir = run_dir_of(recipe)
+    name = name or recipe.checkpoint.name
+    if base_dir is None:
+        base_dir = str(run_dir / "launches")
+    if not dryrun:
+        Path(base_dir).mkdir(parents=True, exist_ok=True)
+    with run.Experiment(name, executor=executor, base_dir=base_dir, log_level="WARN",
+                        enable_goodbye_message=False) as exp:
+        exp.add(recipe, name=name, tail_logs=tail_logs)
+        if dryrun:
+            exp.dryrun(log=False)
+            return LaunchResult(ok=True, run_dir=str(run_dir), text=_dryrun_text(exp.jobs[0]))
+        exp.run(sequential=True)
+    job = exp.jobs[0]
+    status = str(job.status(exp._runner))
+    logs = sorted(glob.glob(os.path.join(job.executor.job_dir, "**", "*.log"), recursive=True))
+    logs = [p for p in logs if p.endswith(("combined.log", "stderr.log"))] or logs
+    return LaunchResult(ok=status.startswith("SUCCEEDED"), run_dir=str(run_dir), logs=logs, text=status)
