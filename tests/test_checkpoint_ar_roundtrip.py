@@ -155,14 +155,29 @@ def _tp2_roundtrip(cfg_kwargs: dict, state: dict) -> dict:
     load_cosmos_checkpoint(model, state)
     shapes = {k: tuple(v.shape) for k, v in model.named_parameters()}
     exported = {k: v.numpy() for k, v in export_cosmos_state_dict(model, prefix="").items()}
+    tokens, context = _v2w_inputs()
+    with torch.no_grad():
+        logits = model.eval()(tokens, grid=(2, 3, 5), context=context).numpy()
     parallel.teardown()
-    return {"shapes": shapes, "exported": exported}
+    return {"shapes": shapes, "exported": exported, "logits": logits}
+
+
+def _v2w_inputs():
+    from cosmos_nemo.tokenizers.grid import v2w_layout
+
+    g = torch.Generator().manual_seed(8)
+    layout = v2w_layout((2, 3, 5))
+    ids = torch.randint(0, 64000, (2, 30), generator=g)
+    tokens = torch.tensor([layout.stored_tokens(r.tolist())[:-1] for r in ids])
+    return tokens, torch.randn(2, 6, 384, generator=g)
 
 
 @pytest.mark.distributed
-def test_tp2_load_export_bit_exact():
+def test_tp2_load_export_bit_exact_and_v2w_forward():
+    from test_ar_reference_parity import random_cosmos_state  # O(1) activations, so 1e-5 is meaningful
+
     cfg_kwargs = dict(num_layers=2)
-    state = random_state(ar_config("tiny_v2w", **cfg_kwargs), seed=7)
+    state = random_cosmos_state(ar_config("tiny_v2w", **cfg_kwargs), seed=7)
     results = run_in_processes(_tp2_roundtrip, 2, cfg_kwargs, {k: v.numpy() for k, v in state.items()})
     for r in results:
         shapes = r["shapes"]
@@ -174,6 +189,13 @@ def test_tp2_load_export_bit_exact():
         assert r["exported"].keys() == state.keys()
         for k in state:
             assert torch.equal(torch.from_numpy(r["exported"][k]), state[k]), k
+    # the TP=2 forward (cross-attention KV groups split over ranks) equals the independent reference
+    from test_ar_reference_parity import reference_forward
+
+    tokens, context = _v2w_inputs()
+    ref, _ = reference_forward(state, tokens, (2, 3, 5), layers=2, heads=4, kv_heads=2, hd=64, v2w=True, context=context)
+    for r in results:
+        torch.testing.assert_close(torch.from_numpy(r["logits"]), ref, atol=1e-5, rtol=0)
 
 
 def test_resize_vocab(single_process):
