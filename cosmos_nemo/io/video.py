@@ -186,6 +186,14 @@ def _declared_duration(container, stream) -> float | None:
     return None
 
 
+def _rgb24(frame) -> np.ndarray:
+    """uint8 RGB of a decoded frame. Bicubic is the ffmpeg CLI's default scaler flag: it only matters where
+    swscale has no exact unscaled path (e.g. 10-bit input), and there it brings us closest to the CLI."""
+    if frame.format.name == "rgb24":
+        return frame.to_ndarray()
+    return frame.reformat(format="rgb24", interpolation="BICUBIC").to_ndarray()
+
+
 def _frame_end(frame) -> float | None:
     if frame.pts is None or frame.time_base is None:
         return None
@@ -235,7 +243,7 @@ def iter_frames(
                     continue
                 if stop is not None and index >= stop:
                     break
-                rgb = np.ascontiguousarray(display(frame.to_ndarray(format="rgb24")))
+                rgb = np.ascontiguousarray(display(_rgb24(frame)))
                 buf.append(transform(rgb) if transform is not None else rgb)
                 if len(buf) == chunk_size:
                     yield np.stack(buf)
