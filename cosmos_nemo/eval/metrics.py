@@ -13,8 +13,8 @@ TokenBench (`token_bench/metrics_cli.py`, and the NeMo `token_bench.py`) scores 
 
 How this stays exact and fast:
 
-* Frames are uint8, so every window sum (of x, y, x^2 + y^2 and x*y) is an integer that int32 holds
-  exactly, and so are the cancellation-prone terms ``49*Sxx - Sx^2`` (the variance numerators). Only the
+* Frames are uint8, so every window sum (of x, y, x^2 + y^2 and x*y) is an integer that int16 (x, y)
+  or int32 holds exactly, and so are the cancellation-prone terms ``49*Sxx - Sx^2`` (the variance numerators). Only the
   final ratio is taken in floating point, so there is no catastrophic cancellation anywhere and the result
   is the exact SSIM up to float rounding of one division (~1e-8), closer than skimage's own float32
   arithmetic is to it (~1e-7).
@@ -73,15 +73,18 @@ def _window_sums(q: torch.Tensor) -> torch.Tensor:
     return _box7(_box7(q, 2), 1)
 
 
-def _ssim_map_sum(x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Per-channel sum of the valid SSIM map of int32 planar strips `[C, h, W]` (h >= 7)."""
-    sx = _window_sums(x)
-    sy = _window_sums(y)
+def _ssim_map_sum(x16: torch.Tensor, y16: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per-channel sum of the valid SSIM map of int16 planar strips `[C, h, W]` (h >= 7)."""
+    # Window sums of x and y stay below 49*255 = 12495, so int16 holds them (half the memory traffic);
+    # the second moments need int32 (49 * 2 * 255^2 < 2^31).
+    sx = _window_sums(x16).to(torch.int32)
+    sy = _window_sums(y16).to(torch.int32)
+    x = x16.to(torch.int32)
+    y = y16.to(torch.int32)
     q = x * x
     q += y * y
     sq = _window_sums(q)
-    q = x * y
-    sxy = _window_sums(q)
+    sxy = _window_sums(x.mul_(y))
     p = sx * sy  # Sx*Sy
     b1 = sx.mul_(sx)
     b1 += sy.mul_(sy)  # Sx^2 + Sy^2
@@ -130,11 +133,11 @@ def _score_one(fa: torch.Tensor, fb: torch.Tensor, device: torch.device, float_d
     err = torch.zeros((), dtype=torch.int64, device=device)
     for r in range(0, height - 6, rows):
         stop = min(r + rows + 6, height)
-        x = fa[r:stop].permute(2, 0, 1).to(torch.int32)
-        y = fb[r:stop].permute(2, 0, 1).to(torch.int32)
+        x = fa[r:stop].permute(2, 0, 1).to(torch.int16)
+        y = fb[r:stop].permute(2, 0, 1).to(torch.int16)
         # Strips overlap by 6 rows for the window; squared errors count each row once.
         own = stop - r if stop == height else rows
-        d = x[:, :own] - y[:, :own]
+        d = (x[:, :own] - y[:, :own]).to(torch.int32)
         err += d.mul_(d).sum(dtype=torch.int64)
         per_channel += _ssim_map_sum(x, y, float_dtype)
     valid = (height - 6) * (width - 6)
