@@ -262,3 +262,19 @@ def test_grid_is_a_forward_input(single_process):
         model(tokens + 300, grid=(2, 3, 4))
     with pytest.raises(ValueError, match="non-Video2World"):
         model(tokens, grid=(2, 3, 4), context=torch.zeros(1, 2, 8))
+
+
+def test_batch_grid_forms():
+    import numpy as np
+
+    from cosmos_nemo.models.ar.model import batch_grid
+    from cosmos_nemo.tokenizers.grid import LatentGrid
+
+    g = LatentGrid(2, 3, 4)
+    for form in [(2, 3, 4), [2, 3, 4], torch.tensor([2, 3, 4]), np.array([2, 3, 4]), tuple(torch.tensor([2, 3, 4])),
+                 torch.tensor([[2, 3, 4]] * 3), tuple(torch.tensor([[2, 3, 4]] * 3)), [(2, 3, 4), (2, 3, 4)]]:
+        assert batch_grid(form) == g, form
+    with pytest.raises(ValueError, match="per-sample grids for a batch of 2"):
+        batch_grid(torch.tensor([[2, 3, 4]] * 3), batch_size=2)
+    with pytest.raises(ValueError, match="grid must be"):
+        batch_grid("2x3x4")

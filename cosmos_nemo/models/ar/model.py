@@ -38,21 +38,30 @@ from cosmos_nemo.tokenizers.grid import LatentGrid
 GridArg = Union[LatentGrid, Sequence[int], torch.Tensor, Sequence[Sequence[int]]]
 
 
+def _plain(value):
+    """Nested python ints from tensors, numpy arrays/scalars, tuples and lists."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def batch_grid(grid: GridArg, batch_size: Optional[int] = None) -> LatentGrid:
-    """One LatentGrid for a batch: a (T,H,W), or per-sample grids that must all be equal (a batch holds
-    clips of one grid; the sampler groups by grid)."""
+    """One LatentGrid for a batch: a (T,H,W), or per-sample grids [B, 3] that must all be equal (a batch
+    holds clips of one grid; the sampler groups by grid)."""
     if isinstance(grid, LatentGrid):
         return grid
-    if isinstance(grid, torch.Tensor):
-        grid = grid.tolist()
-    grid = list(grid)
-    if len(grid) == 3 and all(isinstance(v, (int,)) or hasattr(v, "__index__") for v in grid):
-        return LatentGrid.of(grid)
-    grids = {LatentGrid.of(g) for g in grid}
+    values = _plain(grid)
+    if isinstance(values, list) and len(values) == 3 and all(isinstance(v, int) for v in values):
+        return LatentGrid.of(values)
+    if not isinstance(values, list) or not values or not all(isinstance(v, list) for v in values):
+        raise ValueError(f"grid must be (T, H, W) or per-sample [[T, H, W], ...], got {grid!r}")
+    grids = {LatentGrid.of(g) for g in values}
     if len(grids) != 1:
         raise ValueError(f"a batch must hold clips of one latent grid, got {sorted(map(str, grids))}")
-    if batch_size is not None and len(grid) != batch_size:
-        raise ValueError(f"got {len(grid)} per-sample grids for a batch of {batch_size}")
+    if batch_size is not None and len(values) != batch_size:
+        raise ValueError(f"got {len(values)} per-sample grids for a batch of {batch_size}")
     return grids.pop()
 
 
