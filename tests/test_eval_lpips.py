@@ -119,3 +119,23 @@ def test_model_shapes():
     sd = LPIPSVGG().state_dict()
     assert len([k for k in sd if k.startswith("convs")]) == 26 and len([k for k in sd if k.startswith("lins")]) == 5
     assert sum(v.numel() for k, v in sd.items() if k.startswith("convs")) == 14_714_688  # VGG16 conv params
+
+
+def test_cli_lpips_matches_package_values(reference, tmp_path):
+    """`--metrics lpips` end to end: per-video LPIPS is the mean over frames of the package's values."""
+    from cosmos_nemo.cli import main
+    from cosmos_nemo.io.video import read_frames, write_mp4
+
+    out, *_ = reference
+    gt, gen = tmp_path / "gt", tmp_path / "gen"
+    frames = synthetic_frames(3, 37, 53, seed=4)
+    write_mp4(gt / "a.mp4", frames, crf=0)
+    write_mp4(gen / "a.mp4", frames, crf=35)
+    rc = main(["evaluate", "tokenbench", "--gtpath", str(gt), "--targetpath", str(gen), "--metrics", "psnr,lpips",
+               "--lpips-weights", str(out / "lpips_vgg.safetensors"), "--chunk-size", "2", "--lpips-batch", "1"])
+    assert rc == 0
+    (name, value), = json.loads((gen / "lpips.json").read_text())
+    model = load_lpips([out / "lpips_vgg.safetensors"])
+    direct = lpips_per_frame(model, read_frames(gt / "a.mp4"), read_frames(gen / "a.mp4")).mean().item()
+    assert name == "a.mp4" and value == pytest.approx(direct, abs=1e-7) and value > 0
+    assert json.loads((gen / "tokenbench.json").read_text())["means"]["lpips"] == pytest.approx(value)

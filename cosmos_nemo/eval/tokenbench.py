@@ -149,7 +149,10 @@ def evaluate_pair(name: str, ref: Path, gen: Path, cfg: TokenBenchConfig, models
         values["lpips"] = lpips_sum / acc.frames
     feats = None
     if models.i3d is not None:
-        feats = (i3d_features(models.i3d, torch.cat(fvd_ref, dim=1)), i3d_features(models.i3d, torch.cat(fvd_gen, dim=1)))
+        try:
+            feats = (i3d_features(models.i3d, torch.cat(fvd_ref, dim=1)), i3d_features(models.i3d, torch.cat(fvd_gen, dim=1)))
+        except RuntimeError as e:  # e.g. a clip shorter than the I3D's temporal receptive field
+            raise PairError(f"the I3D network failed on this pair ({acc.frames} frames): {e}") from e
         if not all(torch.isfinite(f).all() for f in feats):
             raise PairError("the I3D features are not finite")
     bad = [k for k, v in values.items() if not math.isfinite(v)]
