@@ -14,10 +14,9 @@ TokenBench (`token_bench/metrics_cli.py`, and the NeMo `token_bench.py`) scores 
 How this stays exact and fast:
 
 * Frames are uint8, so every window sum (of x, y, x^2 + y^2 and x*y) is an integer that int16 (x, y)
-  or int32 holds exactly, and so are the cancellation-prone terms ``49*Sxx - Sx^2`` (the variance numerators). Only the
-  final ratio is taken in floating point, so there is no catastrophic cancellation anywhere and the result
-  is the exact SSIM up to float rounding of one division (~1e-8), closer than skimage's own float32
-  arithmetic is to it (~1e-7).
+  or int32 holds exactly, and so are the cancellation-prone variance numerators ``49*Sxx - Sx^2``. Only
+  the final ratio is taken in floating point (float64), so there is no catastrophic cancellation anywhere:
+  the result is the exact SSIM up to ~1e-15, and skimage's own float32 arithmetic is ~1e-7 from it.
 * PSNR accumulates an exact int64 sum of squared errors across chunks.
 * Frames are processed in horizontal strips of a few dozen rows, so the temporaries stay in cache;
   whole videos are never materialised, not even one frame as float.
@@ -189,7 +188,6 @@ class PairAccumulator:
     frames: int = 0
     values_per_frame: int = 0
     sse: int = 0
-    ssim_sum: float = 0.0
     ssim_frames: list[float] = field(default_factory=list)
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
