@@ -317,20 +317,27 @@ def _layer_offset(model) -> int:
     return (layers[0].layer_number - 1) if len(layers) else 0
 
 
-def _shard(full: torch.Tensor, param: torch.Tensor, tp_rank: int, tp_size: int) -> torch.Tensor:
-    """This rank's shard of a TP=1 tensor, following megatron's partition attributes (a stride-2 fc1
-    holds [gate_r; up_r])."""
+def _stride(name: str, param: torch.Tensor) -> int:
+    # The SwiGLU fc1 is [gate; up] and each rank holds [gate_r; up_r]: stride 2 whatever the linear
+    # implementation records (megatron's local and TE linears do record it; be independent of that).
+    if name.endswith("mlp.linear_fc1.weight"):
+        return 2
+    return getattr(param, "partition_stride", 1)
+
+
+def _shard(full: torch.Tensor, param: torch.Tensor, tp_rank: int, tp_size: int, stride: int = 1) -> torch.Tensor:
+    """This rank's shard of a TP=1 tensor along megatron's partition dim, `stride` blocks chunked separately."""
     if not getattr(param, "tensor_model_parallel", False) or tp_size == 1:
         return full
-    dim, stride = param.partition_dim, getattr(param, "partition_stride", 1)
+    dim = param.partition_dim
     blocks = torch.chunk(full, stride, dim=dim)
     return torch.cat([torch.chunk(b, tp_size, dim=dim)[tp_rank] for b in blocks], dim=dim)
 
 
-def _unshard(shards: list[torch.Tensor], param: torch.Tensor) -> torch.Tensor:
+def _unshard(shards: list[torch.Tensor], param: torch.Tensor, stride: int = 1) -> torch.Tensor:
     if not getattr(param, "tensor_model_parallel", False) or len(shards) == 1:
         return shards[0]
-    dim, stride = param.partition_dim, getattr(param, "partition_stride", 1)
+    dim = param.partition_dim
     per_rank_blocks = [torch.chunk(s, stride, dim=dim) for s in shards]
     return torch.cat([torch.cat([blocks[b] for blocks in per_rank_blocks], dim=dim) for b in range(stride)], dim=dim)
 
@@ -379,7 +386,7 @@ def load_cosmos_checkpoint(model, source: Union[str, os.PathLike, Mapping[str, t
         )
     wrong = []
     for name, param in params.items():
-        shard = _shard(full[name], param, tp_rank, tp_size)
+        shard = _shard(full[name], param, tp_rank, tp_size, _stride(name, param))
         if shard.shape != param.shape:
             wrong.append(f"{name}: shard {tuple(shard.shape)} vs parameter {tuple(param.shape)}")
             continue
@@ -411,7 +418,7 @@ def export_cosmos_state_dict(model, prefix: str = PREFIX) -> dict[str, torch.Ten
         if tp_size > 1 and getattr(param, "tensor_model_parallel", False):
             shards = [torch.empty_like(local) for _ in range(tp_size)]
             dist.all_gather(shards, local, group=group)
-            local = _unshard(shards, param)
+            local = _unshard(shards, param, _stride(name, param))
         full[name] = local
     fused = _uses_fused_norms(model)
     offset = _layer_offset(model)
