@@ -368,32 +368,43 @@ def load_cosmos_checkpoint(model, source: Union[str, os.PathLike, Mapping[str, t
     check_cosmos_state(state, cfg)
     fused = _uses_fused_norms(model)
     offset = _layer_offset(model)
-    full: dict[str, torch.Tensor] = {}
-    for j in range(len(model.decoder.layers)):
-        full.update(cosmos_layer_to_megatron(state, offset + j, cfg, fused, out_index=j))
-    for src, dst in _GLOBALS.items():
-        full[dst] = state[src]
+    n_local = len(model.decoder.layers)
+
+    def converted(source: Mapping[str, torch.Tensor], j: Optional[int]) -> dict[str, torch.Tensor]:
+        """Megatron tensors of local layer j, or of the globals when j is None."""
+        if j is None:
+            return {dst: source[src] for src, dst in _GLOBALS.items()}
+        return cosmos_layer_to_megatron(source, offset + j, cfg, fused, out_index=j)
 
     tp_rank, tp_size, _ = _tp()
     params = dict(model.named_parameters())
-    unfilled = sorted(set(params) - set(full))
-    unknown_targets = [k for k in full if k not in params and not _is_other_stage(k, model)]
-    if unfilled or unknown_targets:
+    # Dry run on meta tensors: every key and shard shape is checked before anything is copied.
+    meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in state.items()}
+    planned: dict[str, torch.Size] = {}
+    for j in [None, *range(n_local)]:
+        planned.update({k: v.shape for k, v in converted(meta, j).items()})
+    unfilled = sorted(set(params) - set(planned))
+    unknown_targets = sorted(k for k in planned if k not in params and not _is_other_stage(k, model))
+    wrong = []
+    for name, param in params.items():
+        if name in planned:
+            shard = _shard(torch.empty(planned[name], device="meta"), param, tp_rank, tp_size, _stride(name, param))
+            if shard.shape != param.shape:
+                wrong.append(f"{name}: shard {tuple(shard.shape)} vs parameter {tuple(param.shape)}")
+    if unfilled or unknown_targets or wrong:
         raise CheckpointMismatchError(
             "the model's parameters and the converted checkpoint disagree:\n"
             + (_fmt_list("parameters not filled", unfilled) + "\n" if unfilled else "")
-            + (_fmt_list("converted tensors with no parameter", sorted(unknown_targets)) if unknown_targets else "")
+            + (_fmt_list("converted tensors with no parameter", unknown_targets) + "\n" if unknown_targets else "")
+            + (_fmt_list("shard shapes", wrong) if wrong else "")
         )
-    wrong = []
-    for name, param in params.items():
-        shard = _shard(full[name], param, tp_rank, tp_size, _stride(name, param))
-        if shard.shape != param.shape:
-            wrong.append(f"{name}: shard {tuple(shard.shape)} vs parameter {tuple(param.shape)}")
-            continue
-        param.copy_(shard.to(param.dtype))
-    if wrong:
-        raise CheckpointMismatchError("shape mismatch while loading:\n" + _fmt_list("parameters", wrong))
-    return {"source_keys": len(state), "parameters_filled": len(params), "layers": (offset, offset + len(model.decoder.layers)),
+    # Layer by layer, so a rank never holds more than one converted layer besides its own weights.
+    for j in [None, *range(n_local)]:
+        for name, tensor in converted(state, j).items():
+            if name in params:
+                param = params[name]
+                param.copy_(_shard(tensor, param, tp_rank, tp_size, _stride(name, param)).to(param.dtype))
+    return {"source_keys": len(state), "parameters_filled": len(params), "layers": (offset, offset + n_local),
             "tensor_parallel": (tp_rank, tp_size)}
 
 
