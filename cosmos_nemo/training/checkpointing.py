@@ -11,6 +11,7 @@ Layout (DESIGN.md, "Run folder"):
             scheduler/   scheduler.json (step, lr)
             trainer/     trainer.json (iteration, consumed samples) + rng_rank<r>.safetensors per rank
             dataloader/  rank<r>.json: each rank's data position
+            ema/         (with trainer.ema_decay) dist-ckpt of the EMA weights, same keys as model/
 
 A checkpoint is written under `iter_<N>.tmp-<token>/` and renamed to `iter_<N>/` only once every rank
 has finished writing; `latest_checkpoint.txt` is replaced (write to a temp file, fsync, rename) after
@@ -115,7 +116,7 @@ def _kill_inside_dist_ckpt(step: int):
 
 
 def save_checkpoint(checkpoints_dir: Path, step: int, model_chunks, optimizer, scheduler_state: dict,
-                    trainer_state: dict, dataloader_state: dict, keep_last: int = 2) -> Path:
+                    trainer_state: dict, dataloader_state: dict, keep_last: int = 2, ema=None) -> Path:
     """Write `iter_<step>` atomically (collective over all ranks) and move the pointer to it."""
     rank = dist.get_rank()
     token = [secrets.token_hex(4) if rank == 0 else None]
@@ -138,6 +139,8 @@ def save_checkpoint(checkpoints_dir: Path, step: int, model_chunks, optimizer, s
     model_sd = harness.model_sharded_state_dict(model_chunks)
     harness.save_sharded(optimizer.sharded_state_dict(model_sd), tmp / "optim")
     _kill_point("after_optim", step)
+    if ema is not None:
+        ema.save(model_chunks, tmp / "ema")
 
     rng = {"cpu": torch.get_rng_state()}
     from megatron.core.tensor_parallel import get_cuda_rng_tracker
@@ -168,9 +171,13 @@ def save_checkpoint(checkpoints_dir: Path, step: int, model_chunks, optimizer, s
     return final
 
 
-def load_checkpoint(folder: Path, model_chunks, optimizer) -> dict:
-    """Restore model, optimizer, RNG; return {"scheduler", "trainer", "dataloader"} states."""
+def load_checkpoint(folder: Path, model_chunks, optimizer, ema=None) -> dict:
+    """Restore model, optimizer, RNG (and EMA); return {"scheduler", "trainer", "dataloader"} states."""
     rank = dist.get_rank()
+    if ema is not None:
+        if not (folder / "ema" / ".metadata").is_file():
+            raise FileNotFoundError(f"{folder} has no ema/ checkpoint, but trainer.ema_decay is set")
+        ema.load(model_chunks, folder / "ema")
     harness.load_model(model_chunks, str(folder / "model"))
     model_sd = harness.model_sharded_state_dict(model_chunks)
     optim_state = harness.load_sharded(optimizer.sharded_state_dict(model_sd, is_loading=True), str(folder / "optim"))

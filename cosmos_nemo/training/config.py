@@ -47,6 +47,8 @@ class TrainerConfig:
         fp32 parameters on the CPU).
     z_loss: weight of the z-loss `mean(logsumexp(logits)^2)` (native cosmos-predict1: 1e-4; NeMo: 0).
     max_epochs: stop after this many passes over the training split (None: only max_steps counts).
+    ema_decay: keep an exponential moving average of the weights with this decay (None: no EMA); it is
+        saved with each checkpoint under `ema/`.
     """
 
     max_steps: int = 300
@@ -57,6 +59,7 @@ class TrainerConfig:
     val_interval: int = 100
     val_batches: int = 4
     log_interval: int = 1
+    ema_decay: Optional[float] = None
 
 
 @dataclass

@@ -31,6 +31,7 @@ from cosmos_nemo.models.ar.config import ARModelConfig
 from cosmos_nemo.models.ar.model import build_ar_model
 from cosmos_nemo.models.ar.step import ARStep
 from cosmos_nemo.training import checkpointing, harness
+from cosmos_nemo.training.ema import EMA
 from cosmos_nemo.training.config import (CheckpointConfig, LogConfig, OptimizerConfig, ParallelConfig,
                                          TrainerConfig)
 from cosmos_nemo.training.logger import RunLogger
@@ -85,13 +86,17 @@ def train(
     # 4. Resume from the last complete checkpoint, else start from pretrained weights (finetune).
     step, consumed = 0, 0
     latest = checkpointing.latest_checkpoint(ckpt_dir) if checkpoint.resume else None
+    ema = None
     if latest is not None:
-        restored = checkpointing.load_checkpoint(latest, chunks, optimizer)
+        ema = EMA(chunks, trainer.ema_decay) if trainer.ema_decay else None
+        restored = checkpointing.load_checkpoint(latest, chunks, optimizer, ema=ema)
         step, consumed = restored["trainer"]["step"], restored["trainer"]["consumed_samples"]
         train_data.load_state_dict(restored["dataloader"])
         notes.append(f"resumed from {latest} at step {step}")
     elif checkpoint.mode == "finetune":
         notes.append(load_pretrained(chunks, model, checkpoint.pretrained))
+    if trainer.ema_decay and ema is None:
+        ema = EMA(chunks, trainer.ema_decay)  # starts from the initial (or pretrained) weights
 
     logger = RunLogger(run_dir, log, enabled=state.rank == 0, total=trainer.max_steps, initial=step)
     if state.rank == 0:
@@ -119,6 +124,8 @@ def train(
         out = harness.train_step(step_fn, train_data, chunks, optimizer, train_data.num_micro_batches, seq_length,
                                  data.micro_batch_size, metric_keys=("loss", "accuracy"),
                                  pre_step=_zero_nonfinite if optim.zero_nonfinite_grads else None)
+        if ema is not None:
+            ema.update()
         elapsed = time.perf_counter() - start
         step += 1
         consumed += data.global_batch_size
@@ -132,9 +139,9 @@ def train(
             val_loss = val["loss"]
             logger.scalars(step, {"val/loss": val["loss"], "val/accuracy": val["accuracy"]})
         if (checkpoint.save_interval and step % checkpoint.save_interval == 0) or step == trainer.max_steps:
-            _save(ckpt_dir, step, consumed, chunks, optimizer, train_data, lr, checkpoint)
+            _save(ckpt_dir, step, consumed, chunks, optimizer, train_data, lr, checkpoint, ema)
     if step and not (ckpt_dir / checkpointing.iter_name(step)).is_dir():
-        _save(ckpt_dir, step, consumed, chunks, optimizer, train_data, lr_at(step - 1, optim, trainer.max_steps), checkpoint)
+        _save(ckpt_dir, step, consumed, chunks, optimizer, train_data, lr_at(step - 1, optim, trainer.max_steps), checkpoint, ema)
     logger.close()
     summary = {"run_dir": str(run_dir), "step": step, "train_loss": out.get("loss"), "val_loss": val_loss,
                "val_loss_first": val_first["loss"] if val_first else None,
@@ -205,11 +212,11 @@ def _plain(value):
     return str(value)
 
 
-def _save(ckpt_dir, step, consumed, chunks, optimizer, train_data, lr, checkpoint: CheckpointConfig) -> None:
+def _save(ckpt_dir, step, consumed, chunks, optimizer, train_data, lr, checkpoint: CheckpointConfig, ema=None) -> None:
     checkpointing.save_checkpoint(
         ckpt_dir, step, chunks, optimizer, scheduler_state={"step": step, "lr": lr},
         trainer_state={"step": step, "consumed_samples": consumed}, dataloader_state=train_data.state_dict(),
-        keep_last=checkpoint.keep_last,
+        keep_last=checkpoint.keep_last, ema=ema,
     )
 
 

@@ -24,7 +24,9 @@ def _vocab_parallel_logsumexp_and_argmax(logits: torch.Tensor):
     global_max = local_max.clone()
     dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
     sum_exp = torch.exp(logits - global_max.unsqueeze(-1)).sum(-1)
-    sum_exp = torch.distributed.nn.functional.all_reduce(sum_exp, group=group)
+    # Forward: sum over the TP ranks; backward: identity. The loss is replicated on every TP rank, so each
+    # rank's slice gets the gradient of that one loss (an autograd all-reduce would sum it TP times).
+    sum_exp = tensor_parallel.reduce_from_tensor_model_parallel_region(sum_exp)
     lse = torch.log(sum_exp) + global_max
     # Global argmax: the rank whose slice holds the maximum reports its index offset by its slice start.
     rank = parallel_state.get_tensor_model_parallel_rank()
