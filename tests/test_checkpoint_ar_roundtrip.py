@@ -214,3 +214,22 @@ def test_resize_vocab(single_process):
     shrink = build_ar_model(ar_config("tiny", num_layers=1, vocab_size=200))
     load_cosmos_checkpoint(shrink, state, resize_vocab=True)
     assert torch.equal(shrink.embedding.word_embeddings.weight, state["tok_embeddings.weight"][:200])
+
+
+def test_lazy_safetensors_view(single_process, tmp_path):
+    from cosmos_nemo.checkpoint.cosmos_ar import LazyTensors
+    from cosmos_nemo.models.ar.model import build_ar_model
+
+    small = ar_config("tiny", num_layers=1, vocab_size=300)
+    state = random_state(small, seed=12, prefix="model.")
+    save_file(state, str(tmp_path / "model.safetensors"))
+    view = read_cosmos_checkpoint(tmp_path / "model.safetensors", lazy=True)
+    assert isinstance(view, LazyTensors) and len(view) == len(state)
+    stripped = strip_prefix(view)
+    assert stripped.shape("tok_embeddings.weight") == (300, 256)
+    assert torch.equal(stripped["norm.weight"], state["model.norm.weight"])
+    # a path loads lazily, with the vocabulary resize applied on the view
+    model = build_ar_model(ar_config("tiny", num_layers=1, vocab_size=320))
+    load_cosmos_checkpoint(model, tmp_path / "model.safetensors", resize_vocab=True)
+    assert torch.equal(model.embedding.word_embeddings.weight[:300], state["model.tok_embeddings.weight"])
+    assert torch.equal(model.decoder.final_layernorm.weight, state["model.norm.weight"])
