@@ -1,0 +1,109 @@
+"""AR generation: continue a video's tokens with the KV-cached model, then decode them to frames.
+
+Sampling follows the NeMo/megatron reference controller: logits / temperature; `top_k > 1` keeps the k
+largest, else `0 < top_p < 1` keeps the smallest set of tokens whose probability reaches top_p
+(nucleus); softmax; one multinomial draw. `top_k == 1` is greedy. Generation runs the same model the
+trainer trains (no second model): a prefill over the context tokens, then one token at a time through
+megatron's static KV cache, with 3D RoPE positions taken from the clip's latent grid.
+
+Unlike the reference scripts, nothing is hard-coded to a 5x40x64 grid: the grid comes from the clip, and
+the context is a whole number of latent frames of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from cosmos_nemo.models.ar.config import ARModelConfig
+from cosmos_nemo.models.common.rope import YarnConfig
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 0.8
+    top_k: int = 0
+    seed: int = 0
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set the logits of tokens outside the top-k / nucleus to -inf (last dim is the vocabulary)."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        # Drop a token once the mass *before* it exceeds top_p (the first token always stays), as
+        # megatron's modify_logits_for_top_p_filtering and the native sampler do.
+        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) > top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        return logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of `logits` [B, V]."""
+    if cfg.top_k == 1 or cfg.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / max(cfg.temperature, 1e-6)
+    probs = torch.softmax(filter_logits(logits, cfg.top_k if cfg.top_k > 1 else 0, cfg.top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_tokens(model, prompt: torch.Tensor, grid, num_tokens: int, sampling: SamplingConfig = SamplingConfig(),
+                    context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Continue `prompt` [B, P] (positions 0..P-1 of the grid's layout) by `num_tokens` tokens."""
+    from cosmos_nemo.models.ar.model import make_inference_context
+
+    model.eval()
+    batch, length = prompt.shape
+    generator = torch.Generator(device=prompt.device).manual_seed(sampling.seed)
+    ctx = make_inference_context(batch, length + num_tokens)
+    extra = {} if context is None else {"context": context, "context_mask": context_mask}
+    logits = model(prompt, grid=grid, inference_context=ctx, **extra)
+    ctx.sequence_len_offset += length
+    out = [prompt]
+    for i in range(num_tokens):
+        token = sample_next(logits[:, -1, : model.ar_config.output_vocab_size or logits.shape[-1]], sampling, generator)
+        out.append(token[:, None])
+        if i + 1 == num_tokens:
+            break
+        logits = model(token[:, None], grid=grid, inference_context=ctx, **extra)
+        ctx.sequence_len_offset += 1
+    return torch.cat(out, dim=1)
+
+
+def model_config_from_run(run_dir: str | Path) -> ARModelConfig:
+    """The ARModelConfig a run was trained with, from its config.yaml."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass a run folder written by `cosmos-nemo train`")
+    fields = dict(yaml.safe_load(path.read_text())["model"])
+    if isinstance(fields.get("yarn"), dict):
+        y = fields["yarn"]
+        fields["yarn"] = YarnConfig(y["scale"], y["beta_fast"], y["beta_slow"], tuple(y["original_latent_shape"]))
+    fields["max_grid"] = tuple(fields["max_grid"])
+    return ARModelConfig(**fields)
+
+
+def load_trained_model(run_dir: str | Path, weights: str = "model"):
+    """Build the run's model (parallel state must be set up) and load its latest checkpoint's weights
+    (`weights="ema"` for the EMA copy)."""
+    from cosmos_nemo.models.ar.model import build_ar_model
+    from cosmos_nemo.training import checkpointing, harness
+
+    cfg = model_config_from_run(run_dir)
+    latest = checkpointing.latest_checkpoint(Path(run_dir) / "checkpoints")
+    if latest is None:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint under checkpoints/")
+    if not (latest / weights / ".metadata").is_file():
+        raise FileNotFoundError(f"{latest / weights} is not a checkpoint (weights must be 'model' or 'ema')")
+    chunks = harness.wrap_model(lambda pre, post: build_ar_model(cfg, pre, post))
+    harness.load_model(chunks, str(latest / weights))
+    return chunks[0].module, cfg, latest
