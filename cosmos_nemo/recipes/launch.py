@@ -17,6 +17,7 @@ import glob
 import os
 import re
 import shlex
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -253,16 +254,20 @@ def launch(recipe: run.Partial, executor, name: Optional[str] = None, dryrun: bo
     `<run folder>/launches`). Returns whether it succeeded and where its logs are."""
     run_dir = run_dir_of(recipe)
     name = name or recipe.checkpoint.name
+    if dryrun:
+        # nemo-run materialises the experiment to print it; keep that out of the (not yet existing) run folder
+        with tempfile.TemporaryDirectory(prefix="cosmos_nemo_dryrun_") as scratch:
+            with run.Experiment(name, executor=executor, base_dir=scratch, log_level="WARN",
+                                enable_goodbye_message=False) as exp:
+                exp.add(recipe, name=name, tail_logs=False)
+                exp.dryrun(log=False)
+                return LaunchResult(ok=True, run_dir=str(run_dir), text=_dryrun_text(exp.jobs[0]))
     if base_dir is None:
         base_dir = str(run_dir / "launches")
-    if not dryrun:
-        Path(base_dir).mkdir(parents=True, exist_ok=True)
+    Path(base_dir).mkdir(parents=True, exist_ok=True)
     with run.Experiment(name, executor=executor, base_dir=base_dir, log_level="WARN",
                         enable_goodbye_message=False) as exp:
         exp.add(recipe, name=name, tail_logs=tail_logs)
-        if dryrun:
-            exp.dryrun(log=False)
-            return LaunchResult(ok=True, run_dir=str(run_dir), text=_dryrun_text(exp.jobs[0]))
         exp.run(sequential=True)
     job = exp.jobs[0]
     status = str(job.status(exp._runner))
