@@ -208,6 +208,12 @@ def test_v2w_tiny_matches_reference_with_384_wide_context(single_process):
             steps.append(model(tokens[:, p : p + 1], grid=grid, context=context, inference_context=ctx))
             ctx.sequence_len_offset += 1
     torch.testing.assert_close(torch.cat(steps, 1), logits[:, :24], atol=TOL, rtol=0)
+    # last_token_only: the prefill materialises only the last position's logits
+    ctx = make_inference_context(2, 64, last_token_only=True)
+    with torch.no_grad():
+        last = model(tokens[:, :20], grid=grid, context=context, inference_context=ctx)
+    assert last.shape == (2, 1, 64000)
+    torch.testing.assert_close(last[:, 0], logits[:, 19], atol=TOL, rtol=0)
 
     # With labels the model returns megatron's per-token vocab-parallel cross-entropy.
     labels = torch.randint(0, 64000, tokens.shape, generator=g)
