@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -107,3 +108,36 @@ def load_trained_model(run_dir: str | Path, weights: str = "model"):
     chunks = harness.wrap_model(lambda pre, post: build_ar_model(cfg, pre, post))
     harness.load_model(chunks, str(latest / weights))
     return chunks[0].module, cfg, latest
+
+
+def video_to_uint8(video: torch.Tensor) -> np.ndarray:
+    """Tokenizer output [1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3] (the reference's (x+1)/2 clamp)."""
+    x = ((video[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).contiguous().cpu().numpy()
+
+
+@torch.no_grad()
+def continue_clip(model, tokenizer, frames, context_frames: int, sampling: SamplingConfig = SamplingConfig()):
+    """Encode a clip (uint8 [T, H, W, 3], T = 1 + k*t), keep the latent frames that cover its first
+    `context_frames` frames, generate the rest of the grid, and decode.
+
+    Returns (generated uint8 frames [T, H, W, 3], tokenizer reconstruction of the full clip, grid, the
+    number of context tokens).
+    """
+    from cosmos_nemo.data_prep.clips import frames_to_tokenizer_input
+    from cosmos_nemo.tokenizers.grid import check_frames, latent_grid
+
+    if model.ar_config.video2world:
+        raise ValueError("continue_clip drives base models; a Video2World model also needs text embeddings")
+    grid = latent_grid(frames.shape[0], frames.shape[1], frames.shape[2], tokenizer.compression)
+    context_latents = check_frames(context_frames, tokenizer.compression)
+    if context_latents >= grid.T:
+        raise ValueError(f"{context_frames} context frames cover all {grid.T} latent frames: nothing left to generate")
+    video = frames_to_tokenizer_input(frames[None])
+    indices = tokenizer.encode(video)  # [1, T, H, W]
+    tokens = indices.reshape(1, -1).long()
+    prompt_len = context_latents * grid.H * grid.W
+    out = generate_tokens(model, tokens[:, :prompt_len], tuple(grid), tokens.shape[1] - prompt_len, sampling)
+    generated = tokenizer.decode(out.reshape(indices.shape))
+    recon = tokenizer.decode(indices)
+    return video_to_uint8(generated), video_to_uint8(recon), grid, prompt_len
