@@ -128,16 +128,27 @@ def _pp2_losses(folder: Path) -> list:
             forward_step_func=forward_step, data_iterator=iter([{"tokens": tokens, "labels": labels}]), model=[model],
             num_microbatches=1, seq_length=tokens.shape[1], micro_batch_size=tokens.shape[0], forward_only=True,
         )
+    from cosmos_nemo.checkpoint.cosmos_ar import export_cosmos_state_dict
+
+    exported = {k: v.numpy() for k, v in export_cosmos_state_dict(model, prefix="").items()}
     parallel.teardown()
     # numpy, not tensors: torch's shared-memory handles would not outlive this worker
-    return [r["per_token"].numpy() for r in results]
+    return [r["per_token"].numpy() for r in results], exported
 
 
 @pytest.mark.distributed
 def test_golden_pp2_pipeline_schedule(golden):
     folder = golden("ar", "ar4b_base")
-    first, last = run_in_processes(_pp2_losses, 2, folder)
+    (first, stage0), (last, stage1) = run_in_processes(_pp2_losses, 2, folder)
     assert first == []  # only the last stage computes the loss
+    # each stage exports its own layers under global indices; merged, they are the golden weights
+    from cosmos_nemo.checkpoint.cosmos_ar import merge_pipeline_exports
+
+    weights = load_file(str(folder / "weights.safetensors"))
+    assert "layers.1.attention.wq.weight" in stage1 and "layers.1.attention.wq.weight" not in stage0
+    merged = merge_pipeline_exports([{k: torch.from_numpy(v) for k, v in part.items()} for part in (stage0, stage1)],
+                                    golden_config(folder), prefix="")
+    assert merged.keys() == weights.keys() and all(torch.equal(merged[k], weights[k]) for k in weights)
     tokens = load_file(str(folder / "inputs.safetensors"))["tokens"]
     logits = load_file(str(folder / "outputs.safetensors"))["logits"]
     labels = torch.roll(tokens, -1, dims=1)
