@@ -428,10 +428,10 @@ def load_cosmos_checkpoint(model, source: Union[str, os.PathLike, Mapping[str, t
     offset = _layer_offset(model)
     n_local = len(model.decoder.layers)
 
-    def converted(source: Mapping[str, torch.Tensor], j: Optional[int]) -> dict[str, torch.Tensor]:
-        """Megatron tensors of local layer j, or of the globals when j is None."""
+    def converted(source: Mapping[str, torch.Tensor], j: Optional[int], needed=None) -> dict[str, torch.Tensor]:
+        """Megatron tensors of local layer j, or of the globals (those in `needed`, if given) when j is None."""
         if j is None:
-            return {dst: source[src] for src, dst in _GLOBALS.items()}
+            return {dst: source[src] for src, dst in _GLOBALS.items() if needed is None or dst in needed}
         return cosmos_layer_to_megatron(source, offset + j, cfg, fused, out_index=j)
 
     tp_rank, tp_size, _ = _tp()
@@ -458,8 +458,8 @@ def load_cosmos_checkpoint(model, source: Union[str, os.PathLike, Mapping[str, t
         )
     # Layer by layer, so a rank never holds more than one converted layer besides its own weights.
     for j in [None, *range(n_local)]:
-        for name, tensor in converted(state, j).items():
-            if name in params:
+        for name, tensor in converted(state, j, needed=params).items():
+            if name in params:  # the globals of other pipeline stages are skipped (not even read)
                 param = params[name]
                 param.copy_(_shard(tensor, param, tp_rank, tp_size, _stride(name, param)).to(param.dtype))
     return {"source_keys": len(state), "parameters_filled": len(params), "layers": (offset, offset + n_local),
