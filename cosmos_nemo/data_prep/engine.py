@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -372,7 +373,10 @@ def run_parts(
         else:
             import multiprocessing as mp
 
-            ctx = mp.get_context("spawn")
+            # fork starts workers without re-importing torch/FFmpeg (seconds each), safe here because the
+            # parent has not initialised CUDA and workers run torch single-threaded; spawn everywhere else.
+            fork_ok = sys.platform == "linux" and not str(settings.device).startswith("cuda")
+            ctx = mp.get_context("fork" if fork_ok else "spawn")
             with ctx.Pool(workers, initializer=_init_worker, initargs=(settings, list(items), str(parts))) as pool:
                 for result in pool.imap_unordered(_work, pending, chunksize=1):
                     tick(result)
