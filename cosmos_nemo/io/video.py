@@ -32,7 +32,10 @@ from typing import Callable, Iterator
 import av
 import numpy as np
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4v", ".ts", ".flv", ".wmv")
+VIDEO_EXTENSIONS = (
+    ".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4v", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".3gp",
+    ".ogv", ".mxf", ".y4m",
+)
 
 
 class VideoDecodeError(RuntimeError):
