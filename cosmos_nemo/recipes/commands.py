@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -97,12 +98,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tail(paths: list[str], lines: int = 25) -> str:
+_RANK_ERROR = re.compile(r"\[rank(\d+)\]:\s*([\w.]*(?:Error|Exception|Interrupt)\b.*)$")
+
+
+def _tail(paths: list[str], lines: int = 15) -> str:
+    """The workers' own exceptions (torchrun's summary hides them) and the last lines of the log."""
     for path in paths:
-        if path.endswith("combined.log") or path.endswith("stderr.log"):
-            text = Path(path).read_text(errors="replace").splitlines()
-            if text:
-                return "\n".join(text[-lines:])
+        if not path.endswith(("combined.log", "stderr.log")):
+            continue
+        text = Path(path).read_text(errors="replace").splitlines()
+        if not text:
+            continue
+        errors = {}
+        for line in text:
+            match = _RANK_ERROR.search(line)
+            if match:
+                errors[match.group(1)] = match.group(2)  # the last exception line of each rank
+        summary = [f"rank {rank}: {message}" for rank, message in sorted(errors.items(), key=lambda kv: int(kv[0]))]
+        return "\n".join(summary + ["...", *text[-lines:]])
     return ""
 
 
