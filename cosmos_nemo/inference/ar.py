@@ -65,7 +65,8 @@ def generate_tokens(model, prompt: torch.Tensor, grid, num_tokens: int, sampling
     model.eval()
     batch, length = prompt.shape
     generator = torch.Generator(device=prompt.device).manual_seed(sampling.seed)
-    ctx = make_inference_context(batch, length + num_tokens)
+    # Only the last position's logits are needed: no [B, prompt, vocab] tensor for long prompts.
+    ctx = make_inference_context(batch, length + num_tokens, last_token_only=True)
     extra = {} if context is None else {"context": context, "context_mask": context_mask}
     logits = model(prompt, grid=grid, inference_context=ctx, **extra)
     ctx.sequence_len_offset += length

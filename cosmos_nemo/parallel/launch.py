@@ -2,8 +2,10 @@
 
 `run_in_processes(fn, nprocs, *args)` spawns `nprocs` processes with torchrun's environment variables
 set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), calls `fn(*args)` in each, and returns
-the list of per-rank return values (which must be picklable, e.g. floats, lists, numpy arrays or CPU
-tensors). An exception in any rank is re-raised here with that rank's traceback.
+the list of per-rank return values (which must be picklable: floats, lists, dicts, numpy arrays; torch
+tensors are returned as numpy arrays, because a tensor sent through a queue lives in the worker's shared
+memory, which is gone once the worker exits). An exception in any rank is re-raised here with that
+rank's traceback.
 """
 
 from __future__ import annotations
@@ -16,13 +18,26 @@ import torch.multiprocessing as mp
 from cosmos_nemo.parallel import free_port
 
 
+def _detach(value):
+    """Tensors -> numpy copies, recursively through lists, tuples and dicts."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy().copy()
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detach(v) for v in value)
+    return value
+
+
 def _worker(rank: int, nprocs: int, port: int, fn, args, queue) -> None:
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )
     try:
-        result = fn(*args)
+        result = _detach(fn(*args))
         queue.put((rank, True, result))
     except BaseException:
         queue.put((rank, False, traceback.format_exc()))

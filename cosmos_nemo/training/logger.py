@@ -1,12 +1,14 @@
 """What a person sees during training: a progress bar, TensorBoard, and W&B when asked for.
 
-Only rank 0 logs. The bar shows loss, lr, grad-norm, tokens/s, achieved FLOP/s and (through tqdm) the
+Only rank 0 logs. Every logged value also goes, one JSON line per call, to `<run>/metrics.jsonl` (read
+by the quickstart and by scripts). The bar shows loss, lr, grad-norm, tokens/s, achieved FLOP/s and (through tqdm) the
 ETA. TensorBoard event files go to `<run>/tensorboard/`. W&B runs only when `wandb_mode` is "online" or
 "offline" ("offline" writes under `<run>/wandb/` with no network); it needs the `wandb` package.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tqdm import tqdm
@@ -25,6 +27,7 @@ class RunLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = open(run_dir / "metrics.jsonl", "a")
         if cfg.progress_bar:
             self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
         if cfg.tensorboard:
@@ -60,6 +63,8 @@ class RunLogger:
         if not self.enabled:
             return
         values = {k: float(v) for k, v in values.items() if v is not None}
+        self.metrics.write(json.dumps({"step": step, **values}) + "\n")
+        self.metrics.flush()
         if self.tb is not None:
             for key, value in values.items():
                 self.tb.add_scalar(key, value, step)
@@ -69,6 +74,8 @@ class RunLogger:
             self.bar.write(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
     def close(self) -> None:
+        if self.enabled:
+            self.metrics.close()
         if self.bar is not None:
             self.bar.close()
         if self.tb is not None:
