@@ -23,6 +23,8 @@ def test_adapter_is_noop_when_cuda_is_present():
         import megatron.core.optimizer.clip_grads as clip_grads
         from megatron.core.tensor_parallel import random as mp_random
         tracker_cls, sched_torch, clip = mp_random.CudaRNGStatesTracker, schedules.torch, clip_grads.clip_grad_by_total_norm_fp32
+        from megatron.core.optimizer import optimizer as mopt
+        fp16_init, get_state = mopt.Float16OptimizerWithFloat16Params.__init__, mp_random._get_cuda_rng_state
         from cosmos_nemo.parallel import cpu_adapter
         with mock.patch.object(torch.cuda, "is_available", return_value=True):
             installed = cpu_adapter.install()
@@ -31,6 +33,7 @@ def test_adapter_is_noop_when_cuda_is_present():
         assert all(a is b for a, b in zip(before, after))
         assert schedules.torch is torch and mp_random.CudaRNGStatesTracker is tracker_cls
         assert clip_grads.clip_grad_by_total_norm_fp32 is clip
+        assert mopt.Float16OptimizerWithFloat16Params.__init__ is fp16_init and mp_random._get_cuda_rng_state is get_state
         print("noop")
         """
     )
@@ -70,6 +73,8 @@ def test_adapter_redirects_on_cpu_and_keeps_values():
         with tracker.fork("a"):
             second = torch.rand(2)
         assert not torch.equal(second, inside)  # the named stream advanced
+        # Tensor.type() is untouched outside the bf16 optimizer's constructor.
+        assert torch.zeros(1, dtype=torch.bfloat16).type() == "torch.BFloat16Tensor"
         print("ok")
         """
     )

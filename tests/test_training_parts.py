@@ -208,3 +208,38 @@ def test_vocabulary_mismatch_is_refused_before_the_model_is_built(data_dir):
     assert name == "DataModelMismatch", message
     assert "64" in message and "resize_vocab" in message
     assert built == 0
+
+
+def _bf16_vs_fp32(data_dir: str, out_root: str):
+    torch.set_num_threads(1)
+    from cosmos_nemo.data import ARDataConfig
+    from cosmos_nemo.models.ar.config import ar_config
+    from cosmos_nemo.training.config import CheckpointConfig, LogConfig, ParallelConfig, TrainerConfig
+    from cosmos_nemo.training.trainer import train
+
+    out = {}
+    for precision in ("fp32", "bf16"):
+        out[precision] = train(ar_config("tiny", vocab_size=64),
+                               ARDataConfig(paths=[data_dir], split_string="9,1,0", global_batch_size=2, micro_batch_size=1),
+                               OptimizerConfig(lr=1e-3), TrainerConfig(max_steps=3, val_interval=0, precision=precision),
+                               CheckpointConfig(output_root=out_root, name=f"prec_{precision}", save_interval=0),
+                               ParallelConfig(), LogConfig(progress_bar=False, tensorboard=False))["losses"]
+    return out
+
+
+def test_bf16_training_tracks_fp32(data_dir):
+    out = run_in_processes(_bf16_vs_fp32, 1, str(data_dir / "data"), str(data_dir / "runs"))[0]
+    assert out["fp32"] != out["bf16"]  # bf16 compute really ran
+    for a, b in zip(out["bf16"], out["fp32"], strict=True):
+        assert math.isfinite(a) and abs(a - b) < 0.05 * b, (out["bf16"], out["fp32"])
+
+
+def test_zero_nonfinite_gradients_cleans_main_grads():
+    from cosmos_nemo.training.trainer import _zero_nonfinite
+
+    layer = torch.nn.Linear(3, 2)
+    layer.weight.main_grad = torch.tensor([[1.0, float("nan"), 2.0], [float("inf"), -float("inf"), 3.0]])
+    layer.bias.main_grad = torch.tensor([0.5, -0.5])
+    _zero_nonfinite([layer])
+    assert layer.weight.main_grad.tolist() == [[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]
+    assert layer.bias.main_grad.tolist() == [0.5, -0.5]

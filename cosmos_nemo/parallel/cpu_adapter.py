@@ -33,6 +33,10 @@ What is adapted, and why:
    in `optimizer.clip_grads` and in `optimizer.optimizer` (which imported it by name), by a version that
    asserts float32 on any device and scales the gradients in place by the same coefficient,
    `max_norm / (total_norm + 1e-6)` when below 1.
+10. bf16 training: `Float16OptimizerWithFloat16Params.__init__` sorts parameters by their CUDA type
+   names ('torch.cuda.BFloat16Tensor', ...) and refuses anything else. While that constructor runs,
+   `Tensor.type()` (no arguments) reports a CPU tensor's type under its CUDA name, so CPU bf16
+   parameters get their fp32 main copies exactly as on a GPU; nothing else sees the renamed types.
 9. Activation recompute (`tensor_parallel.checkpoint`) saves and restores the CUDA generator state with
    `random._get_cuda_rng_state` / `_set_cuda_rng_state`, besides the CPU state and the tracker states it
    handles itself. With no CUDA generator, the getter returns the CPU state (a placeholder the setter
@@ -165,6 +169,25 @@ def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decouple
         torch._foreach_mul_(grads, clip_coeff)
 
 
+def _with_cuda_type_names(init):
+    def wrapped(self, *args, **kwargs):
+        original = torch.Tensor.type
+
+        def type_(tensor, *a, **k):
+            name = original(tensor, *a, **k)
+            if a or k or not isinstance(name, str) or name.startswith("torch.cuda."):
+                return name
+            return name.replace("torch.", "torch.cuda.", 1)
+
+        torch.Tensor.type = type_
+        try:
+            return init(self, *args, **kwargs)
+        finally:
+            torch.Tensor.type = original
+
+    return wrapped
+
+
 def install(force: bool = False) -> bool:
     """Install the CPU redirects once. Returns True if installed, False when CUDA is present.
 
@@ -195,6 +218,8 @@ def install(force: bool = False) -> bool:
 
     clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+    fp16_opt = optimizer.Float16OptimizerWithFloat16Params
+    fp16_opt.__init__ = _with_cuda_type_names(fp16_opt.__init__)
 
     from megatron.core.tensor_parallel import random as mp_random
 

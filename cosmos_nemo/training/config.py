@@ -43,8 +43,7 @@ class OptimizerConfig:
 class TrainerConfig:
     """The loop: how long, how precise, what loss, how often to validate and log.
 
-    precision: "fp32" or "bf16" (bf16 parameters with fp32 optimizer copies on GPU; bf16 autocast over
-        fp32 parameters on the CPU).
+    precision: "fp32" or "bf16" (bf16 parameters and compute, fp32 main weights in the optimizer).
     z_loss: weight of the z-loss `mean(logsumexp(logits)^2)` (native cosmos-predict1: 1e-4; NeMo: 0).
     max_epochs: stop after this many passes over the training split (None: only max_steps counts).
     ema_decay: keep an exponential moving average of the weights with this decay (None: no EMA); it is

@@ -79,10 +79,9 @@ def build_optimizer(model_chunks, cfg: OptimConfig, bf16: bool = False):
         adam_beta2=cfg.beta2,
         adam_eps=cfg.eps,
         clip_grad=cfg.clip_grad,
-        # On GPU, bf16 parameters get fp32 main copies inside the optimizer. On the CPU, parameters stay
-        # fp32 and compute runs under bf16 autocast (see training/trainer.py), so the optimizer is fp32.
-        bf16=bf16 and torch.cuda.is_available(),
-        params_dtype=torch.bfloat16 if (bf16 and torch.cuda.is_available()) else torch.float32,
+        # bf16 parameters get fp32 main copies inside the optimizer (on the CPU too, see cpu_adapter).
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=False,
     )
     return get_megatron_optimizer(config, model_chunks)

@@ -54,6 +54,7 @@ class RunLogger:
             self.bar.set_postfix(
                 loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", gnorm=f"{values['grad_norm']:.3f}",
                 tok_s=f"{values['tokens_per_s']:.0f}", tflops=f"{values['flops_per_s'] / 1e12:.3f}",
+                mem=f"{values.get('memory_gb', 0.0):.1f}G",
             )
         else:
             print(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)

@@ -73,12 +73,7 @@ def train(
 
     # 3. Model, DDP, optimizer.
     dtype = PRECISIONS[trainer.precision]
-    on_gpu = torch.cuda.is_available()
-    chunks = harness.wrap_model(lambda pre, post: build_ar_model(model, pre, post, dtype=dtype if on_gpu else torch.float32))
-    if dtype == torch.bfloat16 and not on_gpu:
-        # CPU bf16: fp32 parameters, bf16 compute under autocast (megatron's schedules enter it).
-        chunks[0].module.config.enable_autocast = True
-        chunks[0].module.config.autocast_dtype = torch.bfloat16
+    chunks = harness.wrap_model(lambda pre, post: build_ar_model(model, pre, post, dtype=dtype))
     optimizer = harness.build_optimizer(chunks, harness.OptimConfig(
         lr=optim.lr, min_lr=optim.min_lr, weight_decay=optim.weight_decay, beta1=optim.beta1,
         beta2=optim.beta2, eps=optim.eps, clip_grad=optim.clip_grad), bf16=dtype == torch.bfloat16)
@@ -133,7 +128,7 @@ def train(
         if step % trainer.log_interval == 0 or step == trainer.max_steps:
             logger.step(step, {"loss": out["loss"], "lr": lr, "grad_norm": out["grad_norm"],
                                "tokens_per_s": tokens / elapsed, "flops_per_s": flops_per_token * tokens / elapsed,
-                               "accuracy": out["accuracy"]})
+                               "accuracy": out["accuracy"], "memory_gb": _memory_gb()})
         if valid_data is not None and trainer.val_interval and step % trainer.val_interval == 0:
             val = validate(step_fn, valid_data, chunks, trainer, data)
             val_loss = val["loss"]
@@ -218,6 +213,15 @@ def _save(ckpt_dir, step, consumed, chunks, optimizer, train_data, lr, checkpoin
         trainer_state={"step": step, "consumed_samples": consumed}, dataloader_state=train_data.state_dict(),
         keep_last=checkpoint.keep_last, ema=ema,
     )
+
+
+def _memory_gb() -> float:
+    """Peak GPU memory of this rank, or the process's resident memory on the CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
 
 
 def _epochs_done(train_data, trainer: TrainerConfig) -> bool:
