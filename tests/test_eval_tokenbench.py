@@ -289,3 +289,34 @@ def test_subset_names():
     assert subset_of("sub/egoexo4D_cam01.mp4") == "egoexo4D_"
     assert subset_of("robot_arm_1.mp4") == "robot_"
     assert subset_of("plain.mp4") == "(no prefix)"
+
+
+def test_contact_sheet_of_worst_pairs(folders):
+    gt, gen, names = folders
+    assert run(gt, gen, "--contact-sheet", "2") == 0
+    report = strict_json(gen / "tokenbench.json")
+    assert report["contact_sheet"] == "tokenbench_worst.png"
+    sheet = np.asarray(Image.open(gen / "tokenbench_worst.png").convert("RGB"))
+    worst_two = sorted(report["videos"], key=lambda v: v["psnr"])[:2]
+    # Two rows, each reference | generated | difference at the frame's own size (all are under 144 px).
+    assert sheet.shape[0] == sum(v["height"] + 14 + 8 for v in worst_two)
+    assert sheet.shape[1] == max(3 * v["width"] + 16 for v in worst_two)
+    (gen / "tokenbench_worst.png").unlink()
+    assert run(gt, gen, "--contact-sheet", "0") == 0
+    assert not (gen / "tokenbench_worst.png").exists() and "contact_sheet" not in strict_json(gen / "tokenbench.json")
+
+
+def test_contact_sheet_shows_the_worst_frame(tmp_path):
+    """The row of a pair holds its largest-error frame: here frame 2, the only one that differs."""
+    gt, gen = tmp_path / "gt", tmp_path / "gen"
+    frames = synthetic_frames(4, 20, 30)
+    damaged = frames.copy()
+    damaged[2] = 255 - damaged[2]
+    write_mp4(gt / "a.mp4", frames, crf=0, pix_fmt="yuv444p")
+    write_mp4(gen / "a.mp4", damaged, crf=0, pix_fmt="yuv444p")
+    assert run(gt, gen) == 0
+    sheet = np.asarray(Image.open(gen / "tokenbench_worst.png").convert("RGB"))
+    ref, out = read_frames(gt / "a.mp4"), read_frames(gen / "a.mp4")
+    top = 14 + 4
+    np.testing.assert_array_equal(sheet[top : top + 20, 4 : 4 + 30], ref[2])
+    np.testing.assert_array_equal(sheet[top : top + 20, 38 : 38 + 30], out[2])

@@ -16,7 +16,8 @@ Files are paired by their path relative to --gtpath and --targetpath; unmatched 
 and pairs whose frame counts or sizes differ are reported and skipped. Outputs go to --targetpath:
 psnr.json and ssim.json (as NVIDIA's NeMo token_bench.py writes them: [[name, value], ...]), lpips.json
 with LPIPS, and tokenbench.json with per-video values, means, a per-subset breakdown by filename prefix,
-skipped files with reasons, and the settings used.
+skipped files with reasons, and the settings used. tokenbench_worst.png shows the lowest-PSNR pairs at
+their worst frame (reference | generated | difference).
 
 Mapping from cosmos1/.../tokenizer/token_bench.py: --gtpath, --targetpath, --ext, --recursive, --width,
 --num_frames and --device mean the same. That script always preprocesses (default --width 320
@@ -88,6 +89,9 @@ def register(subparsers) -> None:
                    help="torch device for the metrics, e.g. cpu or cuda (default: cpu). Decoding is always on CPU")
     p.add_argument("--lpips-batch", "--lpips_batch", dest="lpips_batch", type=_positive, default=4,
                    help="frames per LPIPS forward pass (default: 4)")
+    p.add_argument("--contact-sheet", "--contact_sheet", dest="contact_sheet", type=int, default=8,
+                   help="rows in tokenbench_worst.png: the N lowest-PSNR pairs at their worst frame, as "
+                   "reference | generated | 4x difference (default: 8; 0 writes no sheet)")
     p.set_defaults(func=_run_tokenbench)
 
 
@@ -103,6 +107,7 @@ def _run_tokenbench(args) -> int:
         width=args.width, num_frames=args.num_frames, reencode=args.reencode, metrics=args.metrics,
         lpips_weights=args.lpips_weights, fvd_weights=args.fvd_weights, workers=args.workers,
         chunk_size=args.chunk_size, device=args.device, lpips_batch=args.lpips_batch,
+        contact_sheet=args.contact_sheet,
     )
     try:
         report = run_tokenbench(cfg)

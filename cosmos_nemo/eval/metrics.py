@@ -190,13 +190,14 @@ class PairAccumulator:
     sse: int = 0
     ssim_frames: list[float] = field(default_factory=list)
 
-    def update(self, a: np.ndarray, b: np.ndarray) -> None:
+    def update(self, a: np.ndarray, b: np.ndarray) -> FrameScores:
         scores = score_frames(a, b, device=self.device, with_ssim=self.with_ssim, pool=self.pool)
         self.frames += len(scores.ssim)
         self.values_per_frame = int(np.prod(a.shape[1:]))
         self.sse += int(scores.sse.sum())
         if self.with_ssim:
             self.ssim_frames.extend(float(v) for v in scores.ssim)
+        return scores
 
     @property
     def psnr(self) -> float:

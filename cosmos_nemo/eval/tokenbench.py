@@ -6,7 +6,8 @@
 * `psnr.json`, `ssim.json` (and `lpips.json`): the NeMo reference script's files, a JSON list of
   `[name, value]`;
 * `tokenbench.json`: per-video values of every metric, means, a per-subset breakdown by filename prefix,
-  every skipped file or pair with its reason, metrics refused and why, and the settings used.
+  every skipped file or pair with its reason, metrics refused and why, and the settings used;
+* `tokenbench_worst.png`: the lowest-PSNR pairs at their worst frame, reference | generated | difference.
 
 Every output is written under a temporary name and renamed when complete; a NaN or infinity never reaches
 a file (a pair whose value is not finite is reported and excluded).
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cosmos_nemo.eval.contact_sheet import DIFF_GAIN, WorstFrame, worst_frame, write_contact_sheet
 from cosmos_nemo.eval.fvd import FVD_MAX_FRAMES, FVDAccumulator, i3d_features, i3d_preprocess, load_i3d
 from cosmos_nemo.eval.lpips import load_lpips, lpips_per_frame
 from cosmos_nemo.eval.metrics import FrameTooSmallError, PairAccumulator, check_frame_size
@@ -50,6 +52,7 @@ class TokenBenchConfig:
     chunk_size: int = 16
     device: str = "cpu"
     lpips_batch: int = 4
+    contact_sheet: int = 8  # rows of worst pairs in tokenbench_worst.png; 0 writes none
     progress: bool = True
 
     @property
@@ -73,6 +76,7 @@ class PairResult:
     width: int
     values: dict[str, float]
     fvd_features: tuple[torch.Tensor, torch.Tensor] | None = None
+    worst: WorstFrame | None = None
 
 
 @dataclass
@@ -116,6 +120,7 @@ def evaluate_pair(name: str, ref: Path, gen: Path, cfg: TokenBenchConfig, models
     lpips_sum, fvd_ref, fvd_gen = 0.0, [], []
     fvd_frames = 0
     shape = None
+    worst: WorstFrame | None = None
     ref_src = prefetch(video_chunks(ref, pre, cfg.chunk_size, workdir))
     gen_src = prefetch(video_chunks(gen, pre, cfg.chunk_size, workdir))
     try:
@@ -125,7 +130,10 @@ def evaluate_pair(name: str, ref: Path, gen: Path, cfg: TokenBenchConfig, models
                 if "ssim" in cfg.metrics:
                     check_frame_size(*shape)
             if "psnr" in cfg.metrics or "ssim" in cfg.metrics:
-                acc.update(a, b)
+                scores = acc.update(a, b)
+                i = int(np.argmax(scores.sse))
+                if cfg.contact_sheet > 0 and (worst is None or scores.sse[i] > worst.sse):
+                    worst = worst_frame(a[i], b[i], acc.frames - len(a) + i, int(scores.sse[i]))
             else:
                 acc.frames += len(a)
             if models.lpips is not None:
@@ -158,7 +166,7 @@ def evaluate_pair(name: str, ref: Path, gen: Path, cfg: TokenBenchConfig, models
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
         raise PairError(f"non-finite {', '.join(bad)}")
-    return PairResult(name, acc.frames, int(shape[0]), int(shape[1]), values, feats)
+    return PairResult(name, acc.frames, int(shape[0]), int(shape[1]), values, feats, worst)
 
 
 def _load_models(cfg: TokenBenchConfig) -> _Models:
@@ -241,9 +249,27 @@ def run_tokenbench(cfg: TokenBenchConfig) -> dict:
     if not results:
         reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped[:5])
         raise NoResultsError(f"no pair could be scored ({reasons})")
-    report = _build_report(cfg, [results[n] for n in sorted(results)], skipped)
+    ordered = [results[n] for n in sorted(results)]
+    report = _build_report(cfg, ordered, skipped)
+    sheet = _write_worst_sheet(cfg, ordered)
+    if sheet is not None:
+        report["contact_sheet"] = sheet.name
     _write_outputs(cfg.targetpath, report)
     return report
+
+
+def _write_worst_sheet(cfg: TokenBenchConfig, results: list[PairResult]) -> Path | None:
+    """`tokenbench_worst.png`: the lowest-PSNR pairs, each at its worst frame."""
+    scored = [r for r in results if r.worst is not None]
+    if cfg.contact_sheet <= 0 or not scored:
+        return None
+    key = "psnr" if "psnr" in cfg.metrics else "ssim"
+    scored.sort(key=lambda r: r.values[key])
+    rows = []
+    for r in scored[: cfg.contact_sheet]:
+        vals = "  ".join(f"{m.upper()} {r.values[m]:.4f}" for m in ("psnr", "ssim", "lpips") if m in r.values)
+        rows.append((f"{r.name}  frame {r.worst.index}  {vals}   (reference | generated | |diff| x{DIFF_GAIN})", r.worst))
+    return write_contact_sheet(cfg.targetpath / "tokenbench_worst.png", rows)
 
 
 def _build_report(cfg: TokenBenchConfig, results: list[PairResult], skipped: list[dict]) -> dict:
