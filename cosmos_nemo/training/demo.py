@@ -20,6 +20,7 @@ import torch
 from cosmos_nemo import parallel
 from cosmos_nemo.models.common.gpt import PlainGPTConfig, build_plain_gpt
 from cosmos_nemo.training import harness
+from cosmos_nemo.training.config import OptimizerConfig
 
 
 def progression_sample(index: int, seq_length: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
@@ -83,7 +84,7 @@ def run(cfg: DemoConfig) -> list[float]:
     )
     if cfg.init_from:
         harness.load_model(model, cfg.init_from)
-    optimizer = harness.build_optimizer(model, harness.OptimConfig(lr=cfg.lr, weight_decay=0.0, eps=cfg.adam_eps))
+    optimizer = harness.build_optimizer(model, OptimizerConfig(lr=cfg.lr, weight_decay=0.0, eps=cfg.adam_eps))
     num_micro = cfg.global_batch // (cfg.micro_batch * state.data_parallel)
     losses = []
     for step in range(cfg.start_step, cfg.start_step + cfg.steps):

@@ -17,7 +17,6 @@ These few functions are all the trainer needs from megatron-core, and they run t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -27,21 +26,10 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from cosmos_nemo.training.config import OptimizerConfig as TrainOptimizerConfig
+
 # forward_step(data_iterator, model) -> (output_tensor, loss_fn); loss_fn(output) -> (loss, metrics dict).
 ForwardStep = Callable[[Iterator, torch.nn.Module], tuple]
-
-
-@dataclass
-class OptimConfig:
-    """AdamW settings (decoupled weight decay) and gradient clipping."""
-
-    lr: float = 1e-4
-    min_lr: float = 0.0
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    clip_grad: float = 1.0
 
 
 def wrap_model(model_provider: Callable[[bool, bool], torch.nn.Module], overlap_grad_reduce: bool = False):
@@ -69,7 +57,8 @@ def wrap_model(model_provider: Callable[[bool, bool], torch.nn.Module], overlap_
     return [ddp]
 
 
-def build_optimizer(model_chunks, cfg: OptimConfig, bf16: bool = False):
+def build_optimizer(model_chunks, cfg: TrainOptimizerConfig, bf16: bool = False):
+    """megatron's AdamW over the chunks' parameters; the learning rate is set per step by the caller."""
     config = OptimizerConfig(
         optimizer="adam",
         lr=cfg.lr,
@@ -85,6 +74,15 @@ def build_optimizer(model_chunks, cfg: OptimConfig, bf16: bool = False):
         use_distributed_optimizer=False,
     )
     return get_megatron_optimizer(config, model_chunks)
+
+
+def _schedule(forward_step, data_iterator, model_chunks, num_microbatches, seq_length, micro_batch_size, forward_only):
+    """megatron's schedule for this layout: no pipelining, or 1F1B over the pipeline stages."""
+    return get_forward_backward_func()(
+        forward_step_func=forward_step, data_iterator=data_iterator, model=model_chunks,
+        num_microbatches=num_microbatches, seq_length=seq_length, micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
 
 
 def _reduce_losses(losses: list[dict], key: str = "loss") -> float | None:
@@ -120,15 +118,7 @@ def train_step(
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    metrics = get_forward_backward_func()(
-        forward_step_func=forward_step,
-        data_iterator=data_iterator,
-        model=model_chunks,
-        num_microbatches=num_microbatches,
-        seq_length=seq_length,
-        micro_batch_size=micro_batch_size,
-        forward_only=False,
-    )
+    metrics = _schedule(forward_step, data_iterator, model_chunks, num_microbatches, seq_length, micro_batch_size, False)
     if pre_step is not None:
         pre_step(model_chunks)
     updated, grad_norm, _ = optimizer.step()
@@ -150,15 +140,7 @@ def eval_step(
     """Forward-only pass over `num_microbatches` micro-batches; returns the mean of every metric."""
     for chunk in model_chunks:
         chunk.eval()
-    metrics = get_forward_backward_func()(
-        forward_step_func=forward_step,
-        data_iterator=data_iterator,
-        model=model_chunks,
-        num_microbatches=num_microbatches,
-        seq_length=seq_length,
-        micro_batch_size=micro_batch_size,
-        forward_only=True,
-    )
+    metrics = _schedule(forward_step, data_iterator, model_chunks, num_microbatches, seq_length, micro_batch_size, True)
     for chunk in model_chunks:
         chunk.train()
     return {key: _reduce_losses(metrics, key) for key in metric_keys}

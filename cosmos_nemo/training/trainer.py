@@ -74,9 +74,7 @@ def train(
     # 3. Model, DDP, optimizer.
     dtype = PRECISIONS[trainer.precision]
     chunks = harness.wrap_model(lambda pre, post: build_ar_model(model, pre, post, dtype=dtype))
-    optimizer = harness.build_optimizer(chunks, harness.OptimConfig(
-        lr=optim.lr, min_lr=optim.min_lr, weight_decay=optim.weight_decay, beta1=optim.beta1,
-        beta2=optim.beta2, eps=optim.eps, clip_grad=optim.clip_grad), bf16=dtype == torch.bfloat16)
+    optimizer = harness.build_optimizer(chunks, optim, bf16=dtype == torch.bfloat16)
 
     # 4. Resume from the last complete checkpoint, else start from pretrained weights (finetune).
     step, consumed = 0, 0
