@@ -46,7 +46,8 @@ def write_contact_sheet(path: Path, rows: list[tuple[str, WorstFrame]]) -> Path:
     from PIL import Image, ImageDraw
 
     pad, label_h = 4, 14
-    widths = [3 * r.reference.shape[1] + 4 * pad for _, r in rows]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widths = [max(3 * r.reference.shape[1] + 4 * pad, int(measure.textlength(label)) + 2 * pad) for label, r in rows]
     heights = [r.reference.shape[0] + label_h + 2 * pad for _, r in rows]
     sheet = Image.new("RGB", (max(widths), sum(heights)), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
