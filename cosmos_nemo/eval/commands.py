@@ -81,8 +81,8 @@ def register(subparsers) -> None:
                    help="local StyleGAN-V I3D TorchScript file i3d_torchscript.pt (HF LanguageBind/"
                    "Open-Sora-Plan-v1.0.0, opensora/eval/fvd/styleganv/). FVD needs at least 2 pairs")
     p.add_argument("--workers", type=_positive, default=2,
-                   help="pairs scored in parallel (threads; each also decodes its two files in the background). "
-                   "Default: 2")
+                   help="threads scoring pairs in parallel, and frames within a pair (each pair also decodes its "
+                   "two files in background threads). On CPU, torch runs single-threaded inside them. Default: 2")
     p.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=_positive, default=16,
                    help="frames decoded and scored at a time per file (default: 16); memory grows with it")
     p.add_argument("--device", default="cpu",
