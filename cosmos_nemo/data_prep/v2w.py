@@ -108,7 +108,12 @@ def _embedder(prompts: list[str], cfg: V2WConfig):
         except TextEncoderNotAvailableError as e:
             raise PrepareError(str(e)) from None
         embs, masks = [], []
-        for i in range(0, len(prompts), cfg.text_batch_size):
+        starts = range(0, len(prompts), cfg.text_batch_size)
+        if cfg.progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc=f"text embeddings ({encoder.name})", unit="batch", dynamic_ncols=True)
+        for i in starts:
             enc = encoder.encode(prompts[i : i + cfg.text_batch_size])
             embs.append(enc.embeddings)
             masks.append(enc.mask)
