@@ -1,0 +1,189 @@
+"""Training-step throughput on the CPU: our Cosmos AR model against `transformers`' LlamaForCausalLM.
+
+Both models have the same dimensions (layers, hidden, heads / KV groups, head dim, SwiGLU width, a
+64,000-row untied vocabulary), SDPA attention, the same batch, sequence length, dtype and thread count,
+and are timed in the same process, alternating steps so that machine noise hits both alike (the best step
+of each is reported, with the median). One step is forward + cross-entropy + backward + one
+`torch.optim.AdamW` step (the same implementation for both, fused by default) on the model directly:
+
+- ours: `cosmos_nemo.parallel.setup()` (1 process, gloo) + `models.ar.build_ar_model` with a custom
+  ARModelConfig; the loss is the model's own per-token vocab-parallel cross-entropy (`labels=`), averaged;
+- peer: `LlamaForCausalLM(LlamaConfig(..., attn_implementation="sdpa", tie_word_embeddings=False))` with
+  `labels=` (its own shifted cross-entropy).
+
+Our blocks also apply the QK RMSNorm of the Cosmos architecture (the peer has none) and 3D RoPE.
+Printed: tokens/s for each, the ratio (ours / peer; the target is >= 1.1), and the achieved model
+FLOP/s (6 x non-embedding parameters x tokens + 12 x layers x hidden x sequence x tokens) as a fraction
+of the matmul peak measured here, for the same dtype and threads.
+
+    python benchmarks/train_throughput.py                     # ~136 M parameters, fp32, 2 threads
+    python benchmarks/train_throughput.py --threads 1 --steps 3 --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 1536, repeats: int = 6) -> float:
+    """Best FLOP/s of an n x n x n matmul (2 n^3 FLOPs) in this dtype and thread count."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def model_flops_per_step(args, tokens: int) -> float:
+    """Training FLOPs of one step by the usual count (forward 2, backward 4 per weight per token), embedding
+    lookups excluded, output head included, plus the attention score/value matmuls."""
+    h, layers = args.hidden, args.layers
+    q_out = args.heads * args.head_dim
+    kv_out = 2 * args.groups * args.head_dim
+    per_layer = h * q_out + h * kv_out + q_out * h + 3 * h * args.ffn
+    weights = layers * per_layer + h * args.vocab
+    attention = 12 * layers * q_out * args.seq  # 2 matmuls x 2 FLOPs x 3 (fwd + bwd) per token per position
+    return (6 * weights + attention) * tokens
+
+
+def build_ours(args, dtype: torch.dtype):
+    from cosmos_nemo import parallel
+    from cosmos_nemo.models.ar.config import ARModelConfig
+    from cosmos_nemo.models.ar.model import build_ar_model
+
+    parallel.setup()
+    cfg = ARModelConfig(
+        name="bench", num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
+        num_query_groups=args.groups, kv_channels=args.head_dim, ffn_hidden_size=args.ffn, vocab_size=args.vocab,
+        max_grid=tuple(args.grid), use_te=False,
+    )
+    return build_ar_model(cfg, dtype=dtype)
+
+
+def build_peer(args, dtype: torch.dtype):
+    from cosmos_nemo.tokenizers.text import _hide_unusable_torchvision
+
+    _hide_unusable_torchvision()  # this CPU torch has a torchvision built for CUDA, which transformers would import
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.ffn, num_hidden_layers=args.layers,
+        num_attention_heads=args.heads, num_key_value_heads=args.groups, head_dim=args.head_dim,
+        max_position_embeddings=args.seq, rms_norm_eps=1e-5, rope_theta=500_000.0, tie_word_embeddings=False,
+        attention_bias=False, mlp_bias=False, attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config).to(dtype)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2, help="torch threads for both models (default 2)")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="parameter and compute dtype (default fp32)")
+    p.add_argument("--layers", type=int, default=6, help="transformer layers (default 6)")
+    p.add_argument("--hidden", type=int, default=768, help="hidden size (default 768)")
+    p.add_argument("--heads", type=int, default=12, help="attention heads (default 12)")
+    p.add_argument("--groups", type=int, default=4, help="KV groups (default 4)")
+    p.add_argument("--head-dim", "--head_dim", type=int, default=64, help="head dimension (default 64)")
+    p.add_argument("--ffn", type=int, default=2048, help="SwiGLU width (default 2048)")
+    p.add_argument("--vocab", type=int, default=64000, help="vocabulary, untied input/output (default 64000)")
+    p.add_argument("--grid", type=int, nargs=3, default=(2, 8, 16), metavar=("T", "H", "W"),
+                   help="latent grid of each sequence; sequence length = T*H*W (default 2 8 16 = 256)")
+    p.add_argument("--batch", type=int, default=2, help="sequences per step (default 2)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model (default 2)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per model (default 5)")
+    p.add_argument("--optimizer", choices=("fused", "foreach"), default="fused",
+                   help="torch.optim.AdamW implementation, the same for both models (default fused)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    args.seq = args.grid[0] * args.grid[1] * args.grid[2]
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dtype = DTYPES[args.dtype]
+    ours, peer = build_ours(args, dtype), build_peer(args, dtype)
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_peer = sum(p.numel() for p in peer.parameters())
+    impl = {args.optimizer: True}
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, **impl)
+    opt_peer = torch.optim.AdamW(peer.parameters(), lr=1e-4, **impl)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.seq))
+    labels = torch.roll(tokens, -1, dims=1)
+    grid = tuple(args.grid)
+
+    def step_ours():
+        loss = ours(tokens, grid=grid, labels=labels).float().mean()
+        loss.backward()
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+        return float(loss)
+
+    def step_peer():
+        loss = peer(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        opt_peer.step()
+        opt_peer.zero_grad(set_to_none=True)
+        return float(loss)
+
+    print(f"threads {args.threads}, dtype {args.dtype}, batch {args.batch} x seq {args.seq}; params ours "
+          f"{n_ours / 1e6:.1f} M, transformers Llama {n_peer / 1e6:.1f} M", flush=True)
+    for _ in range(args.warmup):
+        step_ours()
+        step_peer()
+    times = {"ours": [], "peer": []}
+    cpu = {"ours": [], "peer": []}
+    peaks = [matmul_peak(dtype)]
+    for i in range(args.steps):
+        peaks.append(matmul_peak(dtype, repeats=2))  # sampled through the run: the load changes under us
+        for name, fn in (("ours", step_ours), ("peer", step_peer)) if i % 2 == 0 else (("peer", step_peer), ("ours", step_ours)):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    peak = max(peaks)
+
+    n_tok = args.batch * args.seq
+    flops = model_flops_per_step(args, n_tok)
+    result = {"threads": args.threads, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
+              "params_ours": n_ours, "params_peer": n_peer, "matmul_peak_flops": peak, "flops_per_step": flops}
+    # On a shared machine the fastest step is the least disturbed one; the median is printed beside it.
+    for name in ("ours", "peer"):
+        t = min(times[name])
+        result[name] = {"step_s": t, "median_step_s": statistics.median(times[name]), "tokens_per_s": n_tok / t,
+                        "flops_per_s": flops / t, "peak_fraction": flops / t / peak, "all_step_s": times[name],
+                        "cpu_s_per_step": statistics.median(cpu[name])}
+    result["ratio"] = result["ours"]["tokens_per_s"] / result["peer"]["tokens_per_s"]
+    result["ratio_median"] = result["peer"]["median_step_s"] / result["ours"]["median_step_s"]
+    result["load_average"] = os.getloadavg()
+    label = {"ours": "cosmos_nemo AR (megatron-core)", "peer": "transformers LlamaForCausalLM"}
+    print(f"matmul peak ({args.dtype}, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step "
+          f"{flops / 1e9:.1f} G; load average {result['load_average'][0]:.1f} on {os.cpu_count()} CPUs")
+    for name in ("ours", "peer"):
+        r = result[name]
+        print(f"{label[name]:32s} best {r['step_s']:.3f} s/step (median {r['median_step_s']:.3f}, CPU "
+              f"{r['cpu_s_per_step']:.2f} s)  {r['tokens_per_s']:8.1f} tokens/s  "
+              f"{r['flops_per_s'] / 1e9:6.1f} GFLOP/s = {r['peak_fraction']:.1%} of peak")
+    print(f"ratio ours / transformers: {result['ratio']:.2f}x best step, {result['ratio_median']:.2f}x median "
+          "(target >= 1.1x)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    from cosmos_nemo import parallel
+
+    parallel.teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
