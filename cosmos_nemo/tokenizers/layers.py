@@ -181,6 +181,13 @@ def spatial_temporal_attention(channels: int) -> nn.Sequential:
     return nn.Sequential(CausalAttnBlock(channels), CausalTemporalAttnBlock(channels))
 
 
+def _avg_pool(x: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor:
+    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+        # CPU has no half-precision avg_pool3d; averaging in fp32 and rounding once is what GPU kernels do.
+        return F.avg_pool3d(x.float(), kernel_size=kernel, stride=kernel).to(x.dtype)
+    return F.avg_pool3d(x, kernel_size=kernel, stride=kernel)
+
+
 class CausalHybridDownsample3d(nn.Module):
     """Halve H, W (spatial) and/or T (temporal): a learned strided conv plus average pooling, then 1×1×1.
 
@@ -211,10 +218,10 @@ class CausalHybridDownsample3d(nn.Module):
             return x
         if self.spatial_down:
             x = F.pad(x, (0, 1, 0, 1, 0, 0), mode="constant", value=0)
-            x = self.conv1(x) + F.avg_pool3d(x, kernel_size=(1, 2, 2), stride=(1, 2, 2))
+            x = self.conv1(x) + _avg_pool(x, (1, 2, 2))
         if self.temporal_down:
             x = repeat_first_frame(x, 1)
-            x = self.conv2(x) + F.avg_pool3d(x, kernel_size=(2, 1, 1), stride=(2, 1, 1))
+            x = self.conv2(x) + _avg_pool(x, (2, 1, 1))
         return self.conv3(x)
 
 

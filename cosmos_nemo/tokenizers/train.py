@@ -1,0 +1,251 @@
+"""Fitting a causal video tokenizer to a folder of videos (`cosmos-nemo train-tokenizer`).
+
+Clips of `num_frames` (1 + k·t) frames are cut from every decodable video, resized (short side, antialiased)
+and centre-cropped to `height × width`. Whole videos are held out for evaluation, so held-out PSNR measures
+generalisation to unseen footage. The loss is a pixel reconstruction loss (L1 + MSE) through the real
+encoder → FSQ (straight-through rounding) → decoder path. Reconstruction PSNR on the held-out clips is
+measured with the real discrete round trip (`encode` → `decode`) on uint8 frames, before and after training.
+
+The output folder holds `encoder.safetensors`, `decoder.safetensors`, `tokenizer_config.json` and
+`training_report.json`; it is assembled in a temporary folder and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cosmos_nemo.io.video import VideoDecodeError, list_videos, read_frames
+
+from .api import CausalVideoTokenizer, load_video_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainTokenizerConfig:
+    data: str
+    output: str
+    tokenizer: str = "tiny"  # registry name, hub id or folder to start from (fine-tuning when it has weights)
+    num_frames: int = 17
+    height: int = 64
+    width: int = 64
+    clips_per_video: int = 4  # at most this many non-overlapping clips from the start of each video
+    heldout_videos: int = 0  # 0: about 20 % of the videos, at least 1
+    steps: int = 200
+    batch_size: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    time_limit_s: float | None = None  # stop early (still evaluating and saving) after this many seconds
+    threads: int | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrainTokenizerResult:
+    output: str
+    tokenizer: str
+    train_clips: int
+    heldout_clips: int
+    steps_done: int
+    seconds: float
+    psnr_before: float
+    psnr_after: float
+    final_loss: float
+    skipped: list[dict] = field(default_factory=list)
+
+
+def _resize_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """uint8 `[T, H, W, 3]` → float `[3, T, height, width]` in [-1, 1]: short-side resize (antialiased
+    bilinear) so the clip covers the target, then a centre crop."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # T, 3, H, W
+    h, w = x.shape[-2:]
+    scale = max(height / h, width / w)
+    nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    x = x[:, :, top : top + height, left : left + width]
+    x = x.clamp(0, 255) / 127.5 - 1.0
+    return x.permute(1, 0, 2, 3).contiguous()
+
+
+def load_clips(
+    folder: str | os.PathLike, num_frames: int, height: int, width: int, clips_per_video: int
+) -> tuple[list[list[torch.Tensor]], list[Path], list[dict]]:
+    """Per usable video, its clips `[3, num_frames, height, width]`; plus the videos used and those skipped."""
+    videos = list_videos(folder, recursive=True)
+    if not videos:
+        raise FileNotFoundError(f"no video files under {folder} (looked for {', '.join(('.mp4', '.mov', '.mkv', '…'))})")
+    per_video, used, skipped = [], [], []
+    for path in videos:
+        try:
+            frames = read_frames(path, 0, num_frames * clips_per_video)
+        except VideoDecodeError as e:
+            skipped.append({"video": str(path), "reason": str(e)})
+            continue
+        n = len(frames) // num_frames
+        if n == 0:
+            skipped.append({"video": str(path), "reason": f"{len(frames)} frames, fewer than num_frames={num_frames}"})
+            continue
+        per_video.append([_resize_crop(frames[i * num_frames : (i + 1) * num_frames], height, width) for i in range(n)])
+        used.append(path)
+    return per_video, used, skipped
+
+
+def split_heldout(per_video: list[list[torch.Tensor]], heldout_videos: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Hold out the last videos (whole); with a single video, hold out its last clip instead."""
+    if len(per_video) >= 2:
+        k = heldout_videos or max(1, round(0.2 * len(per_video)))
+        if k >= len(per_video):
+            raise ValueError(f"heldout_videos={k} leaves no training video out of {len(per_video)}")
+        train = [c for v in per_video[:-k] for c in v]
+        held = [c for v in per_video[-k:] for c in v]
+        return train, held
+    clips = per_video[0] if per_video else []
+    if len(clips) < 2:
+        raise ValueError(
+            "need at least two clips to train and evaluate on held-out data: give more videos or longer ones "
+            "(or lower --num-frames)"
+        )
+    return clips[:-1], clips[-1:]
+
+
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] → uint8 values as the reference writes reconstructions: ((x+1)/2).clamp(0,1)·255 + 0.5, truncated."""
+    return (((video.float() + 1) / 2).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+
+
+def psnr_uint8(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR of two uint8 videos from one global MSE (TokenBench's per-video definition)."""
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return 20 * math.log10(255.0 / (math.sqrt(mse) + float(np.finfo(np.float32).eps)))
+
+
+@torch.no_grad()
+def heldout_psnr(model: CausalVideoTokenizer, clips: list[torch.Tensor], batch_size: int = 4) -> float:
+    """Mean over clips of the PSNR of the real round trip encode → decode, on uint8 frames."""
+    was_training = model.training
+    model.eval()
+    scores = []
+    for i in range(0, len(clips), batch_size):
+        x = torch.stack(clips[i : i + batch_size])
+        rec = model.decode(model.encode(x))
+        ref_u8, rec_u8 = to_uint8(x), to_uint8(rec)
+        scores.extend(psnr_uint8(ref_u8[j], rec_u8[j]) for j in range(len(x)))
+    model.train(was_training)
+    return float(np.mean(scores))
+
+
+def _finalize(tmp: Path, output: Path, overwrite: bool) -> None:
+    if output.exists():
+        if not overwrite and any(output.iterdir()):
+            raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
+        backup = output.with_name(f".{output.name}.old{os.getpid()}")
+        os.replace(output, backup)
+        os.replace(tmp, output)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(tmp, output)
+
+
+def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainTokenizerResult:
+    start = time.monotonic()
+    output = Path(cfg.output)
+    if output.exists() and not cfg.overwrite and output.is_dir() and any(output.iterdir()):
+        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    model = load_video_tokenizer(cfg.tokenizer, seed=cfg.seed)
+    t, s, _ = model.compression
+    model.latent_shape(cfg.num_frames, cfg.height, cfg.width)  # clear error before reading any video
+
+    per_video, used, skipped = load_clips(cfg.data, cfg.num_frames, cfg.height, cfg.width, cfg.clips_per_video)
+    for item in skipped:
+        log.warning("skipped %s: %s", item["video"], item["reason"])
+    train_clips, held_clips = split_heldout(per_video, cfg.heldout_videos)
+    log.info("%d videos (%d skipped): %d training clips, %d held-out clips", len(used), len(skipped), len(train_clips), len(held_clips))
+
+    psnr_before = heldout_psnr(model, held_clips)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    warmup = max(1, cfg.steps // 20)
+
+    def lr_at(step: int) -> float:  # linear warm-up, then cosine decay to 10 %
+        if step < warmup:
+            return cfg.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, cfg.steps - warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="train-tokenizer", unit="step")
+    data = torch.stack(train_clips)
+    loss_value = float("nan")
+    steps_done = 0
+    for step in range(cfg.steps):
+        if cfg.time_limit_s is not None and time.monotonic() - start > cfg.time_limit_s:
+            log.warning("time limit %.0f s reached after %d steps", cfg.time_limit_s, step)
+            break
+        idx = rng.choice(len(data), size=min(cfg.batch_size, len(data)), replace=len(data) < cfg.batch_size)
+        batch = data[torch.as_tensor(idx)]
+        flip = torch.as_tensor(rng.random(len(idx)) < 0.5)
+        batch = torch.where(flip[:, None, None, None, None], batch.flip(-1), batch)  # horizontal flips
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        rec = model(batch)
+        loss = F.l1_loss(rec, batch) + F.mse_loss(rec, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        loss_value = float(loss.detach())
+        steps_done = step + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+    if bar is not None:
+        bar.close()
+
+    psnr_after = heldout_psnr(model, held_clips)
+    result = TrainTokenizerResult(
+        output=str(output),
+        tokenizer=model.name,
+        train_clips=len(train_clips),
+        heldout_clips=len(held_clips),
+        steps_done=steps_done,
+        seconds=round(time.monotonic() - start, 2),
+        psnr_before=round(psnr_before, 4),
+        psnr_after=round(psnr_after, 4),
+        final_loss=loss_value,
+        skipped=skipped,
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.eval().save(tmp)
+        report = {"result": asdict(result), "config": asdict(cfg), "compression": [t, s, s]}
+        (tmp / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        _finalize(tmp, output, cfg.overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
