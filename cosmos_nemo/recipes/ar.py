@@ -15,6 +15,7 @@ Where the defaults come from:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import nemo_run as run
@@ -286,6 +287,8 @@ def swap_model_config(
             )
         else:
             changes.update(vocab_size=tokenizer_vocab_size, output_vocab_size=tokenizer_vocab_size)
+        if "resize_vocab" in {f.name for f in dataclasses.fields(ARModelConfig)}:
+            changes["resize_vocab"] = True  # tells the trainer to resize the pretrained rows when it loads them
     return model_config(base, **changes)
 
 
