@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,10 @@ def _positive(text: str) -> int:
     return value
 
 
+def _default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
 def _paths(text: str) -> list[Path]:
     return [Path(p) for p in text.split(",") if p]
 
@@ -80,9 +85,10 @@ def register(subparsers) -> None:
     p.add_argument("--fvd-weights", "--fvd_weights", dest="fvd_weights", type=Path, default=None,
                    help="local StyleGAN-V I3D TorchScript file i3d_torchscript.pt (HF LanguageBind/"
                    "Open-Sora-Plan-v1.0.0, opensora/eval/fvd/styleganv/). FVD needs at least 2 pairs")
-    p.add_argument("--workers", type=_positive, default=2,
-                   help="threads scoring pairs in parallel, and frames within a pair (each pair also decodes its "
-                   "two files in background threads). On CPU, torch runs single-threaded inside them. Default: 2")
+    p.add_argument("--workers", type=_positive, default=_default_workers(),
+                   help="pairs scored in parallel, in worker processes (each also decodes its two files in "
+                   "background threads; on CPU torch runs single-threaded inside). Default: half the CPU cores, "
+                   f"at most 4 (here {_default_workers()})")
     p.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=_positive, default=16,
                    help="frames decoded and scored at a time per file (default: 16); memory grows with it")
     p.add_argument("--device", default="cpu",

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import tempfile
-from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class TokenBenchConfig:
     metrics: tuple[str, ...] = ("psnr", "ssim")
     lpips_weights: list[Path] = field(default_factory=list)
     fvd_weights: Path | None = None
-    workers: int = 2
+    workers: int = 1  # pairs scored in parallel (worker processes when > 1)
     chunk_size: int = 16
     device: str = "cpu"
     lpips_batch: int = 4
@@ -202,6 +203,41 @@ def _atomic_write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+class _single_threaded_torch:
+    """On CPU, run torch ops single-threaded: its intra-op threads spin-wait on each other and slow down
+    many-fold when the cores are shared; our parallelism is over pairs instead."""
+
+    def __init__(self, device: str):
+        self.active = torch.device(device).type == "cpu"
+
+    def __enter__(self):
+        self.before = torch.get_num_threads()
+        if self.active:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)
+
+
+def _in_process(name, ref, gen, cfg, models, workdir) -> PairResult:
+    with _single_threaded_torch(cfg.device):
+        return evaluate_pair(name, ref, gen, cfg, models, workdir)
+
+
+_WORKER_MODELS: _Models | None = None
+
+
+def _worker_init(cfg: TokenBenchConfig) -> None:
+    global _WORKER_MODELS
+    if torch.device(cfg.device).type == "cpu":
+        torch.set_num_threads(1)
+    _WORKER_MODELS = _load_models(cfg)
+
+
+def _worker_pair(name, ref, gen, cfg, workdir) -> PairResult:
+    return evaluate_pair(name, ref, gen, cfg, _WORKER_MODELS, workdir)
+
+
 def run_tokenbench(cfg: TokenBenchConfig) -> dict:
     """Evaluate, write the outputs into `cfg.targetpath`, and return the `tokenbench.json` content."""
     unknown = [m for m in cfg.metrics if m not in METRICS]
@@ -218,21 +254,25 @@ def run_tokenbench(cfg: TokenBenchConfig) -> dict:
             f"no pairs: no *.{cfg.ext} file has the same relative path under {cfg.gtpath} and {cfg.targetpath}"
             + ("" if cfg.recursive else " (top level only; add --recursive for subfolders)")
         )
-    models = _load_models(cfg)
     results: dict[str, PairResult] = {}
-    workers = max(1, cfg.workers)
-    threads_before = torch.get_num_threads()
-    if torch.device(cfg.device).type == "cpu":
-        # Parallelism comes from our threads (pairs, and frames within a pair). torch's own intra-op threads
-        # spin-wait on each other and slow down many-fold when the cores are shared with other work.
-        torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory(prefix="tokenbench_") as tmp, \
-                ThreadPoolExecutor(workers, thread_name_prefix="tokenbench-frames") as frame_pool, \
-                ThreadPoolExecutor(workers, thread_name_prefix="tokenbench-pairs") as pool:
-            workdir = Path(tmp)
-            futures = {pool.submit(evaluate_pair, n, r, g, cfg, models, workdir, frame_pool): n
-                       for n, r, g in pairing.pairs}
+    workers = min(max(1, cfg.workers), len(pairing.pairs))
+    with tempfile.TemporaryDirectory(prefix="tokenbench_") as tmp:
+        workdir = Path(tmp)
+        if workers == 1:
+            # One pair at a time in this process: its two files decode in background threads while this
+            # thread scores, with torch single-threaded on CPU (see `_single_threaded_torch`).
+            models = _load_models(cfg)
+            pool = ThreadPoolExecutor(1, thread_name_prefix="tokenbench-pair")
+            futures = {pool.submit(_in_process, n, r, g, cfg, models, workdir): n for n, r, g in pairing.pairs}
+        else:
+            # Pairs in worker processes: threads would share one GIL, and a preempted GIL holder stalls all
+            # of them on a busy machine. Each worker loads the LPIPS/I3D weights once; loading them here
+            # first turns a bad weights file into a clear error instead of a broken pool.
+            _load_models(cfg)
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_worker_init, initargs=(cfg,))
+            futures = {pool.submit(_worker_pair, n, r, g, cfg, workdir): n for n, r, g in pairing.pairs}
+        with pool:
             done = as_completed(futures)
             if cfg.progress:
                 from tqdm import tqdm
@@ -244,8 +284,6 @@ def run_tokenbench(cfg: TokenBenchConfig) -> dict:
                     results[name] = fut.result()
                 except (PairError, VideoDecodeError, FrameTooSmallError) as e:
                     skipped.append({"name": name, "reason": str(e)})
-    finally:
-        torch.set_num_threads(threads_before)
     if not results:
         reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped[:5])
         raise NoResultsError(f"no pair could be scored ({reasons})")
