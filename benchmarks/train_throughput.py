@@ -69,6 +69,7 @@ def build_ours(args, dtype: torch.dtype):
         num_query_groups=args.groups, kv_channels=args.head_dim, ffn_hidden_size=args.ffn, vocab_size=args.vocab,
         max_grid=tuple(args.grid), use_te=False,
     )
+    build_ours.last_config = cfg
     return build_ar_model(cfg, dtype=dtype)
 
 
@@ -85,6 +86,30 @@ def build_peer(args, dtype: torch.dtype):
         attention_bias=False, mlp_bias=False, attn_implementation="sdpa",
     )
     return LlamaForCausalLM(config).to(dtype)
+
+
+def harness_step(args, dtype: torch.dtype, tokens: torch.Tensor, labels: torch.Tensor):
+    """Our training step as the trainer runs it: a fresh model wrapped by `training.harness`, one global
+    batch of one micro-batch through megatron's schedule, the megatron optimizer step."""
+    import itertools
+
+    from cosmos_nemo.models.ar.model import build_ar_model
+    from cosmos_nemo.models.ar.step import ARStep
+    from cosmos_nemo.training import harness
+    from cosmos_nemo.training.config import OptimizerConfig
+
+    cfg = build_ours.last_config
+    chunks = harness.wrap_model(lambda pre, post: build_ar_model(cfg, pre, post, dtype=dtype))
+    optimizer = harness.build_optimizer(chunks, OptimizerConfig(lr=1e-4), bf16=dtype == torch.bfloat16)
+    batch = {"tokens": tokens, "labels": labels, "loss_mask": torch.ones(tokens.shape), "grid": tuple(args.grid)}
+    batches = itertools.repeat(batch)
+    step_fn = ARStep()
+
+    def step():
+        out = harness.train_step(step_fn, batches, chunks, optimizer, 1, args.seq, args.batch)
+        return out["loss"]
+
+    return step
 
 
 def main(argv=None) -> int:
@@ -105,6 +130,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per model (default 5)")
     p.add_argument("--optimizer", choices=("fused", "foreach"), default="fused",
                    help="torch.optim.AdamW implementation, the same for both models (default fused)")
+    p.add_argument("--ours-step", "--ours_step", choices=("direct", "harness"), default="direct",
+                   help="direct: our model + the same AdamW as the peer (default); harness: our real training step, "
+                   "training.harness (megatron DDP gradient buffers, megatron optimizer with clipping, "
+                   "get_forward_backward_func) with the trainer's ARStep loss")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     args.seq = args.grid[0] * args.grid[1] * args.grid[2]
@@ -128,6 +157,9 @@ def main(argv=None) -> int:
         opt_ours.step()
         opt_ours.zero_grad(set_to_none=True)
         return float(loss)
+
+    if args.ours_step == "harness":
+        step_ours = harness_step(args, dtype, tokens, labels)
 
     def step_peer():
         loss = peer(input_ids=tokens, labels=tokens).loss
@@ -166,7 +198,8 @@ def main(argv=None) -> int:
     result["ratio"] = result["ours"]["tokens_per_s"] / result["peer"]["tokens_per_s"]
     result["ratio_median"] = result["peer"]["median_step_s"] / result["ours"]["median_step_s"]
     result["load_average"] = os.getloadavg()
-    label = {"ours": "cosmos_nemo AR (megatron-core)", "peer": "transformers LlamaForCausalLM"}
+    result["ours_step"] = args.ours_step
+    label = {"ours": f"cosmos_nemo AR ({args.ours_step})", "peer": "transformers LlamaForCausalLM"}
     print(f"matmul peak ({args.dtype}, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step "
           f"{flops / 1e9:.1f} G; load average {result['load_average'][0]:.1f} on {os.cpu_count()} CPUs")
     for name in ("ours", "peer"):
