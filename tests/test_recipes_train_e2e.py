@@ -60,6 +60,19 @@ def test_tiny_recipe_trains_with_nproc_2_at_tp_2(tiny_data, tmp_path):
         assert abs(a[step] - b[step]) <= 1e-5 * abs(b[step]), (step, a[step], b[step])
 
 
+def test_tiny_v2w_recipe_trains_with_nproc_2_at_tp_2(tmp_path):
+    data = write_pattern_dataset(tmp_path / "v2w", 8, grid=(2, 4, 6), vocab_size=64000, seed=4, task="video2world",
+                                 text_dim=384, text_length=16)
+    result = _cli("cosmos_ar_tiny_v2w_finetune", f"data.paths=[{data}]", "trainer.max_steps=2", "parallel.tensor=2",
+                  "data.global_batch_size=2", "data.micro_batch_size=1", f"checkpoint.output_root={tmp_path}",
+                  "--nproc", "2", "--quiet")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path / "cosmos_nemo" / "autoregressive_video2world" / "cosmos_ar_tiny_v2w_finetune"
+    assert (run_dir / "checkpoints" / "latest_checkpoint.txt").read_text().strip() == "iter_000000002"
+    info = yaml.safe_load((run_dir / "launch_info.yaml").read_text())
+    assert (info["world_size"], info["tensor_parallel"]) == (2, 2)
+
+
 def test_failing_run_reports_its_logs(tiny_data, tmp_path):
     bad = tmp_path / "broken_model.pt"
     bad.write_bytes(b"not a checkpoint")
