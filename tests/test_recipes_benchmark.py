@@ -1,0 +1,51 @@
+"""benchmarks/train_throughput.py compares like with like: the two models it times have the same
+dimensions, and its model-FLOP count matches the peer's weights counted independently."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+TINY = ["--layers", "2", "--hidden", "64", "--heads", "4", "--groups", "2", "--head-dim", "16", "--ffn", "128",
+        "--vocab", "512", "--grid", "1", "2", "4", "--batch", "2", "--threads", "1"]
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flop_count_matches_the_peer_weights():
+    import argparse
+
+    bench = _bench_module()
+    args = argparse.Namespace(layers=2, hidden=64, heads=4, groups=2, head_dim=16, ffn=128, vocab=512, seq=8)
+    peer = bench.build_peer(args, __import__("torch").float32)
+    # weights that multiply activations: everything but the input embedding and the RMSNorm gains
+    weights = sum(p.numel() for n, p in peer.named_parameters() if "embed_tokens" not in n and "norm" not in n)
+    tokens = 16
+    attention = 12 * args.layers * args.heads * args.head_dim * args.seq * tokens
+    assert bench.model_flops_per_step(args, tokens) == 6 * weights * tokens + attention
+
+
+def test_benchmark_runs_both_models_with_the_same_dimensions(tmp_path):
+    out = tmp_path / "result.json"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    for mode in ("direct", "harness"):
+        result = subprocess.run([sys.executable, str(BENCH), *TINY, "--warmup", "0", "--steps", "1", "--ours-step", mode,
+                                 "--json", str(out)], capture_output=True, text=True, timeout=300, env=env,
+                                stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stderr[-3000:]
+        data = json.loads(out.read_text())
+        # ours = Llama + the QK RMSNorm gains (one head_dim vector for q and one for k per layer)
+        assert data["params_ours"] == data["params_peer"] + 2 * 16 * 2
+        assert data["ours"]["tokens_per_s"] > 0 and data["peer"]["tokens_per_s"] > 0
+        assert 0 < data["ours"]["peak_fraction"] and data["ours_step"] == mode
+        assert "ratio ours / transformers" in result.stdout
