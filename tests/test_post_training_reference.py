@@ -83,6 +83,10 @@ def test_reference_command_refuses_bad_setups_before_starting(capsys, data, tmp_
                          "--tensor_model_parallel_size", "1", "--global_batch_size", "3", "--micro_batch_size", "2",
                          "--log_dir", str(tmp_path)]) == 2
     assert "global_batch_size=3 is not a multiple" in capsys.readouterr().err
+    # extra dotted overrides may sit between the reference flags; unknown keys name the closest one
+    assert general.main(["--data_path", data["base"], "trainer.max_step=3", "--model_path", "none", "--model_size",
+                         "tiny", "--tensor_model_parallel_size", "1", "--log_dir", str(tmp_path)]) == 2
+    assert "the closest valid key is 'trainer.max_steps'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 

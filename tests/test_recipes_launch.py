@@ -113,10 +113,12 @@ def test_slurm_dryrun_refuses_invalid_parallel_sizes(capsys, tmp_path, stdin_dev
 
 
 def test_local_dryrun_prints_the_torchrun_command(capsys, tiny_data, tmp_path):
-    rc = cli_main(["train", "cosmos_ar_tiny_finetune", f"data.paths=[{tiny_data}]", "parallel.tensor=2",
-                   f"checkpoint.output_root={tmp_path}", "--nproc", "2", "--dryrun"])
+    # overrides and options in any order, as users type them
+    rc = cli_main(["train", "cosmos_ar_tiny_finetune", f"data.paths=[{tiny_data}]", "--nproc", "2",
+                   "parallel.tensor=2", "--dryrun", f"checkpoint.output_root={tmp_path}"])
     out = capsys.readouterr().out
     assert rc == 0
+    assert "ParallelConfig(tensor=2" in out
     command = next(line for line in out.splitlines() if " torchrun " in line)
     assert "--nproc-per-node 2" in command and "--nnodes 1" in command and "OMP_NUM_THREADS=1" in command
     assert f"# run folder: {tmp_path}/cosmos_nemo/autoregressive/cosmos_ar_tiny_finetune" in out

@@ -119,6 +119,22 @@ def _tail(paths: list[str], lines: int = 15) -> str:
     return ""
 
 
+class _Intermixed:
+    """Lets overrides and options mix in any order (`RECIPE a=1 --nproc 2 b=2`), as users type them;
+    plain argparse stops taking positionals once an option has followed them."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -162,3 +178,4 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print the resolved recipe and the torchrun command or sbatch script; start nothing")
     p.add_argument("--quiet", action="store_true", help="local: do not stream rank 0's output")
     p.set_defaults(func=_train)
+    p.__class__ = type("TrainArgumentParser", (_Intermixed, type(p)), {})
