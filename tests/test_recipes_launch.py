@@ -133,6 +133,14 @@ def test_cli_reports_override_and_recipe_errors(capsys, tiny_data):
     assert "frames must be 1 + 4k for a 4x8x8 tokenizer" in capsys.readouterr().err
     assert cli_main(["train", "cosmos_ar_tiny_finetun"]) == 2
     assert "did you mean 'cosmos_ar_tiny_finetune'" in capsys.readouterr().err
+    # a hub id is not downloaded by a dry run; a local weights path that does not exist is refused
+    assert cli_main(["train", "cosmos_ar_4b_finetune", f"data.paths=[{tiny_data}]", "--nproc", "2", "--dryrun",
+                     "data.global_batch_size=2", "data.micro_batch_size=1"]) == 0
+    captured = capsys.readouterr()
+    assert "nvidia/Cosmos-1.0-Autoregressive-4B is a hub id: it is downloaded when the run is launched" in captured.out
+    assert cli_main(["train", "cosmos_ar_tiny_finetune", f"data.paths=[{tiny_data}]", "checkpoint.mode=finetune",
+                     "checkpoint.pretrained=/nonexistent/model.pt", "--dryrun"]) == 2
+    assert "pretrained weights '/nonexistent/model.pt' not found" in capsys.readouterr().err
     assert cli_main(["train", "--list"]) == 0
     assert "cosmos_ar_13b_v2w_tokenizer_swap" in capsys.readouterr().out
 

@@ -58,9 +58,15 @@ def _train(args: argparse.Namespace) -> int:
         for note in L.preflight(recipe, world, check_data=not on_cluster or data_here):
             print(f"note: {note}")
         pretrained = recipe.checkpoint.pretrained
-        if pretrained and not (on_cluster and args.dryrun):
-            if not (on_cluster and not L.is_hub_id(pretrained) and not Path(pretrained).exists()):
+        if pretrained and L.is_hub_id(pretrained):
+            if args.dryrun:
+                print(f"note: {pretrained} is a hub id: it is downloaded when the run is launched")
+            else:
                 recipe.checkpoint.pretrained = L.resolve_pretrained(pretrained)
+                print(f"note: {pretrained} -> {recipe.checkpoint.pretrained}"
+                      + (" (the nodes must see this path: put HF_HOME on a shared file system)" if on_cluster else ""))
+        elif pretrained and not on_cluster:
+            L.resolve_pretrained(pretrained)  # refuses a local path that does not exist
     except (KeyError, OverrideError, L.LaunchError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
