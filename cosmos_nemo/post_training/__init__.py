@@ -1,4 +1,6 @@
-"""The reference commands, kept.
+"""The reference commands, kept: thin flag mappers onto the recipes, run under torchrun.
 
-This room owns thin flag mappers that accept the flags of NVIDIA's reference scripts (general.py,
-video2world_finetuning.py, ...) and run the same recipes and trainer; nothing else lives here."""
+- `general`: NeMo's post_training/general.py (AR 4B/12B, and tiny).
+- `video2world_finetuning`: NeMo's video2world_finetuning.py (AR 5B/13B Video2World, and tiny_v2w).
+- `common`: their shared flags, the model-size rule and the run in each rank.
+"""
