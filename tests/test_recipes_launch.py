@@ -45,6 +45,7 @@ def test_preflight_accepts_and_reports_the_decomposition(tiny_data):
     (["checkpoint.mode=finetune"], 1, "needs checkpoint.pretrained"),
     (["data.paths=[/nonexistent/tokens]"], 1, "data path(s) not found"),
     (["data.paths=[]"], 1, "no training data"),
+    (["checkpoint.pretrained=/w/model.pt"], 1, "is ignored by checkpoint.mode=pretrain"),
 ])
 def test_preflight_refuses_invalid_runs(tiny_data, overrides, world, message):
     with pytest.raises(L.LaunchError) as err:
@@ -138,8 +139,8 @@ def test_cli_reports_override_and_recipe_errors(capsys, tiny_data):
                      "data.global_batch_size=2", "data.micro_batch_size=1"]) == 0
     captured = capsys.readouterr()
     assert "nvidia/Cosmos-1.0-Autoregressive-4B is a hub id: it is downloaded when the run is launched" in captured.out
-    assert cli_main(["train", "cosmos_ar_tiny_finetune", f"data.paths=[{tiny_data}]", "checkpoint.mode=finetune",
-                     "checkpoint.pretrained=/nonexistent/model.pt", "--dryrun"]) == 2
+    assert cli_main(["train", "cosmos_ar_tiny_finetune", f"data.paths=[{tiny_data}]",
+                     "checkpoint.pretrained=/nonexistent/model.pt", "--dryrun"]) == 2  # implies mode=finetune
     assert "pretrained weights '/nonexistent/model.pt' not found" in capsys.readouterr().err
     assert cli_main(["train", "--list"]) == 0
     assert "cosmos_ar_13b_v2w_tokenizer_swap" in capsys.readouterr().out

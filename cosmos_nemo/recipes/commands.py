@@ -36,6 +36,10 @@ def _train(args: argparse.Namespace) -> int:
     try:
         recipe = build_recipe(args.recipe, _parse_recipe_args(args.recipe_arg))
         apply_overrides(recipe, args.overrides)
+        keys = {item.split("=", 1)[0].strip() for item in args.overrides}
+        if "checkpoint.pretrained" in keys and "checkpoint.mode" not in keys:
+            # weights given on the command line mean "start from them"
+            recipe.checkpoint.mode = "finetune" if recipe.checkpoint.pretrained else "pretrain"
         if args.executor == "slurm":
             missing = [flag for flag, value in (("--account", args.account), ("--partition", args.partition)) if not value]
             if missing:

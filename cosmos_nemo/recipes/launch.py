@@ -86,6 +86,9 @@ def preflight(recipe: run.Partial, world_size: int, check_data: bool = True) -> 
     if recipe.checkpoint.mode == "finetune" and not recipe.checkpoint.pretrained:
         raise LaunchError("checkpoint.mode=finetune needs checkpoint.pretrained (a Cosmos .pt, a dist-ckpt folder, "
                           "a run folder or a hub id)")
+    if recipe.checkpoint.mode == "pretrain" and recipe.checkpoint.pretrained:
+        raise LaunchError(f"checkpoint.pretrained={recipe.checkpoint.pretrained!r} is ignored by checkpoint.mode=pretrain: "
+                          "set checkpoint.mode=finetune to start from it, or checkpoint.pretrained=null")
     if not data.paths:
         raise LaunchError("no training data: set data.paths=[DIR,...] (a `cosmos-nemo prepare ar-tokens` output)")
     if check_data:
