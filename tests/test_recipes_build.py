@@ -13,7 +13,7 @@ from nemo_run.core.serialization.zlib_json import ZlibJSONSerializer
 
 from cosmos_nemo.models.ar.config import ar_config
 from cosmos_nemo.recipes import ar
-from cosmos_nemo.recipes.overrides import OverrideError, apply_overrides, valid_keys
+from cosmos_nemo.recipes.overrides import OverrideError, apply_overrides, apply_toml, valid_keys
 from cosmos_nemo.recipes.registry import RECIPES, build_recipe, get_recipe
 from cosmos_nemo.tokenizers.grid import GridError
 from cosmos_nemo.training.config import OptimizerConfig
@@ -190,3 +190,26 @@ def test_registry_names_and_recipe_arguments():
     assert (p.data.paths, p.trainer.max_steps, p.optim.lr) == (["/x"], 5, 1e-3)
     # the recipe builds no side effects: the optimizer default of the trainer config is untouched
     assert OptimizerConfig().lr == 1e-4
+
+
+def test_toml_overrides(tmp_path, monkeypatch):
+    monkeypatch.setenv("COSMOS_TEST_DATA", "/lustre/tokens")
+    path = tmp_path / "run.toml"
+    path.write_text(
+        "[trainer]\nmax_steps = 50\nprecision = 'fp32'\n[data]\npaths = ['${oc.env:COSMOS_TEST_DATA}/a']\n"
+        "global_batch_size = 8\n[model.yarn]\nscale = 3.0\n[checkpoint]\nname = '${oc.env:COSMOS_UNSET_VAR,run7}'\n"
+    )
+    recipe = apply_toml(build_recipe("cosmos_ar_12b_finetune"), str(path))
+    _, p = _built(recipe)
+    assert (p["trainer"].max_steps, p["trainer"].precision, p["data"].global_batch_size) == (50, "fp32", 8)
+    assert p["data"].paths == ["/lustre/tokens/a"] and p["checkpoint"].name == "run7"
+    assert p["model"].yarn.scale == 3.0 and p["model"].yarn.beta_fast == 4.0
+    path.write_text("[trainer]\nmax_step = 5\n")
+    with pytest.raises(OverrideError, match="closest valid key is 'trainer.max_steps'"):
+        apply_toml(build_recipe("cosmos_ar_tiny_finetune"), str(path))
+    path.write_text("[trainer]\nmax_steps = 'many'\n")
+    with pytest.raises(OverrideError, match="trainer.max_steps expects an integer"):
+        apply_toml(build_recipe("cosmos_ar_tiny_finetune"), str(path))
+    path.write_text("[data]\npaths = ['${oc.env:COSMOS_UNSET_VAR}']\n")
+    with pytest.raises(OverrideError, match="COSMOS_UNSET_VAR is not set"):
+        apply_toml(build_recipe("cosmos_ar_tiny_finetune"), str(path))

@@ -26,7 +26,7 @@ def _parse_recipe_args(items: list[str]) -> dict[str, str]:
 
 def _train(args: argparse.Namespace) -> int:
     from cosmos_nemo.recipes import launch as L
-    from cosmos_nemo.recipes.overrides import OverrideError, apply_overrides
+    from cosmos_nemo.recipes.overrides import OverrideError, apply_overrides, apply_toml
     from cosmos_nemo.recipes.registry import build_recipe, list_recipes
 
     if args.list or not args.recipe:
@@ -35,7 +35,9 @@ def _train(args: argparse.Namespace) -> int:
         return 0 if args.list else 2
     try:
         recipe = build_recipe(args.recipe, _parse_recipe_args(args.recipe_arg))
-        apply_overrides(recipe, args.overrides)
+        if args.toml:
+            apply_toml(recipe, args.toml)
+        apply_overrides(recipe, args.overrides)  # the command line wins over the file
         keys = {item.split("=", 1)[0].strip() for item in args.overrides}
         if "checkpoint.pretrained" in keys and "checkpoint.mode" not in keys:
             # weights given on the command line mean "start from them"
@@ -160,6 +162,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dotted overrides of the recipe's configs: model.*, data.*, optim.*, trainer.*, checkpoint.*, "
                    "parallel.*, log.* (values are YAML: true, null, [a,b]); an unknown key names the closest valid one")
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
+    p.add_argument("--toml", metavar="FILE",
+                   help="overrides as a TOML file of sections ([trainer] max_steps = 100, [model.yarn] ...); unknown keys "
+                   "and wrong types are errors; ${oc.env:VAR} or ${oc.env:VAR,default} read the environment. Dotted "
+                   "overrides on the command line are applied after it")
     p.add_argument("--recipe-arg", "--recipe_arg", action="append", default=[], metavar="NAME=VALUE",
                    help="an argument of the recipe function itself, e.g. frames=17 for a tokenizer-swap recipe "
                    "(repeatable); these change derived values (the latent grid) that overrides alone would not")

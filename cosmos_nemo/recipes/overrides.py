@@ -1,4 +1,5 @@
-"""Dotted overrides on a recipe: `trainer.max_steps=100`, `data.paths=[/a,/b]`, `model.yarn.scale=4`.
+"""Dotted overrides on a recipe: `trainer.max_steps=100`, `data.paths=[/a,/b]`, `model.yarn.scale=4`, or
+the same keys as sections of a TOML file (`apply_toml`).
 
 The key is checked against the dataclass fields of the config it lands in; an unknown key is an error that
 names the closest valid key. The value is read as YAML (so `true`, `null`, `[1,2]` work) and converted to
@@ -10,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import os
+import re
 import types
 import typing
 from typing import Any, Iterable, Union
@@ -155,36 +158,93 @@ def split_override(item: str) -> tuple[str, str]:
     return key, text
 
 
-def apply_overrides(cfg: fdl.Buildable, overrides: Iterable[str]) -> fdl.Buildable:
-    """Apply `key=value` overrides in place (and return `cfg`)."""
+def set_value(cfg: fdl.Buildable, key: str, value: Any, *, from_text: bool = False) -> None:
+    """Set dotted `key` of `cfg` to `value` (a Python value, or text to parse when `from_text`), checked
+    against the field's type; an unknown key names the closest valid one."""
     from nemo_run import Config
 
+    parts = key.split(".")
+    node = cfg
+    for depth, name in enumerate(parts):
+        types_here = _signature_types(node.__fn_or_cls__)
+        if name not in types_here:
+            guess = _closest(key, valid_keys(cfg))
+            raise OverrideError(
+                f"unknown key {key!r}" + (f"; the closest valid key is {guess!r}" if guess else "")
+                + f". Valid keys under {'.'.join(parts[:depth]) or 'the recipe'}: {', '.join(types_here)}"
+            )
+        if depth == len(parts) - 1:
+            tp = types_here[name]
+            setattr(node, name, parse_value(value, tp, key) if from_text else _coerce(value, tp, key, repr(value)))
+            return
+        child = node.__arguments__.get(name)
+        if child is None:
+            inner, _ = _unwrap_optional(types_here[name])
+            if not dataclasses.is_dataclass(inner):
+                raise OverrideError(f"{'.'.join(parts[:depth + 1])} is a value, not a config: set it as a whole")
+            child = Config(inner)  # e.g. model.yarn.scale=4 on a model without YaRN
+            setattr(node, name, child)
+        elif not isinstance(child, fdl.Buildable):
+            raise OverrideError(
+                f"{'.'.join(parts[:depth + 1])} is a value, not a config: set it as a whole "
+                f"({'.'.join(parts[:depth + 1])}=...)"
+            )
+        node = child
+
+
+def apply_overrides(cfg: fdl.Buildable, overrides: Iterable[str]) -> fdl.Buildable:
+    """Apply `key=value` overrides in place (and return `cfg`)."""
     for item in overrides:
         key, text = split_override(item)
-        parts = key.split(".")
-        node = cfg
-        for depth, name in enumerate(parts):
-            types_here = _signature_types(node.__fn_or_cls__)
-            if name not in types_here:
-                guess = _closest(key, valid_keys(cfg))
-                raise OverrideError(
-                    f"unknown key {key!r}" + (f"; the closest valid key is {guess!r}" if guess else "")
-                    + f". Valid keys under {'.'.join(parts[:depth]) or 'the recipe'}: {', '.join(types_here)}"
-                )
-            if depth == len(parts) - 1:
-                setattr(node, name, parse_value(text, types_here[name], key))
-                break
-            child = node.__arguments__.get(name)
-            if child is None:
-                inner, _ = _unwrap_optional(types_here[name])
-                if not dataclasses.is_dataclass(inner):
-                    raise OverrideError(f"{'.'.join(parts[:depth + 1])} is a value, not a config: set it as a whole")
-                child = Config(inner)  # e.g. model.yarn.scale=4 on a model without YaRN
-                setattr(node, name, child)
-            elif not isinstance(child, fdl.Buildable):
-                raise OverrideError(
-                    f"{'.'.join(parts[:depth + 1])} is a value, not a config: set it as a whole "
-                    f"({'.'.join(parts[:depth + 1])}=...)"
-                )
-            node = child
+        set_value(cfg, key, text, from_text=True)
+    return cfg
+
+
+_ENV = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
+
+
+def _resolve_env(value, where: str):
+    if isinstance(value, str):
+        def repl(match):
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise OverrideError(f"{where}: environment variable {name} is not set (write ${{oc.env:{name},DEFAULT}} for a default)")
+
+        return _ENV.sub(repl, value)
+    if isinstance(value, list):
+        return [_resolve_env(v, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        # a table is a section of configs, except where the field itself is a mapping (checked when set)
+        if isinstance(value, dict) and not dotted.endswith("extra_transformer_config"):
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def apply_toml(cfg: fdl.Buildable, path: str) -> fdl.Buildable:
+    """Apply a TOML file of sections (`[trainer]`, `[model.yarn]`) in place; unknown keys and values of
+    the wrong type are errors, `${oc.env:VAR}` / `${oc.env:VAR,default}` read the environment."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        raise OverrideError(f"TOML file {path} not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise OverrideError(f"{path} is not valid TOML: {err}") from None
+    for key, value in _flatten(table).items():
+        set_value(cfg, key, _resolve_env(value, key))
     return cfg
