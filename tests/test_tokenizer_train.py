@@ -60,7 +60,7 @@ def test_train_tokenizer_raises_heldout_psnr(tmp_path, capsys):
         _moving_shapes(data / f"clip_{i}.mp4", seed=i)
     out = tmp_path / "tok"
     args = ["train-tokenizer", "--data", str(data), "--output", str(out), "--height", "32", "--width", "32",
-            "--steps", "40", "--batch-size", "4", "--lr", "3e-3", "--no-progress", "--threads", "2"]  # fmt: skip
+            "--steps", "150", "--batch-size", "4", "--no-progress", "--threads", "2"]  # fmt: skip
     assert main(args) == 0
     report = json.loads((out / "training_report.json").read_text())["result"]
     assert report["heldout_clips"] == 1 and report["train_clips"] == 5
@@ -76,3 +76,22 @@ def test_train_tokenizer_raises_heldout_psnr(tmp_path, capsys):
     random_init = load_video_tokenizer("tiny")
     assert heldout_psnr(random_init, clips[-1]) == pytest.approx(report["psnr_before"], abs=1e-3)
     assert "held-out reconstruction PSNR" in capsys.readouterr().out
+
+
+def test_augment_clip_keeps_content_up_to_colour_and_flips():
+    from cosmos_nemo.tokenizers.train import augment_clip
+
+    clip = torch.rand(3, 5, 8, 6) * 2 - 1
+    rng = np.random.default_rng(0)
+    seen_inverted = seen_permuted = False
+    for _ in range(20):
+        out = augment_clip(clip, rng)
+        assert out.shape == clip.shape
+        # the multiset of |values| is unchanged (permutation, sign and flips only move or negate values)
+        assert torch.equal(out.abs().flatten().sort().values, clip.abs().flatten().sort().values)
+        inverted = not torch.equal(out.flatten().sort().values, clip.flatten().sort().values)
+        seen_inverted |= inverted
+        channel_means = sorted(out.mean(dim=(1, 2, 3)).abs().tolist())
+        assert channel_means == pytest.approx(sorted(clip.mean(dim=(1, 2, 3)).abs().tolist()), abs=1e-6)
+        seen_permuted |= not torch.allclose(out.abs().mean(dim=(1, 2, 3)), clip.abs().mean(dim=(1, 2, 3)))
+    assert seen_inverted and seen_permuted

@@ -41,13 +41,14 @@ def register(subparsers) -> None:
     _add(p, "width", type=int, default=64, help="clip width after short-side resize and centre crop")
     _add(p, "clips-per-video", type=int, default=4, help="at most this many non-overlapping clips per video")
     _add(p, "heldout-videos", type=int, default=0, help="videos held out for evaluation; 0 = about 20%% (at least 1)")
-    _add(p, "steps", type=int, default=200, help="optimizer steps")
+    _add(p, "steps", type=int, default=300, help="optimizer steps")
     _add(p, "batch-size", type=int, default=4, help="clips per step")
     _add(p, "lr", type=float, default=2e-3, help="peak AdamW learning rate (linear warm-up, cosine decay to 10%%)")
     _add(p, "weight-decay", type=float, default=0.0, help="AdamW weight decay")
     _add(p, "seed", type=int, default=0, help="seed of the random init, clip sampling and flips")
     _add(p, "time-limit", type=float, default=None, help="stop training after this many seconds (then evaluate and save)")
     _add(p, "threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    _add(p, "no-augment", action="store_true", help="train without colour permutation/inversion and flip augmentation")
     _add(p, "overwrite", action="store_true", help="replace OUTPUT if it exists and is not empty")
     _add(p, "no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run)
@@ -77,6 +78,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         time_limit_s=args.time_limit,
         threads=args.threads,
+        augment=not args.no_augment,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
