@@ -81,7 +81,7 @@ def setup(
     """Initialise torch.distributed and megatron's model-parallel state for this process.
 
     Reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT as torchrun sets them; without
-    them it forms a 1-process group. NCCL on GPU, gloo on CPU (where the CPU adapter for megatron's
+    them it forms a 1-process group on an in-memory store (no port, no environment changes). NCCL on GPU, gloo on CPU (where the CPU adapter for megatron's
     CUDA-only calls is installed first). Seeds torch and megatron's model-parallel RNG tracker.
     """
     from megatron.core import parallel_state
@@ -90,17 +90,17 @@ def setup(
     cpu_adapter.install()
     device = get_device()
     if not dist.is_initialized():
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(minutes=timeout_minutes)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(
-            backend="nccl" if device.type == "cuda" else "gloo",
-            timeout=datetime.timedelta(minutes=timeout_minutes),
-        )
+        if "WORLD_SIZE" in os.environ:  # launched by torchrun (or parallel.launch): rendezvous from the env
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            # A lone process: an in-memory store, so no port is taken and nothing leaks into os.environ
+            # (a MASTER_PORT left there would be inherited by every subprocess this one starts).
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1,
+                                    timeout=timeout)
     world = dist.get_world_size()
     data_parallel = check_sizes(world, tensor_parallel, pipeline_parallel, context_parallel)
     if parallel_state.model_parallel_is_initialized():

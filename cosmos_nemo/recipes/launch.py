@@ -17,6 +17,8 @@ import glob
 import os
 import re
 import shlex
+import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,6 +253,19 @@ def _dryrun_text(job) -> str:
     return "\n".join(lines) if lines else str(info)
 
 
+def _interpreter_bin_on_path() -> None:
+    """nemo-run starts `torchrun` (and torchrun starts `python`) by name from PATH. When cosmos-nemo runs
+    as `.venv/bin/cosmos-nemo` or `.venv/bin/python -m cosmos_nemo` without an activated venv, PATH lacks
+    the venv's bin folder and the wrong (or no) interpreter would be found: put ours first."""
+    here = os.path.dirname(os.path.abspath(sys.executable))
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if not parts or parts[0] != here:
+        os.environ["PATH"] = os.pathsep.join([here] + [p for p in parts if p and p != here])
+    if shutil.which("torchrun") is None:
+        raise RuntimeError(f"torchrun was not found next to {sys.executable} or on PATH; "
+                           "install torch in this environment (bash scripts/setup.sh)")
+
+
 def launch(recipe: run.Partial, executor, name: Optional[str] = None, dryrun: bool = False,
            base_dir: Optional[str] = None, tail_logs: bool = True) -> LaunchResult:
     """Run `recipe` on `executor` as a nemo-run experiment; its metadata goes to `base_dir` (default
@@ -268,6 +283,7 @@ def launch(recipe: run.Partial, executor, name: Optional[str] = None, dryrun: bo
     if base_dir is None:
         base_dir = str(run_dir / "launches")
     Path(base_dir).mkdir(parents=True, exist_ok=True)
+    _interpreter_bin_on_path()
     with run.Experiment(name, executor=executor, base_dir=base_dir, log_level="WARN",
                         enable_goodbye_message=False) as exp:
         exp.add(recipe, name=name, tail_logs=tail_logs)
