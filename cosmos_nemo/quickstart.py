@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 TOKENIZER_COMPRESSION = (4, 8, 8)  # the tiny tokenizer's
@@ -46,6 +47,9 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def quickstart(args: argparse.Namespace) -> int:
+    # megatron-core and torch warn about optional GPU libraries and deprecations on every import; the steps
+    # that run in this process would bury the output in them (subprocesses get PYTHONWARNINGS=ignore).
+    warnings.filterwarnings("ignore")
     start = time.time()
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -185,7 +189,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=17, help="frames per training clip, 1 + 4k (default 17)")
     p.add_argument("--stride", type=int, default=8, help="frames between clip windows (default 8)")
     p.add_argument("--size", type=int, default=64, help="frame height and width, a multiple of 8 (default 64)")
-    p.add_argument("--tokenizer-steps", "--tokenizer_steps", type=int, default=150, help="tokenizer training steps (default 150)")
+    p.add_argument("--tokenizer-steps", "--tokenizer_steps", type=int, default=600, help="tokenizer training steps (default 600)")
     p.add_argument("--train-steps", "--train_steps", type=int, default=60, help="AR training steps before the resume check (default 60)")
     p.add_argument("--resume-steps", "--resume_steps", type=int, default=5, help="steps run after resuming (default 5)")
     p.add_argument("--global-batch", "--global_batch", type=int, default=8, help="clips per optimizer step (default 8)")

@@ -60,7 +60,7 @@ def test_train_tokenizer_raises_heldout_psnr(tmp_path, capsys):
         _moving_shapes(data / f"clip_{i}.mp4", seed=i)
     out = tmp_path / "tok"
     args = ["train-tokenizer", "--data", str(data), "--output", str(out), "--height", "32", "--width", "32",
-            "--steps", "300", "--batch-size", "4", "--no-progress", "--threads", "2"]  # fmt: skip
+            "--steps", "300", "--batch-size", "4", "--no-progress", "--threads", "2", "--augment"]  # fmt: skip
     assert main(args) == 0
     report = json.loads((out / "training_report.json").read_text())["result"]
     assert report["heldout_clips"] == 2 and report["train_clips"] == 6  # whole videos held out
@@ -96,3 +96,31 @@ def test_augment_clip_keeps_content_up_to_colour_and_flips():
         assert channel_means == pytest.approx(sorted(clip.mean(dim=(1, 2, 3)).abs().tolist()), abs=1e-6)
         seen_permuted |= not torch.allclose(out.abs().mean(dim=(1, 2, 3)), clip.abs().mean(dim=(1, 2, 3)))
     assert seen_inverted and seen_permuted
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-cv"])
+def test_orthonormal_haar_training_form_computes_the_same_function(name):
+    """Entering the orthonormal form (Haar without the 2·√2 rescale, first/last convs rescaled) changes no
+    output, and leaving it restores the weights."""
+    from cosmos_nemo.tokenizers.train import orthonormal_haar
+
+    tok = load_video_tokenizer(name, seed=3).eval()
+    before = {k: v.clone() for k, v in tok.state_dict().items()}
+    x = torch.rand(1, 3, 9, 32, 32) * 2 - 1
+    with torch.no_grad():
+        ref = tok(x)
+        with orthonormal_haar(tok):
+            assert tok.encoder.encoder.patcher3d.orthonormal and tok.decoder.decoder.unpatcher3d.orthonormal
+            inside = tok(x)
+        after = tok(x)
+    torch.testing.assert_close(inside, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(after, ref, rtol=0, atol=1e-6)
+    for k, v in tok.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=1e-6, atol=0)
+    # The orthonormal patcher really is orthonormal: it preserves the signal's energy.
+    p = tok.encoder.encoder.patcher3d
+    p.orthonormal = True
+    y = torch.randn(1, 3, 1 + 4 * 2, 16, 16)
+    padded = torch.cat([y[:, :, :1].repeat_interleave(p.patch_size - 1, dim=2), y], dim=2)
+    assert p(y).pow(2).sum().item() == pytest.approx(padded.pow(2).sum().item(), rel=1e-5)
+    p.orthonormal = False

@@ -106,7 +106,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.executor == "slurm":
         print(f"submitted; logs and the sbatch script are under {result.logs[0] if result.logs else args.job_dir}")
     else:
-        print(f"done: run folder {result.run_dir}")
+        print(f"\ndone: run folder {result.run_dir}")
     return 0
 
 

@@ -43,12 +43,15 @@ def register(subparsers) -> None:
     _add(p, "heldout-videos", type=int, default=0, help="videos held out for evaluation; 0 = about 20%% (at least 1)")
     _add(p, "steps", type=int, default=300, help="optimizer steps")
     _add(p, "batch-size", type=int, default=4, help="clips per step")
-    _add(p, "lr", type=float, default=2e-3, help="peak AdamW learning rate (linear warm-up, cosine decay to 10%%)")
+    _add(p, "lr", type=float, default=1e-3, help="peak AdamW learning rate (linear warm-up, cosine decay to 10%%)")
     _add(p, "weight-decay", type=float, default=0.0, help="AdamW weight decay")
     _add(p, "seed", type=int, default=0, help="seed of the random init, clip sampling and flips")
     _add(p, "time-limit", type=float, default=None, help="stop training after this many seconds (then evaluate and save)")
     _add(p, "threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    _add(p, "no-augment", action="store_true", help="train without colour permutation/inversion and flip augmentation")
+    _add(p, "augment", action="store_true", help="augment clips with colour permutation/inversion and flips (helps "
+         "when a few videos share one colour scheme; off by default)")
+    _add(p, "gradient-loss-weight", type=float, default=0.0, help="weight of a gradient-difference loss term "
+         "(L1 of time/height/width differences) added to L1 + MSE; emphasises edges and motion")
     _add(p, "overwrite", action="store_true", help="replace OUTPUT if it exists and is not empty")
     _add(p, "no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run)
@@ -78,7 +81,8 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         time_limit_s=args.time_limit,
         threads=args.threads,
-        augment=not args.no_augment,
+        augment=args.augment,
+        gradient_loss_weight=args.gradient_loss_weight,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

@@ -265,6 +265,9 @@ class _HaarBase(nn.Module):
             raise ValueError(f"haar patch_size must be a power of two, got {patch_size}")
         self.patch_size = patch_size
         self.levels = int(math.log2(patch_size))
+        # False (the reference, and how weights are stored): each round divides (patcher) or multiplies
+        # (unpatcher) by 2·√2. True: the orthonormal transform, which `tokenizers.train` uses while training.
+        self.orthonormal = False
         self.register_buffer("wavelets", torch.tensor(_HAAR, dtype=torch.float32))
         self.register_buffer("_arange", torch.arange(2))
 
@@ -314,7 +317,8 @@ class Patcher3D(_HaarBase):
         for y in bands_h:
             bands.append(F.conv3d(y, _along(low, 4), groups=g, stride=(1, 1, 2)))
             bands.append(F.conv3d(y, _along(high, 4), groups=g, stride=(1, 1, 2)))
-        return torch.cat(bands, dim=1) / self._scale()
+        out = torch.cat(bands, dim=1)
+        return out if self.orthonormal else out / self._scale()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.cat([x[:, :, :1].repeat_interleave(self.patch_size, dim=2), x[:, :, 1:]], dim=2)
@@ -342,7 +346,8 @@ class UnPatcher3D(_HaarBase):
 
         ll, lh, hl, hh = up(b[0], b[1], 4), up(b[2], b[3], 4), up(b[4], b[5], 4), up(b[6], b[7], 4)
         lo, hi = up(ll, lh, 3), up(hl, hh, 3)
-        return up(lo, hi, 2) * self._scale()
+        out = up(lo, hi, 2)
+        return out if self.orthonormal else out * self._scale()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for _ in range(self.levels):
