@@ -233,3 +233,33 @@ def test_lazy_safetensors_view(single_process, tmp_path):
     load_cosmos_checkpoint(model, tmp_path / "model.safetensors", resize_vocab=True)
     assert torch.equal(model.embedding.word_embeddings.weight[:300], state["model.tok_embeddings.weight"])
     assert torch.equal(model.decoder.final_layernorm.weight, state["model.norm.weight"])
+
+
+def test_finetune_with_resize_vocab_goes_through_the_trainer_loader(single_process, tmp_path, caplog):
+    """`model.resize_vocab=true` (set by the tokenizer-swap recipes) reaches the Cosmos import when the
+    trainer starts from pretrained weights; without it the mismatch is refused."""
+    import dataclasses
+    import logging
+    from types import SimpleNamespace
+
+    from cosmos_nemo.models.ar.model import build_ar_model
+    from cosmos_nemo.training.trainer import load_pretrained
+
+    state = random_state(ar_config("tiny", num_layers=1, vocab_size=300), seed=13, prefix="model.")
+    save_file(state, str(tmp_path / "model.safetensors"))
+    cfg = ar_config("tiny", num_layers=1, vocab_size=320)
+    model = build_ar_model(cfg)
+    with pytest.raises(Exception, match="resize_vocab"):
+        load_pretrained([SimpleNamespace(module=model)], cfg, str(tmp_path / "model.safetensors"))
+    resized = dataclasses.replace(cfg, resize_vocab=True)
+    with caplog.at_level(logging.WARNING):
+        note = load_pretrained([SimpleNamespace(module=model)], resized, str(tmp_path / "model.safetensors"))
+    assert "initialised from Cosmos checkpoint" in note
+    assert "grows from 300 to 320 rows" in caplog.text
+    emb = model.embedding.word_embeddings.weight
+    torch.testing.assert_close(emb[300:], state["model.tok_embeddings.weight"].mean(0).expand(20, -1))
+    dist_ckpt = tmp_path / "model"
+    (dist_ckpt).mkdir()
+    (dist_ckpt / ".metadata").write_text("")
+    with pytest.raises(ValueError, match="convert ar-export"):
+        load_pretrained([SimpleNamespace(module=model)], resized, str(dist_ckpt))

@@ -120,6 +120,9 @@ def test_tokenizer_swap_vocabulary_rule():
         ar.cosmos_ar_tiny_tokenizer_swap(tokenizer_vocab_size=32000)
     _, p = _built(ar.cosmos_ar_tiny_tokenizer_swap(tokenizer_vocab_size=32000, resize_vocab=True))
     assert (p["model"].vocab_size, p["model"].output_vocab_size) == (32000, 32000)
+    assert p["model"].resize_vocab is True  # the trainer resizes the pretrained rows when it loads them
+    _, same = _built(ar.cosmos_ar_tiny_tokenizer_swap())
+    assert same["model"].resize_vocab is False
     # Video2World: special ids follow the codes, embedding rounded up to a multiple of 64
     _, p = _built(ar.cosmos_ar_5b_v2w_tokenizer_swap(tokenizer_vocab_size=1000, resize_vocab=True))
     m = p["model"]

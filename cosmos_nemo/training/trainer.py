@@ -168,13 +168,19 @@ def load_pretrained(chunks, model_cfg: ARModelConfig, source: str) -> str:
     elif path.is_dir() and (path / "model" / ".metadata").is_file():
         path = path / "model"
     if path.is_dir() and (path / ".metadata").is_file():
+        if model_cfg.resize_vocab:
+            raise ValueError(
+                f"model.resize_vocab=true resizes a released Cosmos checkpoint's rows, but {path} is a dist-ckpt; "
+                "export it first (cosmos-nemo convert ar-export) and pass the exported model.pt as checkpoint.pretrained"
+            )
         harness.load_model(chunks, str(path))
         return f"initialised from dist-ckpt {path}"
     if path.is_file():
         from cosmos_nemo.checkpoint.cosmos_ar import load_cosmos_checkpoint
 
-        load_cosmos_checkpoint(chunks[0].module, path)
-        return f"initialised from Cosmos checkpoint {path}"
+        report = load_cosmos_checkpoint(chunks[0].module, path, resize_vocab=model_cfg.resize_vocab)
+        resized = f" ({report['resized']})" if isinstance(report, dict) and report.get("resized") else ""
+        return f"initialised from Cosmos checkpoint {path}{resized}"
     raise FileNotFoundError(
         f"pretrained weights {source!r} not found: pass a Cosmos model.pt/.safetensors file, a dist-ckpt model/ "
         "folder, or a run folder with checkpoints/"

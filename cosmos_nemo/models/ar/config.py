@@ -44,6 +44,9 @@ class ARModelConfig:
     ffn_hidden_size: int = 14336
     vocab_size: int = FSQ_VOCAB
     output_vocab_size: Optional[int] = None
+    # Tokenizer swap to another vocabulary (DESIGN's vocabulary rule): when fine-tuning from a released
+    # checkpoint with other row counts, resize its embedding/output rows (new rows = mean of the old, logged).
+    resize_vocab: bool = False
     norm_eps: float = 1e-5
     rope_theta: float = 500_000.0
     yarn: Optional[YarnConfig] = None
