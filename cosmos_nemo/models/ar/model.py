@@ -236,6 +236,13 @@ class CosmosARModel(GPTModel):
             inference_context=inference_context,
         )
 
+    def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Per-token loss `[b, s]` for `forward(..., labels=)` (logits `[s, b, V_local]`); torch's fused
+        cross-entropy at TP=1, megatron's vocab-parallel one otherwise (see `step.token_cross_entropy`)."""
+        from .step import token_cross_entropy
+
+        return token_cross_entropy(logits, labels.transpose(0, 1)).transpose(0, 1).contiguous()
+
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= self.ar_config.vocab_size:
