@@ -48,8 +48,8 @@ def register(subparsers) -> None:
     _add(p, "seed", type=int, default=0, help="seed of the random init, clip sampling and flips")
     _add(p, "time-limit", type=float, default=None, help="stop training after this many seconds (then evaluate and save)")
     _add(p, "threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    _add(p, "augment", action="store_true", help="augment clips with colour permutation/inversion and flips (helps "
-         "when a few videos share one colour scheme; off by default)")
+    _add(p, "augment", action="store_true", help="augment clips with colour permutation/inversion and flips (helps when held-out "
+         "videos have colours the few training videos lack; off by default)")
     _add(p, "gradient-loss-weight", type=float, default=0.0, help="weight of a gradient-difference loss term "
          "(L1 of time/height/width differences) added to L1 + MSE; emphasises edges and motion")
     _add(p, "overwrite", action="store_true", help="replace OUTPUT if it exists and is not empty")
