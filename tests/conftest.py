@@ -29,3 +29,16 @@ def golden_dir(*parts: str) -> Path:
 @pytest.fixture
 def golden():
     return golden_dir
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    """megatron's parallel state for one process (TP=PP=DP=1, gloo on CPU) around a test module."""
+    import torch
+
+    from cosmos_nemo import parallel
+
+    torch.set_num_threads(2)
+    parallel.setup()
+    yield
+    parallel.teardown()

@@ -137,16 +137,6 @@ def random_cosmos_state(cfg, seed=0):
 # Tests
 
 
-@pytest.fixture(scope="module")
-def single_process():
-    torch.set_num_threads(2)
-    from cosmos_nemo import parallel
-
-    parallel.setup()
-    yield
-    parallel.teardown()
-
-
 def test_reference_transcription_matches_golden(golden):
     folder = golden("ar", "ar4b_base")
     sd = load_file(str(folder / "weights.safetensors"))

@@ -6,16 +6,6 @@ import torch
 GRID = (2, 3, 5)
 
 
-@pytest.fixture(scope="module")
-def single_process():
-    torch.set_num_threads(2)
-    from cosmos_nemo import parallel
-
-    parallel.setup()
-    yield
-    parallel.teardown()
-
-
 def _state(name):
     from cosmos_nemo.checkpoint.cosmos_ar import cosmos_expected_shapes
     from cosmos_nemo.models.ar.config import ar_config

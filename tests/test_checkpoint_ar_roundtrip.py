@@ -55,16 +55,6 @@ def test_megatron_keys_and_fc1_order():
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 
-@pytest.fixture(scope="module")
-def single_process():
-    torch.set_num_threads(2)
-    from cosmos_nemo import parallel
-
-    parallel.setup()
-    yield
-    parallel.teardown()
-
-
 @pytest.mark.parametrize("fmt", ["safetensors", "pt"])
 @pytest.mark.parametrize("prefix", ["", "model."])
 def test_import_export_bit_exact(single_process, tmp_path, fmt, prefix):
