@@ -26,6 +26,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="48 frames of 640x360 instead of 300 frames of 1280x720")
     p.add_argument("--frames", type=int, default=None, help="override the number of frames")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/cosmos_nemo_bench_tokenbench"),
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cosmos_nemo_bench_tokenbench",
                    help="where the synthetic pair is made and cached")
     p.add_argument("--threads", type=int, default=1,
                    help="frame threads for ours (default 1, as the command; >1 is for experiments)")
