@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -79,3 +80,26 @@ def test_adapter_redirects_on_cpu_and_keeps_values():
         """
     )
     assert out == "ok"
+
+
+def test_lone_process_setup_takes_no_port_and_leaves_the_environment_alone():
+    """Outside torchrun, setup() forms its 1-process group on an in-memory store: no MASTER_PORT (or other
+    rendezvous variable) is left in os.environ for subprocesses to inherit, and collectives still work."""
+    code = textwrap.dedent(
+        """
+        import os, torch, torch.distributed as dist
+        from cosmos_nemo import parallel
+        keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+        for k in keys:
+            os.environ.pop(k, None)
+        state = parallel.setup()
+        t = torch.ones(3)
+        dist.all_reduce(t)
+        print(state.world_size, [k for k in keys if k in os.environ], t.tolist())
+        parallel.teardown()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1 [] [1.0, 1.0, 1.0]"

@@ -158,3 +158,16 @@ def test_hub_ids_offline_name_the_local_path_to_pass(monkeypatch, tmp_path):
     with pytest.raises(L.LaunchError, match="not found"):
         L.resolve_pretrained(str(tmp_path / "missing" / "model.pt"))
     assert L.is_hub_id("nvidia/Cosmos-1.0-Autoregressive-4B") and not L.is_hub_id(str(weights))
+
+
+def test_launch_puts_this_interpreters_torchrun_first_on_path(monkeypatch):
+    """CI runs `.venv/bin/python -m cosmos_nemo train ...` without the venv on PATH; nemo-run starts
+    `torchrun` by name, so the interpreter's own bin folder must come first."""
+    import shutil
+
+    here = os.path.dirname(os.path.abspath(sys.executable))
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin", here]))
+    L._interpreter_bin_on_path()
+    parts = os.environ["PATH"].split(os.pathsep)
+    assert parts[0] == here and parts.count(here) == 1 and "/usr/bin" in parts
+    assert os.path.dirname(shutil.which("torchrun")) == here

@@ -81,8 +81,9 @@ def setup(
     """Initialise torch.distributed and megatron's model-parallel state for this process.
 
     Reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT as torchrun sets them; without
-    them it forms a 1-process group on an in-memory store (no port, no environment changes). NCCL on GPU, gloo on CPU (where the CPU adapter for megatron's
-    CUDA-only calls is installed first). Seeds torch and megatron's model-parallel RNG tracker.
+    them it forms a 1-process group on an in-memory store (no port, no environment changes). NCCL on
+    GPU, gloo on CPU (where the CPU adapter for megatron's CUDA-only calls is installed first). Seeds
+    torch and megatron's model-parallel RNG tracker.
     """
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed

@@ -50,8 +50,6 @@ def register(subparsers) -> None:
     _add(p, "threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     _add(p, "augment", action="store_true", help="augment clips with colour permutation/inversion and flips (helps when held-out "
          "videos have colours the few training videos lack; off by default)")
-    _add(p, "gradient-loss-weight", type=float, default=0.0, help="weight of a gradient-difference loss term "
-         "(L1 of time/height/width differences) added to L1 + MSE; emphasises edges and motion")
     _add(p, "overwrite", action="store_true", help="replace OUTPUT if it exists and is not empty")
     _add(p, "no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run)
@@ -82,7 +80,6 @@ def _run(args: argparse.Namespace) -> int:
         time_limit_s=args.time_limit,
         threads=args.threads,
         augment=args.augment,
-        gradient_loss_weight=args.gradient_loss_weight,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

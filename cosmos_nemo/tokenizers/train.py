@@ -3,7 +3,7 @@
 Clips of `num_frames` (1 + k·t) frames are cut from every decodable video, resized (short side, antialiased)
 and centre-cropped to `height × width`. Whole videos are held out for evaluation, so held-out PSNR measures
 generalisation to unseen footage. Clips are optionally augmented (colour permutation/inversion, flips). The
-loss is a pixel reconstruction loss (L1 + MSE, optionally plus a gradient-difference term) through the real
+loss is a pixel reconstruction loss (L1 + MSE) through the real
 encoder → FSQ (straight-through rounding) → decoder path. Training runs in an exactly equivalent
 orthonormal-Haar parametrization (`orthonormal_haar`), which is what makes a small tokenizer learn small
 objects on a CPU budget; weights are saved in the reference layout. Reconstruction PSNR on the held-out clips is
@@ -55,7 +55,6 @@ class TrainTokenizerConfig:
     time_limit_s: float | None = None  # stop early (still evaluating and saving) after this many seconds
     threads: int | None = None
     augment: bool = False  # colour permutation/inversion and flips (measured on the sample data: held-out PSNR 2.6 dB lower)
-    gradient_loss_weight: float = 0.0  # weight of the gradient-difference term (edges and motion); 0 = pixels only
     overwrite: bool = False
     progress: bool = True
 
@@ -171,28 +170,15 @@ def augment_clip(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return clip
 
 
-def gradient_difference_loss(rec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Mean L1 distance between the finite differences of `rec` and `ref` along time, height and width
-    (`[B, C, T, H, W]`), the gradient-difference loss of Mathieu et al. (2016, arXiv 1511.05440). A pixel loss
-    alone is dominated by flat backgrounds, so small moving objects are the last thing a tokenizer learns; this
-    term is zero on flat regions and large on edges and motion, standing in for the perceptual loss the
-    reference tokenizer training adds (whose VGG weights would need a download)."""
-    total = rec.new_zeros(())
-    for dim in (2, 3, 4):
-        if rec.shape[dim] > 1:
-            total = total + (rec.diff(dim=dim) - ref.diff(dim=dim)).abs().mean()
-    return total
-
-
 @contextlib.contextmanager
 def orthonormal_haar(model: CausalVideoTokenizer, convert_in: bool = True):
     """Train in an exactly equivalent parametrization with an orthonormal Haar patcher.
 
     The reference patcher divides every wavelet round by 2·√2 and the unpatcher multiplies by it, so with
     patch size p the network sees its input shrunk by g = (2·√2)^log2(p) (8 for p = 4) and its output is
-    blown up by g. From a standard init, Adam then spends its steps on that mismatch: a tiny tokenizer
-    learns the background colour and nothing else in thousands of steps, while with an orthonormal Haar
-    it reconstructs small moving objects in a hundred. Both parametrizations compute the same function when
+    blown up by g. From a standard init, Adam then spends its steps on that mismatch: measured on one
+    64×64 sample clip, a tiny tokenizer stayed at the background-only PSNR (~19.7 dB) for 300+ steps,
+    while with an orthonormal Haar it reproduced the balls (26.9 dB at 400 steps). Both parametrizations compute the same function when
     the first encoder convolution's weights are divided by g and the last decoder convolution's weights and
     bias are multiplied by g, since both layers are linear in the transform's output/input. Inside this
     context the model is in the orthonormal form; on exit it is converted back, so saved weights are always
@@ -291,8 +277,6 @@ def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainTokenizerResult:
                 group["lr"] = lr_at(step)
             rec = model(batch)
             loss = F.l1_loss(rec, batch) + F.mse_loss(rec, batch)
-            if cfg.gradient_loss_weight:
-                loss = loss + cfg.gradient_loss_weight * gradient_difference_loss(rec, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
