@@ -3,13 +3,17 @@
 Both models have the same dimensions (layers, hidden, heads / KV groups, head dim, SwiGLU width, a
 64,000-row untied vocabulary), SDPA attention, the same batch, sequence length, dtype and thread count,
 and are timed in the same process, alternating steps so that machine noise hits both alike (the best step
-of each is reported, with the median). One step is forward + cross-entropy + backward + one
-`torch.optim.AdamW` step (the same implementation for both, fused by default) on the model directly:
+of each is reported, with the median). One step is forward + cross-entropy + backward + one AdamW step
+(torch's fused kernel on both sides). Our step is, by default, the trainer's real one:
 
-- ours: `cosmos_nemo.parallel.setup()` (1 process, gloo) + `models.ar.build_ar_model` with a custom
-  ARModelConfig; the loss is the model's own per-token vocab-parallel cross-entropy (`labels=`), averaged;
+- ours, `--ours-step harness` (default): `training.harness` as `cosmos-nemo train` runs it: megatron DDP
+  with its persistent gradient buffers, `get_forward_backward_func`, the trainer's `ARStep` loss (the
+  model's fused output projection + cross-entropy, models/common/linear_ce.py), megatron's optimizer with
+  gradient clipping at 1.0 (the peer does no clipping);
+- ours, `--ours-step direct`: the bare model (`forward(labels=)`, the same fused loss) + `torch.optim.AdamW`,
+  exactly the peer's loop;
 - peer: `LlamaForCausalLM(LlamaConfig(..., attn_implementation="sdpa", tie_word_embeddings=False))` with
-  `labels=` (its own shifted cross-entropy).
+  `labels=` (its own shifted cross-entropy on materialised logits).
 
 Our blocks also apply the QK RMSNorm of the Cosmos architecture (the peer has none) and 3D RoPE.
 Printed: tokens/s for each, the ratio (ours / peer; the target is >= 1.1), and the achieved model
@@ -17,7 +21,7 @@ FLOP/s (6 x non-embedding parameters x tokens + 12 x layers x hidden x sequence 
 of the matmul peak measured here, for the same dtype and threads.
 
     python benchmarks/train_throughput.py                     # ~136 M parameters, fp32, 2 threads
-    python benchmarks/train_throughput.py --threads 1 --steps 3 --dtype bf16
+    python benchmarks/train_throughput.py --threads 1 --steps 3 --dtype bf16 --ours-step direct
 """
 
 from __future__ import annotations
@@ -130,10 +134,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per model (default 5)")
     p.add_argument("--optimizer", choices=("fused", "foreach"), default="fused",
                    help="torch.optim.AdamW implementation, the same for both models (default fused)")
-    p.add_argument("--ours-step", "--ours_step", choices=("direct", "harness"), default="direct",
-                   help="direct: our model + the same AdamW as the peer (default); harness: our real training step, "
-                   "training.harness (megatron DDP gradient buffers, megatron optimizer with clipping, "
-                   "get_forward_backward_func) with the trainer's ARStep loss")
+    p.add_argument("--ours-step", "--ours_step", choices=("direct", "harness"), default="harness",
+                   help="harness (default): our real training step, training.harness (megatron DDP gradient buffers, "
+                   "megatron optimizer with clipping, get_forward_backward_func) with the trainer's ARStep loss; "
+                   "direct: our model + the same torch AdamW loop as the peer")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     args.seq = args.grid[0] * args.grid[1] * args.grid[2]
@@ -156,7 +160,7 @@ def main(argv=None) -> int:
         loss.backward()
         opt_ours.step()
         opt_ours.zero_grad(set_to_none=True)
-        return float(loss)
+        return loss.item()
 
     if args.ours_step == "harness":
         step_ours = harness_step(args, dtype, tokens, labels)
@@ -166,7 +170,7 @@ def main(argv=None) -> int:
         loss.backward()
         opt_peer.step()
         opt_peer.zero_grad(set_to_none=True)
-        return float(loss)
+        return loss.item()
 
     print(f"threads {args.threads}, dtype {args.dtype}, batch {args.batch} x seq {args.seq}; params ours "
           f"{n_ours / 1e6:.1f} M, transformers Llama {n_peer / 1e6:.1f} M", flush=True)

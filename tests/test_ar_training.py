@@ -61,7 +61,7 @@ def test_full_recompute_gives_same_gradients(single_process, name):
 
 
 def test_labels_loss_is_the_per_token_cross_entropy_of_the_logits(single_process):
-    """`forward(labels=)` (our compute_language_model_loss: torch's fused CE at TP=1) gives, per token,
+    """`forward(labels=)` (at TP=1 the fused projection + cross-entropy, models/common/linear_ce.py) gives, per token,
     −log softmax(logits)[label] of the same forward without labels."""
     from cosmos_nemo.checkpoint.cosmos_ar import load_cosmos_checkpoint
     from cosmos_nemo.models.ar.config import ar_config

@@ -59,7 +59,7 @@ def _loss_check(tp: int):
     from megatron.core import parallel_state
 
     from cosmos_nemo import parallel
-    from cosmos_nemo.models.ar.step import ARStep
+    from cosmos_nemo.models.ar.step import ARStep, clamp_labels, logits_token_loss
 
     parallel.setup(tp, 1)
     g = torch.Generator().manual_seed(0)
@@ -71,7 +71,8 @@ def _loss_check(tp: int):
     mask[1, :2] = 0
     rank = parallel_state.get_tensor_model_parallel_rank()
     local = full.chunk(tp, dim=-1)[rank].clone().requires_grad_(True)
-    loss, metrics = ARStep(z_loss=1e-2).loss(local, labels, mask)
+    safe = clamp_labels(labels, mask, 12)
+    loss, metrics = ARStep(z_loss=1e-2).loss(logits_token_loss(local, safe, with_lse=True), safe, mask)
     loss.backward()
     parallel.teardown()
     return float(loss), float(metrics["loss"]), float(metrics["accuracy"]), local.grad.numpy()

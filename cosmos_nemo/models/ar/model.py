@@ -32,6 +32,8 @@ from megatron.core.utils import make_viewless_tensor
 from cosmos_nemo.models.ar.config import ARModelConfig
 from cosmos_nemo.models.ar.spec import ar_layer_spec
 from cosmos_nemo.models.common.embeddings import abs_pos_emb_3d
+from cosmos_nemo.models.common.linear_ce import TokenLoss, linear_cross_entropy
+from cosmos_nemo.models.common.main_grad import MainGradVocabEmbedding
 from cosmos_nemo.models.common.rope import rope_3d_angles
 from cosmos_nemo.tokenizers.grid import LatentGrid
 
@@ -110,6 +112,10 @@ class CosmosARModel(GPTModel):
                 position_embedding_type="none",
                 tp_group=self.pg_collection.tp,
             )
+        if pre_process:
+            # The same module with a lookup whose gradient goes straight into megatron DDP's buffer
+            # (models/common/main_grad.py); no new state, so the class is swapped in place.
+            self.embedding.word_embeddings.__class__ = MainGradVocabEmbedding
         self._table_cache: dict = {}
 
     # ----------------------------------------------------------------------------------------------
@@ -143,6 +149,8 @@ class CosmosARModel(GPTModel):
         labels: Optional[torch.Tensor] = None,
         gather_output: Optional[bool] = None,
         decoder_input: Optional[torch.Tensor] = None,
+        loss_stats: bool = False,
+        with_lse: bool = False,
     ) -> torch.Tensor:
         """tokens [B, L] (absolute positions `offset .. offset+L-1` of the grid's layout, offset from the
         inference context); grid (T,H,W) of the batch; context [B, Lc, context_dim] text embeddings and
@@ -150,8 +158,12 @@ class CosmosARModel(GPTModel):
 
         Returns logits [B, L, V] (gathered over TP unless `gather_output=False`), or with `labels` [B, L]
         the per-token vocab-parallel cross-entropy [B, L] (megatron style: the caller applies its loss
-        mask). On a pipeline stage without the output layer, the hidden states [L, B, hidden].
-        `context_mask` may also be given as [B, 1, 1, Lc]."""
+        mask). With `labels` and `loss_stats=True`, a `TokenLoss(ce, lse, hit)` of [B, L] tensors instead
+        (cross-entropy, logsumexp of the logits for a z-loss, whether the label is the top-1 prediction; on
+        the logits path lse is computed only with `with_lse=True`, else empty). At TP=1 in training
+        the loss comes from the fused output-projection + cross-entropy (models/common/linear_ce.py), which
+        never materialises the logits; elsewhere from the logits. On a pipeline stage without the output
+        layer, the hidden states [L, B, hidden]. `context_mask` may also be given as [B, 1, 1, Lc]."""
         cfg = self.ar_config
         offset = inference_context.sequence_len_offset if inference_context is not None else 0
         if tokens is not None:
@@ -223,6 +235,8 @@ class CosmosARModel(GPTModel):
             gather_output = labels is None
         if inference_context is not None and not self.training:
             gather_output = True
+        if labels is not None:
+            return self._token_loss(hidden, labels, inference_context, loss_stats, with_lse)
         return self._postprocess(
             hidden_states=hidden,
             input_ids=tokens,
@@ -236,12 +250,30 @@ class CosmosARModel(GPTModel):
             inference_context=inference_context,
         )
 
-    def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Per-token loss `[b, s]` for `forward(..., labels=)` (logits `[s, b, V_local]`); torch's fused
-        cross-entropy at TP=1, megatron's vocab-parallel one otherwise (see `step.token_cross_entropy`)."""
-        from .step import token_cross_entropy
+    def _fused_loss_applies(self, inference_context) -> bool:
+        cfg = self.config
+        return (
+            self.pg_collection.tp.size() == 1
+            and cfg.mtp_num_layers is None
+            and inference_context is None
+            and self.output_layer.bias is None
+            and not self.share_embeddings_and_output_weights
+        )
 
-        return token_cross_entropy(logits, labels.transpose(0, 1)).transpose(0, 1).contiguous()
+    def _token_loss(self, hidden: torch.Tensor, labels: torch.Tensor, inference_context, stats: bool, with_lse: bool):
+        """Per-token loss [B, L] (or TokenLoss of [B, L] tensors) of the final hidden states [L, B, h]."""
+        if self._fused_loss_applies(inference_context):
+            length, batch = hidden.shape[:2]
+            out = linear_cross_entropy(hidden.reshape(length * batch, -1), self.output_layer.weight,
+                                       labels.transpose(0, 1).reshape(-1), want_hit=stats)
+            out = TokenLoss(*(t.view(length, batch).transpose(0, 1).contiguous() if t.numel() else t for t in out))
+        else:
+            from .step import logits_token_loss
+
+            logits, _ = self.output_layer(hidden, runtime_gather_output=False)  # [L, B, V_local]
+            out = logits_token_loss(logits.float(), labels.transpose(0, 1), with_lse=stats and with_lse)
+            out = TokenLoss(*(t.transpose(0, 1).contiguous() if t.numel() else t for t in out))
+        return out if stats else out.ce
 
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         lo, hi = int(tokens.min()), int(tokens.max())

@@ -1,8 +1,10 @@
 """The AR step function: next-token cross-entropy (optionally with z-loss) on a batch of one grid.
 
-It computes vocab-parallel logits (each TP rank holds a slice of the vocabulary) and the loss across the
-slices, so TP never gathers the [B, L, 64000] logits. Teacher-forcing accuracy (argmax over the whole
-vocabulary) is reported with the loss; it is the reference's cheap validation signal.
+The model returns the per-token loss itself (`forward(labels=, loss_stats=True)`): at TP=1 from the fused
+output projection + cross-entropy (models/common/linear_ce.py), at TP>1 from vocab-parallel logits (each
+TP rank holds a slice of the vocabulary; the loss is computed across the slices, so TP never gathers the
+[B, L, 64000] logits; `logits_token_loss` below). Teacher-forcing accuracy (the label has the largest logit over the
+whole vocabulary) is reported with the loss; it is the reference's cheap validation signal.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
+
+from cosmos_nemo.models.common.linear_ce import TokenLoss
 
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -26,38 +30,48 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
         vocab = logits.shape[-1]
         return F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), reduction="none").view(labels.shape)
     # megatron's function shifts and exponentiates its input in place: give it a copy, the caller's logits
-    # are still needed (argmax, z-loss).
+    # are still needed (accuracy, z-loss).
     return tensor_parallel.vocab_parallel_cross_entropy(logits.clone(memory_format=torch.contiguous_format),
                                                        labels.contiguous())
 
 
-def _vocab_parallel_logsumexp_and_argmax(logits: torch.Tensor):
-    """logsumexp over the full vocabulary and the global argmax, from this rank's vocabulary slice."""
-    argmax = _vocab_parallel_argmax(logits)
+def logits_token_loss(logits: torch.Tensor, labels: torch.Tensor, with_lse: bool = False) -> TokenLoss:
+    """TokenLoss (ce, lse, hit) from this rank's vocabulary slice of the logits `[..., V_local]` (fp32).
+    Without `with_lse` the lse field is an empty tensor (it costs one more pass over the logits)."""
+    ce = token_cross_entropy(logits, labels)
+    lse = _vocab_parallel_logsumexp(logits) if with_lse else ce.new_empty(0)
+    return TokenLoss(ce, lse, _vocab_parallel_hit(logits, labels))
+
+
+def _vocab_parallel_logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the full vocabulary from this rank's vocabulary slice (differentiable)."""
     if parallel_state.get_tensor_model_parallel_world_size() == 1:
-        return torch.logsumexp(logits, dim=-1), argmax
-    global_max = logits.detach().max(dim=-1).values
+        return torch.logsumexp(logits, dim=-1)
+    global_max = logits.detach().amax(dim=-1)
     dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=parallel_state.get_tensor_model_parallel_group())
     sum_exp = torch.exp(logits - global_max.unsqueeze(-1)).sum(-1)
     # Forward: sum over the TP ranks; backward: identity. The loss is replicated on every TP rank, so each
     # rank's slice gets the gradient of that one loss (an autograd all-reduce would sum it TP times).
     sum_exp = tensor_parallel.reduce_from_tensor_model_parallel_region(sum_exp)
-    return torch.log(sum_exp) + global_max, argmax
+    return torch.log(sum_exp) + global_max
 
 
-def _vocab_parallel_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """The global argmax over the ranks' vocabulary slices (no logsumexp pass)."""
+def _vocab_parallel_hit(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Whether each label's logit is the largest over the whole vocabulary (ties count as hits), from
+    this rank's vocabulary slice: teacher-forcing accuracy without an argmax."""
     with torch.no_grad():
-        local_max, local_arg = logits.max(dim=-1)
+        vocab_local = logits.shape[-1]
+        top = logits.amax(dim=-1)
+        local = labels - parallel_state.get_tensor_model_parallel_rank() * vocab_local
+        inside = (local >= 0) & (local < vocab_local)
+        picked = logits.gather(-1, local.clamp(0, vocab_local - 1).unsqueeze(-1)).squeeze(-1)
         if parallel_state.get_tensor_model_parallel_world_size() == 1:
-            return local_arg
+            return picked >= top
         group = parallel_state.get_tensor_model_parallel_group()
-        global_max = local_max.clone()
-        dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
-        rank = parallel_state.get_tensor_model_parallel_rank()
-        candidate = torch.where(local_max == global_max, local_arg + rank * logits.shape[-1], torch.full_like(local_arg, -1))
-        dist.all_reduce(candidate, op=dist.ReduceOp.MAX, group=group)
-        return candidate
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+        picked = torch.where(inside, picked, torch.zeros_like(picked))
+        dist.all_reduce(picked, op=dist.ReduceOp.SUM, group=group)
+        return picked >= top
 
 
 @dataclass
@@ -77,24 +91,31 @@ class ARStep:
             kwargs["context"] = batch["context"].to(self.device)
             if "context_mask" in batch:
                 kwargs["context_mask"] = batch["context_mask"].to(self.device)
-        output = model(tokens, grid=tuple(batch["grid"]), gather_output=False, **kwargs)
-        return output, lambda out: self.loss(out, labels, mask)
+        safe_labels = clamp_labels(labels, mask, _unwrap(model).ar_config.output_vocab_size)
+        output = model(tokens, grid=tuple(batch["grid"]), labels=safe_labels, loss_stats=True,
+                       with_lse=self.z_loss > 0, **kwargs)
+        return output, lambda out: self.loss(out, safe_labels, mask)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor):
-        logits = logits.float()
-        vocab_local = logits.shape[-1]
-        vocab = vocab_local * parallel_state.get_tensor_model_parallel_world_size()
-        # Labels outside the output vocabulary (the V2W PAD id 64002) are masked; clamp them so the
-        # vocab-parallel cross-entropy stays in range.
-        safe_labels = torch.where(mask > 0, labels, torch.zeros_like(labels)).clamp_(0, vocab - 1)
-        ce = token_cross_entropy(logits, safe_labels)
+    def loss(self, out, labels: torch.Tensor, mask: torch.Tensor):
+        """Masked mean loss (+ z-loss) of the model's per-token (ce, lse, hit), and the logged values."""
+        ce, lse, hit = out  # a plain tuple after megatron's Float16Module
         denom = mask.sum().clamp(min=1.0)
         loss = (ce * mask).sum() / denom
         if self.z_loss > 0:
-            lse, argmax = _vocab_parallel_logsumexp_and_argmax(logits)
             loss = loss + self.z_loss * ((lse.float() ** 2) * mask).sum() / denom
-        else:
-            argmax = _vocab_parallel_argmax(logits)
-        accuracy = ((argmax == safe_labels).float() * mask).sum() / denom
+        accuracy = (hit.float() * mask).sum() / denom
         # megatron divides the returned loss in place by the micro-batch count: report copies.
         return loss, {"loss": (ce * mask).sum().detach() / denom, "accuracy": accuracy.detach()}
+
+
+def clamp_labels(labels: torch.Tensor, mask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Labels outside the output vocabulary (the V2W PAD id 64002) are masked; set masked positions to 0
+    and clamp, so the cross-entropy stays in range."""
+    return torch.where(mask > 0, labels, torch.zeros_like(labels)).clamp_(0, vocab - 1)
+
+
+def _unwrap(model):
+    """The CosmosARModel inside megatron's DDP / Float16Module wrappers."""
+    while not hasattr(model, "ar_config") and hasattr(model, "module"):
+        model = model.module
+    return model
