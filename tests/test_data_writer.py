@@ -100,6 +100,28 @@ def test_idx_header_is_megatron_mmap_format(tmp_path):
     np.testing.assert_array_equal(body, np.concatenate([t for t, _ in docs]))
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_token_files_are_byte_identical_to_megatrons_builder(tmp_path, dtype):
+    """Our .bin/.idx writer (no megatron import at data-prep time) against megatron's IndexedDatasetBuilder."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from cosmos_nemo.data.ar_dataset import _IndexedWriter
+
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 60000, size=n).astype(dtype) for n in (7, 1, 300, 64)]
+    ours = _IndexedWriter(tmp_path / "ours.bin", np.dtype(dtype))
+    theirs = IndexedDatasetBuilder(str(tmp_path / "theirs.bin"), dtype=dtype)
+    for d in docs:
+        ours.add_document(d)
+        theirs.add_item(torch.from_numpy(d))
+        theirs.end_document()
+    ours.finalize(tmp_path / "ours.idx")
+    theirs.finalize(str(tmp_path / "theirs.idx"))
+    for ext in ("bin", "idx"):
+        assert (tmp_path / f"ours.{ext}").read_bytes() == (tmp_path / f"theirs.{ext}").read_bytes(), ext
+
+
 def test_int32_when_vocab_does_not_fit_uint16(tmp_path):
     docs = _docs(2, vocab=100_000)
     out = write_ar_dataset(tmp_path / "ds", docs, _meta(vocab_size=100_000))
