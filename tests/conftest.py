@@ -18,6 +18,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def ffmpeg_cli() -> str | None:
+    """An ffmpeg executable for independent decode checks: the one on PATH, else the static build that the
+    `imageio-ffmpeg` wheel ships (a test dependency), else None."""
+    import shutil
+
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:
+        return None
+
+
 def golden_dir(*parts: str) -> Path:
     """The golden folder `parts`, or skip the test when it is absent."""
     path = GOLDEN_ROOT.joinpath(*parts)

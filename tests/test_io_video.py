@@ -3,12 +3,13 @@ file can be bad (each must raise `VideoDecodeError` with its reason, never retur
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from fractions import Fraction
 
 import numpy as np
 import pytest
+
+from conftest import ffmpeg_cli
 
 from cosmos_nemo.io import synthetic as syn
 from cosmos_nemo.io.video import (
@@ -23,6 +24,7 @@ from cosmos_nemo.io.video import (
 )
 
 H, W, T = 32, 48, 12
+FFMPEG = ffmpeg_cli()
 
 
 @pytest.fixture(scope="module")
@@ -88,21 +90,21 @@ def test_rotation_and_flips_come_out_upright(tmp_path, src, degrees, hflip, vfli
     assert info.rotation in (0, 90, 180, 270) and isinstance(info.flipped, bool)
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed (independent autorotate check)")
+@pytest.mark.skipif(FFMPEG is None, reason="no ffmpeg CLI (PATH or imageio-ffmpeg) for the independent autorotate check")
 @pytest.mark.parametrize("degrees,hflip,vflip", ORIENTATIONS)
 def test_rotation_matches_ffmpeg_cli(tmp_path, src, degrees, hflip, vflip):
     stored = _stored_from_upright(src, degrees, hflip, vflip)
     path = syn.write_video(tmp_path / "r.mp4", stored, rotation=degrees, hflip=hflip, vflip=vflip)
     ours = read_frames(path)
     raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-fps_mode", "passthrough", "-"],
+        [FFMPEG, "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-fps_mode", "passthrough", "-"],
         check=True, capture_output=True,
     ).stdout
     theirs = np.frombuffer(raw, np.uint8).reshape(ours.shape)
     assert np.array_equal(ours, theirs)
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed (independent decode check)")
+@pytest.mark.skipif(FFMPEG is None, reason="no ffmpeg CLI (PATH or imageio-ffmpeg) for the independent decode check")
 def test_frames_equal_ffmpeg_cli_pipe(tmp_path, src):
     """8-bit sources decode bit-identically to `ffmpeg -f rawvideo -pix_fmt rgb24 -fps_mode passthrough`,
     VFR included (every decoded frame once, no CFR duplication or dropping)."""
@@ -117,7 +119,7 @@ def test_frames_equal_ffmpeg_cli_pipe(tmp_path, src):
         path = syn.write_video(tmp_path / name, src, **kw)
         ours = read_frames(path)
         raw = subprocess.run(
-            ["ffmpeg", "-v", "error", "-i", str(path), "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+            [FFMPEG, "-v", "error", "-i", str(path), "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
             check=True, capture_output=True,
         ).stdout
         assert np.array_equal(ours, np.frombuffer(raw, np.uint8).reshape(ours.shape)), name
