@@ -37,6 +37,13 @@ What is adapted, and why:
    names ('torch.cuda.BFloat16Tensor', ...) and refuses anything else. While that constructor runs,
    `Tensor.type()` (no arguments) reports a CPU tensor's type under its CUDA name, so CPU bf16
    parameters get their fp32 main copies exactly as on a GPU; nothing else sees the renamed types.
+11. Gradient-accumulation fusion: megatron's parallel linears can add their weight gradient straight into
+   DDP's persistent buffer (`weight.main_grad`) through the CUDA extension `fused_weight_gradient_mlp_cuda`,
+   instead of producing a fresh `weight.grad` that DDP's hook adds in and drops. `CpuWgradAccumulation`
+   provides the extension's two functions with the same arithmetic (main_grad += grad_output^T @ input over
+   the flattened token dimensions) and megatron's layers module is told the extension is available. The
+   fusion itself stays off until `training.harness.wrap_model` turns it on for a DDP-wrapped model (it
+   needs `main_grad`).
 9. Activation recompute (`tensor_parallel.checkpoint`) saves and restores the CUDA generator state with
    `random._get_cuda_rng_state` / `_set_cuda_rng_state`, besides the CPU state and the tracker states it
    handles itself. With no CUDA generator, the getter returns the CPU state (a placeholder the setter
@@ -122,6 +129,11 @@ class _DummyStream:
 
 
 def _cpu_rng_tracker_class():
+    from megatron.core.tensor_parallel import layers as mp_layers
+
+    mp_layers.fused_weight_gradient_mlp_cuda = CpuWgradAccumulation
+    mp_layers._grad_accum_fusion_available = True
+
     from megatron.core.tensor_parallel import random as mp_random
 
     class CpuRNGStatesTracker(mp_random.CudaRNGStatesTracker):
@@ -167,6 +179,23 @@ def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decouple
     clip_coeff = max_norm / (total_norm + 1.0e-6)
     if clip_coeff < 1.0:
         torch._foreach_mul_(grads, clip_coeff)
+
+
+class CpuWgradAccumulation:
+    """CPU stand-in for the `fused_weight_gradient_mlp_cuda` extension (item 11): the same accumulation,
+    `main_grad += grad_output^T @ input`, with torch's matmul."""
+
+    @staticmethod
+    def _accumulate(total_input: torch.Tensor, grad_output: torch.Tensor, main_grad: torch.Tensor) -> None:
+        x = total_input.reshape(-1, total_input.shape[-1])
+        g = grad_output.reshape(-1, grad_output.shape[-1])
+        if x.dtype == g.dtype == main_grad.dtype:
+            main_grad.addmm_(g.t(), x)
+        else:  # e.g. bf16 activations into an fp32 buffer: as the unfused path, matmul then add
+            main_grad.add_(g.t() @ x)
+
+    wgrad_gemm_accum_fp32 = _accumulate
+    wgrad_gemm_accum_fp16 = _accumulate
 
 
 def _with_cuda_type_names(init):
@@ -220,6 +249,11 @@ def install(force: bool = False) -> bool:
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
     fp16_opt = optimizer.Float16OptimizerWithFloat16Params
     fp16_opt.__init__ = _with_cuda_type_names(fp16_opt.__init__)
+
+    from megatron.core.tensor_parallel import layers as mp_layers
+
+    mp_layers.fused_weight_gradient_mlp_cuda = CpuWgradAccumulation
+    mp_layers._grad_accum_fusion_available = True
 
     from megatron.core.tensor_parallel import random as mp_random
 

@@ -49,12 +49,30 @@ def wrap_model(model_provider: Callable[[bool, bool], torch.nn.Module], overlap_
         check_for_nan_in_grad=False,
     )
     ddp = DistributedDataParallel(model.config, ddp_config, model)
+    _fuse_weight_grad_accumulation(model)
     # The schedules call these hooks: finalize_model_grads finishes DDP's gradient all-reduce over DP and
     # all-reduces the gradients of TP-replicated parameters that see different heads on each rank
     # (QK-layernorm weights), and no_sync defers DP reduction to the last micro-batch.
     model.config.finalize_model_grads_func = finalize_model_grads
     model.config.no_sync_func = ddp.no_sync
     return [ddp]
+
+
+def _fuse_weight_grad_accumulation(model: torch.nn.Module) -> None:
+    """On the CPU, let megatron's parallel linears add their weight gradients straight into DDP's
+    `main_grad` (megatron's gradient-accumulation fusion, with the CPU kernel of
+    `parallel.cpu_adapter`): no fresh weight-sized gradient per layer per step and no hook pass adding it.
+    On a GPU megatron's own setting (`gradient_accumulation_fusion`, needing its CUDA extension or TE)
+    is left as configured."""
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+    from cosmos_nemo.parallel import cpu_adapter
+
+    if not cpu_adapter.is_installed():
+        return
+    for module in model.modules():
+        if isinstance(module, (ColumnParallelLinear, RowParallelLinear)) and hasattr(module.weight, "main_grad"):
+            module.gradient_accumulation_fusion = True
 
 
 def build_optimizer(model_chunks, cfg: TrainOptimizerConfig, bf16: bool = False):

@@ -77,7 +77,10 @@ def _forward(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, w
         work.copy_(torch.mm(hidden, weight.t()))
     index = labels.unsqueeze(1)
     label_logit = work.gather(1, index).squeeze(1)
-    torch._log_softmax(work, 1, False, out=work)  # row by row, safe in place
+    if work.device.type == "cpu":
+        torch._log_softmax(work, 1, False, out=work)  # the CPU kernel works row by row: safe in place
+    else:  # not verified in place on other devices' kernels
+        work = torch.log_softmax(work, dim=1)
     label_logp = work.gather(1, index).squeeze(1)
     hit = label_logp >= work.amax(dim=1) if want_hit else label_logp.new_empty(0, dtype=torch.bool)
     return work, -label_logp, label_logit - label_logp, hit
