@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 
 from cosmos_nemo.io.video import iter_frames, list_videos, probe
@@ -126,6 +127,7 @@ def encode_like_mediapy(path: Path, chunks: Iterator[np.ndarray], fps: float) ->
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.mp4")
     container = av.open(str(tmp), mode="w")
     stream = None
+    reformatter = VideoReformatter()  # one swscale context for the file, single-threaded (see io.video._rgb24)
     try:
         for chunk in chunks:
             if stream is None:
@@ -137,7 +139,7 @@ def encode_like_mediapy(path: Path, chunks: Iterator[np.ndarray], fps: float) ->
                 stream.options = {"qp": str(mediapy_qp(h, w))}
             for frame in chunk:
                 vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-                vf = vf.reformat(format=stream.pix_fmt, interpolation="BICUBIC")
+                vf = reformatter.reformat(vf, format=stream.pix_fmt, interpolation="BICUBIC", threads=1)
                 for packet in stream.encode(vf):
                     container.mux(packet)
         if stream is None:
