@@ -83,6 +83,17 @@ def test_workspace_is_reused_between_steps_and_can_be_freed():
     assert not linear_ce._POOL
 
 
+def test_workspace_pool_is_bounded_across_shapes():
+    """Batches of changing grids (token counts) keep at most two workspaces, of the latest shapes."""
+    linear_ce.clear_workspace()
+    for rows in (8, 16, 24, 32):
+        h, w, labels, _ = _inputs(torch.float32, rows=rows, seed=rows)
+        linear_cross_entropy(h, w, labels).ce.sum().backward()
+    assert sorted(key[0] for key in linear_ce._POOL) == [24, 32]
+    assert sum(len(v) for v in linear_ce._POOL.values()) == 2
+    linear_ce.clear_workspace()
+
+
 def test_a_second_backward_through_one_forward_is_refused():
     h, w, labels, _ = _inputs(torch.float32, seed=4)
     loss = linear_cross_entropy(h, w, labels).ce.sum()

@@ -34,7 +34,7 @@ import torch
 from cosmos_nemo.models.common.main_grad import accumulate_weight_grad
 
 _POOL: dict[tuple, list[torch.Tensor]] = {}
-_POOL_MAX_PER_SHAPE = 2
+_POOL_MAX = 2
 
 
 class TokenLoss(NamedTuple):
@@ -60,11 +60,20 @@ def _take(rows: int, cols: int, device: torch.device) -> torch.Tensor:
 
 
 def _give_back(buf: torch.Tensor) -> None:
+    """Keep `buf` for the next step; at most `_POOL_MAX` buffers in all, of the most recently used shapes (a
+    run whose batches change grid does not accumulate one workspace per grid)."""
     if buf.device.type != "cpu":
         return
-    free = _POOL.setdefault((buf.shape[0], buf.shape[1], buf.device), [])
-    if len(free) < _POOL_MAX_PER_SHAPE:
+    key = (buf.shape[0], buf.shape[1], buf.device)
+    free = _POOL.pop(key, [])  # re-inserted last: dicts keep insertion order, so the first key is the oldest
+    if len(free) < _POOL_MAX:
         free.append(buf)
+    _POOL[key] = free
+    while sum(len(v) for v in _POOL.values()) > _POOL_MAX:
+        oldest = next(iter(_POOL))
+        _POOL[oldest].pop(0)
+        if not _POOL[oldest]:
+            del _POOL[oldest]
 
 
 def _forward(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, want_hit: bool):
