@@ -69,15 +69,17 @@ def test_no_grad_path_gives_the_same_values():
 def test_workspace_is_reused_between_steps_and_can_be_freed():
     linear_ce.clear_workspace()
     h, w, labels, _ = _inputs(torch.float32, seed=3)
-    grads = []
+    grads, buffers = [], []
     for _ in range(2):
         out = linear_cross_entropy(h, w, labels)
         assert not linear_ce._POOL.get((h.shape[0], w.shape[0], h.device))  # taken while the graph lives
         out.ce.sum().backward()
         pooled = linear_ce._POOL[(h.shape[0], w.shape[0], h.device)]
         assert len(pooled) == 1
+        buffers.append(pooled[0].data_ptr())
         grads.append((h.grad.clone(), w.grad.clone()))
         h.grad = w.grad = None
+    assert buffers[0] == buffers[1]  # the second step ran in the first step's workspace
     assert all(torch.equal(a, b) for a, b in zip(*grads))  # the reused buffer leaves no trace
     linear_ce.clear_workspace()
     assert not linear_ce._POOL

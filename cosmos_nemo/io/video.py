@@ -190,19 +190,17 @@ def _declared_duration(container, stream) -> float | None:
     return None
 
 
-def _rgb24(frame, reformatter=None, threads: int = 1) -> np.ndarray:
+def _rgb24(frame, reformatter: VideoReformatter) -> np.ndarray:
     """uint8 RGB of a decoded frame. Bicubic is the ffmpeg CLI's default scaler flag: it only matters where
     swscale has no exact unscaled path (e.g. 10-bit input), and there it brings us closest to the CLI.
 
-    Pass one `VideoReformatter` for all frames of a stream so swscale's context (and its threads) is made
-    once. `threads` is swscale's thread count (0 = one per CPU). PyAV's default is 0, and `frame.reformat`
-    without a reformatter builds a new context per frame: at 320x240 that starts and stops threads for
-    every frame and takes twice as long as one thread (measured with PyAV 18 / FFmpeg 8)."""
+    One `VideoReformatter` serves all frames of a stream, single-threaded. PyAV's `frame.reformat` builds a
+    new swscale context per frame with one thread per CPU by default: at 320x240 that started and stopped
+    threads for every frame and took twice as long (ad-hoc measurement, PyAV 18 / FFmpeg 8); at 1280x720
+    one thread and automatic threads take the same time."""
     if frame.format.name == "rgb24":
         return frame.to_ndarray()
-    if reformatter is None:
-        return frame.reformat(format="rgb24", interpolation="BICUBIC", threads=threads).to_ndarray()
-    return reformatter.reformat(frame, format="rgb24", interpolation="BICUBIC", threads=threads).to_ndarray()
+    return reformatter.reformat(frame, format="rgb24", interpolation="BICUBIC", threads=1).to_ndarray()
 
 
 def _frame_end(frame) -> float | None:
@@ -236,8 +234,7 @@ def iter_frames(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO" if threads != 1 else "SLICE"
         stream.thread_count = max(0, int(threads))
-        # Colour conversion: one context for the stream, single-threaded when decoding is (see _rgb24).
-        reformatter, convert_threads = VideoReformatter(), 1 if threads == 1 else 0
+        reformatter = VideoReformatter()  # one colour-conversion context for the stream (see _rgb24)
         buf: list[np.ndarray] = []
         index = -1
         display = None
@@ -256,7 +253,7 @@ def iter_frames(
                     continue
                 if stop is not None and index >= stop:
                     break
-                rgb = np.ascontiguousarray(display(_rgb24(frame, reformatter, convert_threads)))
+                rgb = np.ascontiguousarray(display(_rgb24(frame, reformatter)))
                 buf.append(transform(rgb) if transform is not None else rgb)
                 if len(buf) == chunk_size:
                     yield np.stack(buf)

@@ -37,6 +37,10 @@ What is adapted, and why:
    names ('torch.cuda.BFloat16Tensor', ...) and refuses anything else. While that constructor runs,
    `Tensor.type()` (no arguments) reports a CPU tensor's type under its CUDA name, so CPU bf16
    parameters get their fp32 main copies exactly as on a GPU; nothing else sees the renamed types.
+9. Activation recompute (`tensor_parallel.checkpoint`) saves and restores the CUDA generator state with
+   `random._get_cuda_rng_state` / `_set_cuda_rng_state`, besides the CPU state and the tracker states it
+   handles itself. With no CUDA generator, the getter returns the CPU state (a placeholder the setter
+   ignores) and the setter does nothing: the CPU state is already restored by the checkpoint function.
 11. Gradient-accumulation fusion: megatron's parallel linears can add their weight gradient straight into
    DDP's persistent buffer (`weight.main_grad`) through the CUDA extension `fused_weight_gradient_mlp_cuda`,
    instead of producing a fresh `weight.grad` that DDP's hook adds in and drops. `CpuWgradAccumulation`
@@ -44,10 +48,6 @@ What is adapted, and why:
    the flattened token dimensions) and megatron's layers module is told the extension is available. The
    fusion itself stays off until `training.harness.wrap_model` turns it on for a DDP-wrapped model (it
    needs `main_grad`).
-9. Activation recompute (`tensor_parallel.checkpoint`) saves and restores the CUDA generator state with
-   `random._get_cuda_rng_state` / `_set_cuda_rng_state`, besides the CPU state and the tracker states it
-   handles itself. With no CUDA generator, the getter returns the CPU state (a placeholder the setter
-   ignores) and the setter does nothing: the CPU state is already restored by the checkpoint function.
 """
 
 from __future__ import annotations
@@ -129,11 +129,6 @@ class _DummyStream:
 
 
 def _cpu_rng_tracker_class():
-    from megatron.core.tensor_parallel import layers as mp_layers
-
-    mp_layers.fused_weight_gradient_mlp_cuda = CpuWgradAccumulation
-    mp_layers._grad_accum_fusion_available = True
-
     from megatron.core.tensor_parallel import random as mp_random
 
     class CpuRNGStatesTracker(mp_random.CudaRNGStatesTracker):

@@ -1,10 +1,10 @@
 """The AR step function: next-token cross-entropy (optionally with z-loss) on a batch of one grid.
 
 The model returns the per-token loss itself (`forward(labels=, loss_stats=True)`): at TP=1 from the fused
-output projection + cross-entropy (models/common/linear_ce.py), at TP>1 from vocab-parallel logits (each
-TP rank holds a slice of the vocabulary; the loss is computed across the slices, so TP never gathers the
-[B, L, 64000] logits; `logits_token_loss` below). Teacher-forcing accuracy (the label has the largest logit over the
-whole vocabulary) is reported with the loss; it is the reference's cheap validation signal.
+output projection + cross-entropy (models/common/linear_ce.py); at TP>1 from vocab-parallel logits (each
+TP rank holds a slice of the vocabulary and the loss is computed across the slices, so TP never gathers
+the [B, L, 64000] logits; `logits_token_loss` below). Teacher-forcing accuracy (the label has the largest
+logit over the whole vocabulary) is reported with the loss; it is the reference's cheap validation signal.
 """
 
 from __future__ import annotations

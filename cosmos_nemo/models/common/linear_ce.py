@@ -1,8 +1,8 @@
 """Output projection fused with the token cross-entropy (one tensor-parallel rank).
 
-The usual loss path materialises the logits `[N, V]`, a log-softmax of them, a dense one-hot gradient from
-the NLL backward and a log-softmax backward: four `[N, V]` tensors and about six passes over them, for a
-64,000-row vocabulary the largest arrays of the step. Here one autograd function computes
+The usual loss path materialises four `[N, V]` tensors: the logits, their log-softmax, a dense one-hot
+gradient from the NLL backward and the log-softmax backward; for a 64,000-row vocabulary these are the
+largest arrays of the step. Here one autograd function computes
 
     logits = hidden @ weight.T         (one matmul, into a reusable fp32 workspace)
     logp   = log_softmax(logits)       (in place: torch's row-wise kernel, one pass from memory)
