@@ -26,6 +26,7 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from cosmos_nemo.parallel import grad_buffers
 from cosmos_nemo.training.config import OptimizerConfig as TrainOptimizerConfig
 
 # forward_step(data_iterator, model) -> (output_tensor, loss_fn); loss_fn(output) -> (loss, metrics dict).
@@ -53,7 +54,7 @@ def wrap_model(model_provider: Callable[[bool, bool], torch.nn.Module], overlap_
     # The schedules call these hooks: finalize_model_grads finishes DDP's gradient all-reduce over DP and
     # all-reduces the gradients of TP-replicated parameters that see different heads on each rank
     # (QK-layernorm weights), and no_sync defers DP reduction to the last micro-batch.
-    model.config.finalize_model_grads_func = finalize_model_grads
+    model.config.finalize_model_grads_func = grad_buffers.finalize_with_settle(finalize_model_grads)
     model.config.no_sync_func = ddp.no_sync
     return [ddp]
 
@@ -113,6 +114,54 @@ def _prefer_fused_adamw(optimizer) -> None:
             torch_opt.defaults["fused"], torch_opt.defaults["foreach"] = True, False
 
 
+def _fused_torch_adamws(optimizer) -> list | None:
+    """The torch optimizers inside megatron's `optimizer` when every one is torch's fused AdamW under a
+    megatron FP32/mixed-precision optimizer clipping by the global norm; otherwise None."""
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    torch_opts = []
+    for opt in inner:
+        torch_opt = getattr(opt, "optimizer", None)
+        if getattr(opt, "is_stub_optimizer", False) or type(torch_opt) is not torch.optim.AdamW:
+            return None
+        if not all(group.get("fused") for group in torch_opt.param_groups):
+            return None
+        if opt.config.clip_grad <= 0 or opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            return None
+        torch_opts.append(torch_opt)
+    if len({opt.config.clip_grad for opt in inner}) != 1:
+        return None
+    return torch_opts
+
+
+def optimizer_step(optimizer) -> tuple[bool, float | None, float | None]:
+    """megatron's `optimizer.step()` with the clipping folded into torch's fused AdamW.
+
+    megatron computes the global gradient norm, scales every gradient in place by
+    `clip_grad / (norm + 1e-6)` when that is below 1 (a pass over all gradients), then steps AdamW. torch's
+    fused AdamW takes a `grad_scale` that divides each gradient as the kernel reads it (and stores the
+    result, so the gradients afterwards are the clipped ones, as in megatron): the same update with one pass
+    less. Anything else (TE/Apex optimizers, no clipping, decoupled gradients) takes megatron's step.
+    Returns (updated, grad_norm, num_zeros_in_grad) like megatron's."""
+    torch_opts = _fused_torch_adamws(optimizer)
+    if torch_opts is None:
+        return optimizer.step()
+    config = getattr(optimizer, "chained_optimizers", [optimizer])[0].config
+    if optimizer.prepare_grads():  # inf/nan found (fp16 loss scaling)
+        return False, None, None
+    grad_norm = optimizer.get_grad_norm()
+    clip_coeff = config.clip_grad / (grad_norm + 1.0e-6)
+    num_zeros = optimizer.count_zeros() if config.log_num_zeros_in_grad else None
+    scale = torch.tensor(1.0 / clip_coeff, dtype=torch.float32) if clip_coeff < 1.0 else None
+    try:
+        for torch_opt in torch_opts:
+            torch_opt.grad_scale = scale  # torch moves it to each parameter device
+        updated = optimizer.step_with_ready_grads()
+    finally:
+        for torch_opt in torch_opts:
+            torch_opt.grad_scale = None
+    return updated, grad_norm, num_zeros
+
+
 def _schedule(forward_step, data_iterator, model_chunks, num_microbatches, seq_length, micro_batch_size, forward_only):
     """megatron's schedule for this layout: no pipelining, or 1F1B over the pipeline stages."""
     return get_forward_backward_func()(
@@ -153,12 +202,12 @@ def train_step(
     `pre_step(model_chunks)`, if given, runs on the reduced gradients just before the optimizer step.
     """
     for chunk in model_chunks:
-        chunk.zero_grad_buffer()
+        grad_buffers.zero_grad_buffer(chunk)  # megatron's zero_grad_buffer, minus fills the backward overwrites
     optimizer.zero_grad()
     metrics = _schedule(forward_step, data_iterator, model_chunks, num_microbatches, seq_length, micro_batch_size, False)
     if pre_step is not None:
         pre_step(model_chunks)
-    updated, grad_norm, _ = optimizer.step()
+    updated, grad_norm, _ = optimizer_step(optimizer)
     out = {"grad_norm": grad_norm, "skipped": not updated}
     out.update({key: _reduce_losses(metrics, key) for key in metric_keys})
     return out

@@ -130,8 +130,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         d_hidden = g @ weight if ctx.needs_input_grad[0] else None
         d_weight = None
         if ctx.needs_input_grad[1]:
-            d_weight = accumulate_weight_grad(weight, lambda main: main.addmm_(g.t(), hidden),
-                                              lambda: g.t() @ hidden, g.dtype)
+            def add_into(main, overwrite):
+                main.addmm_(g.t(), hidden, beta=0.0 if overwrite else 1.0)
+
+            d_weight = accumulate_weight_grad(weight, add_into, lambda: g.t() @ hidden, g.dtype)
         del g, grad
         _give_back(work)
         return d_hidden, d_weight, None, None
