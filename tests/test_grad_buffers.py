@@ -102,6 +102,33 @@ def test_model_writers_overwrite_stale_buffers():
     assert torch.equal(weight.main_grad, expected)
 
 
+def test_a_step_that_fails_midway_leaves_nothing_stale_for_the_next(single_process):
+    """A backward interrupted after the embedding wrote its rows (and before the step settled) must not
+    leave those rows behind: the next step zeroes the whole buffer, not last settled step's rows."""
+    from cosmos_nemo.models.common.main_grad import _EmbeddingLookup
+
+    cpu_adapter.install()
+    weight = _param((30, 4), 4)
+    ddp = _fake_ddp(weight)
+    step_ids = [torch.tensor([1, 2, 2]), torch.tensor([5, 6]), torch.tensor([9])]
+
+    def backward(ids):
+        _EmbeddingLookup.apply(ids, weight).sum().backward()
+
+    grad_buffers.zero_grad_buffer(ddp)
+    backward(step_ids[0])
+    grad_buffers.settle_grad_buffers(ddp)
+    assert getattr(weight.main_grad, grad_buffers._DIRTY).tolist() == [1, 2, 2]
+    grad_buffers.zero_grad_buffer(ddp)
+    backward(step_ids[1])  # ... and the step fails here: never settled
+    grad_buffers.zero_grad_buffer(ddp)
+    backward(step_ids[2])
+    grad_buffers.settle_grad_buffers(ddp)
+    expected = torch.zeros(30, 4)
+    expected[9] = 1.0
+    assert torch.equal(weight.main_grad, expected)
+
+
 def _train(monkeypatch, lazy=True, fold=True, steps=3, clip=0.05):
     from cosmos_nemo.models.ar.config import ar_config
     from cosmos_nemo.models.ar.model import build_ar_model

@@ -66,6 +66,9 @@ def prepare_write(main_grad: torch.Tensor, rows: torch.Tensor | None = None) -> 
         main_grad.zero_()
     else:
         main_grad.index_fill_(0, dirty, 0)
+    # From here the nonzero rows are this step's, known only once the step settles: a step that fails
+    # before that leaves "unknown", and the next one zeroes the whole buffer.
+    setattr(main_grad, _DIRTY, None)
     return False
 
 
