@@ -10,6 +10,9 @@ These few functions are all the trainer needs from megatron-core, and they run t
 - `train_step` / `eval_step`: one global batch through megatron's `get_forward_backward_func` (no
   pipelining, or the 1F1B pipeline schedule when PP > 1), gradient accumulation over micro-batches,
   then one optimizer step. The model-specific part is the `forward_step` function the caller passes.
+  On the CPU the gradient buffers are overwritten rather than zero-filled first
+  (`parallel/grad_buffers.py`, bit-identical), and `optimizer_step` folds the clipping into torch's fused
+  AdamW (one pass over the gradients less).
 - `save_sharded` / `load_sharded`: megatron `dist_checkpointing` of any sharded state dict, so a
   checkpoint written at one TP/PP loads at another.
 """
