@@ -78,9 +78,9 @@ def build_ours(args, dtype: torch.dtype):
 
 
 def build_peer(args, dtype: torch.dtype):
-    from cosmos_nemo.tokenizers.text import _hide_unusable_torchvision
+    from cosmos_nemo.compat import hide_unusable_torchvision
 
-    _hide_unusable_torchvision()  # this CPU torch has a torchvision built for CUDA, which transformers would import
+    hide_unusable_torchvision()  # this CPU torch has a torchvision built for CUDA, which transformers would import
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(

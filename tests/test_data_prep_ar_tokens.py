@@ -269,9 +269,9 @@ def test_windows_stream_like_slicing(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_text_encoder(tmp_path_factory):
-    from cosmos_nemo.tokenizers.text import _hide_unusable_torchvision
+    from cosmos_nemo.compat import hide_unusable_torchvision
 
-    _hide_unusable_torchvision()
+    hide_unusable_torchvision()
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
     folder = tmp_path_factory.mktemp("t5")

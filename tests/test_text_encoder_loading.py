@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cosmos_nemo.compat import hide_unusable_torchvision
 from cosmos_nemo.tokenizers import text as te
 
 
 @pytest.fixture(scope="module")
 def tiny_t5_folder(tmp_path_factory):
-    te._hide_unusable_torchvision()
+    hide_unusable_torchvision()
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
     folder = tmp_path_factory.mktemp("tiny_t5")

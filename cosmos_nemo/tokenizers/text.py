@@ -21,6 +21,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from cosmos_nemo.compat import hide_unusable_torchvision
+
 T5_HUB_ID = "google-t5/t5-11b"
 T5_MAX_LENGTH = 512
 MINILM_NAME = "all-MiniLM-L6-v2"
@@ -94,29 +96,8 @@ def minilm_path() -> Path:
     return path
 
 
-def _hide_unusable_torchvision() -> None:
-    """Make `transformers` see no torchvision when torchvision cannot be imported.
-
-    A torchvision built for another torch (e.g. CUDA torchvision beside CPU torch) fails at import with
-    "operator torchvision::nms does not exist"; transformers imports it while importing any model class
-    and then fails too. Text encoders do not need it, so a broken torchvision is hidden from this process
-    (`importlib.util.find_spec` returns None for a module set to None in `sys.modules`).
-    """
-    import importlib.util
-    import sys
-
-    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
-        return
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[mod]
-        sys.modules["torchvision"] = None  # type: ignore[assignment]
-
-
 def _load_from_folder_or_hub(source: str, device, dtype, max_length: int | None, name: str) -> TextEncoder:
-    _hide_unusable_torchvision()
+    hide_unusable_torchvision()
     from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
     try:
