@@ -129,7 +129,7 @@ def test_a_step_that_fails_midway_leaves_nothing_stale_for_the_next(single_proce
     assert torch.equal(weight.main_grad, expected)
 
 
-def _train(monkeypatch, lazy=True, fold=True, steps=3, clip=0.05):
+def _train(monkeypatch, lazy=True, fold=True, steps=3, clip=0.05, norm=None):
     from cosmos_nemo.models.ar.config import ar_config
     from cosmos_nemo.models.ar.model import build_ar_model
     from cosmos_nemo.models.ar.step import ARStep
@@ -141,11 +141,16 @@ def _train(monkeypatch, lazy=True, fold=True, steps=3, clip=0.05):
             patch.setattr(grad_buffers, "lazy_zeroing_supported", lambda ddp: False)
         if not fold:  # megatron's own step: clip in place, then step
             patch.setattr(harness, "_fused_torch_adamws", lambda optimizer: None)
+        if norm is not None:  # pretend the gradient norm is this (megatron's chained step asks this method)
+            from megatron.core.optimizer.optimizer import ChainedOptimizer
+
+            patch.setattr(ChainedOptimizer, "get_grad_norm", lambda self: norm)
         grid = (2, 4, 4)
         cfg = ar_config("tiny", num_layers=2, vocab_size=512)
         torch.manual_seed(0)
         chunks = harness.wrap_model(lambda pre, post: build_ar_model(cfg, pre, post))
         optimizer = harness.build_optimizer(chunks, OptimizerConfig(lr=1e-3, clip_grad=clip))
+        assert type(optimizer).__name__ == "ChainedOptimizer"
         n = grid[0] * grid[1] * grid[2]
         g = torch.Generator().manual_seed(6)
         history = []
@@ -208,3 +213,13 @@ def test_clipping_folded_into_fused_adamw_equals_megatrons_clip_then_step(single
         else:
             torch.testing.assert_close(ours["grads"][name], theirs["grads"][name], rtol=1e-6, atol=0, msg=name)
             torch.testing.assert_close(ours["params"][name], theirs["params"][name], rtol=0, atol=1e-7, msg=name)
+
+
+def test_an_infinite_gradient_norm_zeroes_the_clipped_gradients_as_megatron_does(single_process, monkeypatch):
+    """clip / inf = 0: megatron multiplies every gradient by 0 and steps (weight decay only); the folded
+    step divides by inf: the same zero gradients and parameters, and no division error."""
+    ours = _train(monkeypatch, fold=True, steps=1, norm=float("inf"))[0]
+    theirs = _train(monkeypatch, fold=False, steps=1, norm=float("inf"))[0]
+    for name in ours["grads"]:
+        assert torch.count_nonzero(ours["grads"][name]) == 0 and torch.count_nonzero(theirs["grads"][name]) == 0
+        assert torch.equal(ours["params"][name], theirs["params"][name]), name

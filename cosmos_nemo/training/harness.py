@@ -154,7 +154,9 @@ def optimizer_step(optimizer) -> tuple[bool, float | None, float | None]:
     grad_norm = optimizer.get_grad_norm()
     clip_coeff = config.clip_grad / (grad_norm + 1.0e-6)
     num_zeros = optimizer.count_zeros() if config.log_num_zeros_in_grad else None
-    scale = torch.tensor(1.0 / clip_coeff, dtype=torch.float32) if clip_coeff < 1.0 else None
+    scale = None
+    if clip_coeff < 1.0:  # an infinite norm gives 0: megatron multiplies by 0, here each gradient / inf
+        scale = torch.tensor(1.0 / clip_coeff if clip_coeff > 0 else float("inf"), dtype=torch.float32)
     try:
         for torch_opt in torch_opts:
             torch_opt.grad_scale = scale  # torch moves it to each parameter device
