@@ -68,6 +68,20 @@ def test_stale_buffers_are_overwritten_and_unwritten_ones_zeroed():
     assert torch.count_nonzero(fused.main_grad) == 0
 
 
+def test_overlapped_reduction_keeps_megatrons_zeroing():
+    """With buckets reduced during the backward nothing may be left stale: megatron's own fill runs."""
+    cpu_adapter.install()
+    fused = _param((6, 5), 0)
+    setattr(fused, grad_buffers._OVERWRITTEN, True)
+    calls = []
+    ddp = _fake_ddp(fused)
+    ddp.ddp_config.overlap_grad_reduce = True
+    ddp.zero_grad_buffer = lambda: calls.append("megatron")
+    assert not grad_buffers.lazy_zeroing_supported(ddp)
+    grad_buffers.zero_grad_buffer(ddp)
+    assert calls == ["megatron"] and not getattr(fused.main_grad, grad_buffers._STALE, False)
+
+
 def test_model_writers_overwrite_stale_buffers():
     """The fused output-layer loss and embedding backward (models/common) honour a stale buffer too."""
     from cosmos_nemo.models.common.linear_ce import linear_cross_entropy

@@ -267,7 +267,9 @@ def install(force: bool = False) -> bool:
     from megatron.core.optimizer import clip_grads, optimizer
 
     clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
-    if clip_grads.multi_tensor_applier is _megatron_utils().local_multi_tensor_applier:  # no Apex/TE kernels
+    from megatron.core import utils as mcore_utils
+
+    if clip_grads.multi_tensor_applier is mcore_utils.local_multi_tensor_applier:  # no Apex/TE kernels
         clip_grads.l2_norm_impl = cpu_multi_tensor_l2norm
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
     fp16_opt = optimizer.Float16OptimizerWithFloat16Params
@@ -288,12 +290,6 @@ def install(force: bool = False) -> bool:
 
     _INSTALLED = True
     return True
-
-
-def _megatron_utils():
-    from megatron.core import utils
-
-    return utils
 
 
 def is_installed() -> bool:
