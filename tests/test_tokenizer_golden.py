@@ -53,8 +53,11 @@ def _check_outputs(model, g):
     assert torch.equal(codes, ref["codes"])
     assert (pre - ref["pre_quant"]).abs().max().item() <= 1e-5
     assert rec.shape == ref["reconstruction"].shape
-    assert (rec - ref["reconstruction"]).abs().max().item() <= 1e-5
-    assert (rec_codes - ref["reconstruction_from_codes"]).abs().max().item() <= 1e-5
+    # The decoder's output carries the reference's own float32 rounding: our decode in float64 differs from
+    # the golden reconstruction by 1.39e-5 (measured), so 1e-5 holds only on CPUs whose kernels round as the
+    # golden machine's did (it failed at 1.69e-5 on an AMD EPYC). 3e-5 is about twice that floor.
+    assert (rec - ref["reconstruction"]).abs().max().item() <= 3e-5
+    assert (rec_codes - ref["reconstruction_from_codes"]).abs().max().item() <= 3e-5
 
 
 def test_golden_config_structure():
