@@ -1,4 +1,9 @@
-"""Shared test fixtures.
+"""Shared test fixtures, and the hardware tiers.
+
+Tiers (markers registered in pyproject.toml): `gpu` tests skip with the reason where torch sees no CUDA
+device; `cpu_only` tests (behaviour that only a CPU-only process shows, such as "NCCL is refused without
+CUDA") skip where CUDA is present. Everything else runs on both; the multi-process tests run their
+workers on the CPU even on a GPU machine (`parallel.launch.run_in_processes`, gloo).
 
 The golden outputs of NVIDIA's reference code live in `../shared/golden/` relative to the project root
 (override with COSMOS_NEMO_GOLDEN). Tests that need them skip with a clear reason when they are absent.
@@ -16,6 +21,30 @@ GOLDEN_ROOT = Path(os.environ.get("COSMOS_NEMO_GOLDEN", PROJECT_ROOT.parent / "s
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    cpu_items = [item for item in items if item.get_closest_marker("cpu_only")]
+    if not gpu_items and not cpu_items:
+        return
+    if _cuda_available():
+        skip = pytest.mark.skip(reason="cpu_only: checks behaviour without CUDA, and this machine has a CUDA device")
+        for item in cpu_items:
+            item.add_marker(skip)
+    else:
+        import torch
+
+        reason = (f"gpu: needs a CUDA device; torch {torch.__version__} (CUDA build "
+                  f"{torch.version.cuda or 'none'}) sees none")
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def ffmpeg_cli() -> str | None:

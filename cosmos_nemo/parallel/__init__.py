@@ -1,8 +1,9 @@
 """Process groups, device selection and the CPU adapter for megatron-core.
 
 This room owns initialising torch.distributed and megatron's model-parallel state (TP/PP/DP, CP plumbed
-through) from torchrun's environment, choosing the device at run time (NCCL on GPU, gloo on CPU), and the
-one module (cpu_adapter) that redirects megatron-core's CUDA-only calls when no GPU is present."""
+through) from torchrun's environment, choosing the device at run time (NCCL on GPU, gloo on CPU, or the
+backend asked for: `setup(backend=...)` or the `COSMOS_NEMO_BACKEND` environment variable), and the one
+module (cpu_adapter) that redirects megatron-core's CUDA-only calls when no GPU is present."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ import torch.distributed as dist
 
 from cosmos_nemo.parallel import cpu_adapter
 
-__all__ = ["ParallelState", "setup", "teardown", "get_device", "free_port"]
+__all__ = ["ParallelState", "setup", "teardown", "get_device", "free_port", "resolve_backend", "BACKEND_ENV"]
+
+# An explicit backend request for `setup()` ("gloo" or "nccl"), as `parallel.launch.run_in_processes` sets
+# it in its workers; unset, the backend follows the hardware (NCCL when CUDA is available, else gloo).
+BACKEND_ENV = "COSMOS_NEMO_BACKEND"
+BACKENDS = ("gloo", "nccl")
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def resolve_backend(backend: str | None = None) -> str:
+    """The process-group backend: `backend`, else $COSMOS_NEMO_BACKEND, else NCCL with CUDA and gloo without.
+
+    An explicit request is checked against the hardware: NCCL needs CUDA; gloo runs this library on the CPU,
+    so it needs the GPUs hidden from this process (CUDA_VISIBLE_DEVICES="" before torch initialises CUDA,
+    as `run_in_processes(backend="gloo")` does) rather than half the work on a GPU under gloo.
+    """
+    source = "backend argument"
+    if backend is None and os.environ.get(BACKEND_ENV):
+        backend, source = os.environ[BACKEND_ENV], f"${BACKEND_ENV}"
+    if backend is None:
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    backend = backend.strip().lower()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown process-group backend {backend!r} ({source}); choose one of {BACKENDS}")
+    cuda = torch.cuda.is_available()
+    if backend == "nccl" and not cuda:
+        raise RuntimeError(
+            f"NCCL was requested ({source}) but CUDA is not available to this process (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}, CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}); NCCL runs on GPUs only: use the gloo "
+            "backend on a CPU"
+        )
+    if backend == "gloo" and cuda:
+        raise RuntimeError(
+            f"gloo was requested ({source}) but CUDA is visible to this process: gloo runs this library on the "
+            "CPU; hide the GPUs before torch initialises CUDA (CUDA_VISIBLE_DEVICES=\"\", as "
+            "parallel.launch.run_in_processes(backend='gloo') does), or use NCCL on the GPUs"
+        )
+    return backend
+
+
 def check_sizes(world_size: int, tensor_parallel: int, pipeline_parallel: int, context_parallel: int = 1) -> int:
     """Return the data-parallel size, or raise with the arithmetic when the sizes don't fit the world."""
     for name, value in (("tensor_parallel", tensor_parallel), ("pipeline_parallel", pipeline_parallel),
@@ -77,21 +115,33 @@ def setup(
     context_parallel: int = 1,
     seed: int = 1234,
     timeout_minutes: int = 30,
+    backend: str | None = None,
 ) -> ParallelState:
     """Initialise torch.distributed and megatron's model-parallel state for this process.
 
     Reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT as torchrun sets them; without
     them it forms a 1-process group on an in-memory store (no port, no environment changes). NCCL on
-    GPU, gloo on CPU (where the CPU adapter for megatron's CUDA-only calls is installed first). Seeds
-    torch and megatron's model-parallel RNG tracker.
+    GPU, gloo on CPU (where the CPU adapter for megatron's CUDA-only calls is installed first); an
+    explicit `backend` (or $COSMOS_NEMO_BACKEND) is honoured or refused with the reason
+    (`resolve_backend`). Seeds torch and megatron's model-parallel RNG tracker.
     """
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
+    explicit = backend is not None or bool(os.environ.get(BACKEND_ENV))
+    backend = resolve_backend(backend)
+    if dist.is_initialized() and explicit and dist.get_backend() != backend:
+        raise RuntimeError(
+            f"torch.distributed is already initialised with {dist.get_backend()!r}, but {backend!r} was requested; "
+            "call parallel.teardown() first or request the same backend"
+        )
     cpu_adapter.install()
     device = get_device()
+    if backend == "nccl" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"LOCAL_RANK {device.index} has no GPU: {torch.cuda.device_count()} visible; NCCL runs one process per GPU"
+        )
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = datetime.timedelta(minutes=timeout_minutes)
         if device.type == "cuda":
             torch.cuda.set_device(device)

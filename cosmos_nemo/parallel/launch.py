@@ -1,21 +1,37 @@
 """Run a function in N local processes with a gloo (or NCCL) group: the distributed tests' launcher.
 
-`run_in_processes(fn, nprocs, *args)` spawns `nprocs` processes with torchrun's environment variables
-set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), calls `fn(*args)` in each, and returns
-the list of per-rank return values (which must be picklable: floats, lists, dicts, numpy arrays; torch
-tensors are returned as numpy arrays, because a tensor sent through a queue lives in the worker's shared
-memory, which is gone once the worker exits). An exception in any rank is re-raised here with that
-rank's traceback.
+`run_in_processes(fn, nprocs, *args, backend="gloo")` spawns `nprocs` processes with torchrun's
+environment variables set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), calls `fn(*args)` in
+each, and returns the list of per-rank return values (which must be picklable: floats, lists, dicts,
+numpy arrays; torch tensors are returned as numpy arrays, because a tensor sent through a queue lives in
+the worker's shared memory, which is gone once the worker exits). An exception in any rank is re-raised
+here with that rank's traceback.
+
+Backends:
+- `"gloo"` (the default): the workers run entirely on the CPU, on any machine. On a machine with GPUs
+  they are started with `CUDA_VISIBLE_DEVICES=""`, so torch in the workers never sees a GPU
+  (`torch.cuda.is_available()` is false, megatron's CUDA-only calls go through `parallel.cpu_adapter`):
+  a CPU test means the same thing on a GPU box as on a laptop.
+- `"nccl"`: one GPU per rank (rank r uses `cuda:r`); refused with a clear error when CUDA is absent or
+  there are fewer visible GPUs than processes.
+
+The choice reaches `parallel.setup()` in the workers through the `COSMOS_NEMO_BACKEND` environment
+variable (`parallel.BACKEND_ENV`), so code that calls `setup()` without a backend (the trainer) follows it,
+and so do processes the workers start themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import traceback
 
 import torch.multiprocessing as mp
 
-from cosmos_nemo.parallel import free_port
+from cosmos_nemo.parallel import BACKEND_ENV, BACKENDS, free_port
+
+_ENV_LOCK = threading.Lock()
 
 
 def _detach(value):
@@ -31,11 +47,12 @@ def _detach(value):
     return value
 
 
-def _worker(rank: int, nprocs: int, port: int, fn, args, queue) -> None:
+def _worker(rank: int, nprocs: int, port: int, backend: str, fn, args, queue) -> None:
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )
+    os.environ[BACKEND_ENV] = backend
     try:
         result = _detach(fn(*args))
         queue.put((rank, True, result))
@@ -44,13 +61,60 @@ def _worker(rank: int, nprocs: int, port: int, fn, args, queue) -> None:
         raise
 
 
-def run_in_processes(fn, nprocs: int, *args, timeout: float = 600.0) -> list:
+def check_nccl(nprocs: int) -> None:
+    """Raise unless this machine can run `nprocs` NCCL ranks, one GPU each."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"backend='nccl' needs CUDA, but torch.cuda.is_available() is False here (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}, CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}); use backend='gloo' to run on the CPU"
+        )
+    count = torch.cuda.device_count()
+    if count < nprocs:
+        raise RuntimeError(
+            f"backend='nccl' runs one process per GPU: {nprocs} processes need {nprocs} GPUs, but {count} "
+            f"{'is' if count == 1 else 'are'} visible; use nprocs <= {count}, or backend='gloo' for the CPU"
+        )
+
+
+@contextlib.contextmanager
+def _child_environment(changes: dict[str, str]):
+    """Set `changes` in os.environ while the workers are spawned (a spawned process inherits the
+    environment at exec, before any of its Python code, and so before torch can initialise CUDA)."""
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in changes}
+        os.environ.update(changes)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def run_in_processes(fn, nprocs: int, *args, timeout: float = 600.0, backend: str = "gloo") -> list:
+    """Call `fn(*args)` in `nprocs` fresh processes forming one process group; return their results."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if nprocs < 1:
+        raise ValueError(f"nprocs must be >= 1, got {nprocs}")
+    env = {BACKEND_ENV: backend}
+    if backend == "nccl":
+        check_nccl(nprocs)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # gloo: the workers run on the CPU even where GPUs exist
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, nprocs, port, fn, args, queue), daemon=False) for r in range(nprocs)]
-    for p in procs:
-        p.start()
+    procs = [ctx.Process(target=_worker, args=(r, nprocs, port, backend, fn, args, queue), daemon=False)
+             for r in range(nprocs)]
+    with _child_environment(env):
+        for p in procs:
+            p.start()
     results: dict[int, object] = {}
     errors: list[str] = []
     import queue as queue_mod

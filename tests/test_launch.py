@@ -1,0 +1,84 @@
+"""The process launcher and the backend choice: gloo workers run on the CPU on any machine; NCCL is
+refused with a clear message where it cannot run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from cosmos_nemo import parallel
+from cosmos_nemo.parallel.launch import run_in_processes
+
+pytestmark = pytest.mark.distributed
+
+
+def _gloo_worker(value: float) -> dict:
+    import torch.distributed as dist
+
+    state = parallel.setup()
+    total = torch.tensor([value * (state.rank + 1)])
+    dist.all_reduce(total)
+    out = {"backend": dist.get_backend(), "cuda": torch.cuda.is_available(), "device": str(state.device),
+           "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "env": os.environ.get(parallel.BACKEND_ENV),
+           "sum": float(total), "rank": state.rank, "world": state.world_size}
+    parallel.teardown()
+    return out
+
+
+def test_gloo_run_is_on_the_cpu_on_any_machine():
+    before = {k: os.environ.get(k) for k in (parallel.BACKEND_ENV, "CUDA_VISIBLE_DEVICES")}
+    out = run_in_processes(_gloo_worker, 2, 1.5)
+    assert [o["rank"] for o in out] == [0, 1]
+    for o in out:
+        # The GPUs (if any) are hidden from the workers before torch starts, so the CPU path is the one taken.
+        assert o == {**o, "backend": "gloo", "cuda": False, "device": "cpu", "visible": "", "env": "gloo",
+                     "sum": 1.5 + 3.0, "world": 2}
+    # The launcher leaves the caller's environment as it was.
+    assert {k: os.environ.get(k) for k in before} == before
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        run_in_processes(_gloo_worker, 1, 1.0, backend="mpi")
+    with pytest.raises(ValueError, match="unknown process-group backend 'mpi'"):
+        parallel.resolve_backend("mpi")
+
+
+def test_nccl_with_more_ranks_than_gpus_is_refused_before_spawning():
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    expected = "needs CUDA" if gpus == 0 else "one process per GPU"
+    with pytest.raises(RuntimeError, match=expected) as info:
+        run_in_processes(_gloo_worker, gpus + 1, 1.0, backend="nccl")
+    assert "backend='gloo'" in str(info.value)  # the message says what to do instead
+
+
+def _setup_with(backend, env_value):
+    if env_value is not None:
+        os.environ[parallel.BACKEND_ENV] = env_value
+    parallel.setup(backend=backend)
+    return "initialised"
+
+
+@pytest.mark.cpu_only
+@pytest.mark.parametrize("backend,env_value,source", [("nccl", None, "backend argument"),
+                                                      (None, "nccl", "$COSMOS_NEMO_BACKEND")])
+def test_setup_refuses_nccl_without_cuda(backend, env_value, source):
+    # In a fresh gloo worker (no CUDA there on any machine): the request comes from the argument or from
+    # the environment variable the launcher and the trainer read.
+    with pytest.raises(RuntimeError) as info:
+        run_in_processes(_setup_with, 1, backend, env_value)
+    message = str(info.value)
+    assert "NCCL was requested" in message and source in message and "CUDA is not available" in message
+    assert "use the gloo backend" in message
+
+
+@pytest.mark.cpu_only
+def test_resolve_backend_follows_the_hardware_without_a_request(monkeypatch):
+    monkeypatch.delenv(parallel.BACKEND_ENV, raising=False)
+    assert parallel.resolve_backend() == "gloo"
+    monkeypatch.setenv(parallel.BACKEND_ENV, "gloo")
+    assert parallel.resolve_backend() == "gloo"
+    with pytest.raises(RuntimeError, match="NCCL was requested"):
+        parallel.resolve_backend("NCCL")
