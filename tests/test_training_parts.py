@@ -130,13 +130,13 @@ def _read_ckpt(folder: str) -> dict:
     torch.set_num_threads(1)
     from cosmos_nemo import parallel
     from cosmos_nemo.models.ar.config import ar_config
+    from cosmos_nemo.checkpoint import dist as dist_ckpt
     from cosmos_nemo.models.ar.model import build_ar_model
-    from cosmos_nemo.training import harness
 
     parallel.setup()
-    chunks = harness.wrap_model(lambda pre, post: build_ar_model(ar_config("tiny", vocab_size=64), pre, post))
-    harness.load_model(chunks, folder)
-    out = {k: v.detach().clone().numpy() for k, v in chunks[0].module.named_parameters()}
+    model = build_ar_model(ar_config("tiny", vocab_size=64))
+    dist_ckpt.load_model([model], folder)
+    out = {k: v.detach().clone().numpy() for k, v in model.named_parameters()}
     parallel.teardown()
     return out
 
@@ -187,13 +187,14 @@ def _finetune(data_dir, out_root, pretrained):
 def _mismatch(data_dir, out_root):
     torch.set_num_threads(1)
     from cosmos_nemo.data import ARDataConfig
-    from cosmos_nemo.models.ar import model as ar_model
+    from cosmos_nemo.models.ar import family
     from cosmos_nemo.models.ar.config import ar_config
     from cosmos_nemo.training import trainer
     from cosmos_nemo.training.config import CheckpointConfig, LogConfig, ParallelConfig, TrainerConfig
 
     built = []
-    trainer.build_ar_model = lambda *a, **k: built.append(1) or ar_model.build_ar_model(*a, **k)
+    build = family.FAMILY.build_model
+    family.FAMILY.build_model = lambda *a, **k: built.append(1) or build(*a, **k)
     try:
         trainer.train(ar_config("tiny"),  # FSQ vocabulary 64000 against a 64-token dataset
                       ARDataConfig(paths=[data_dir], split_string="9,1,0", global_batch_size=2),

@@ -16,7 +16,7 @@ import torch
 from cosmos_nemo.data import ARDataConfig, write_pattern_dataset
 from cosmos_nemo.models.ar.config import ar_config
 from cosmos_nemo.parallel.launch import run_in_processes
-from cosmos_nemo.training import checkpointing
+from cosmos_nemo.checkpoint import run as checkpointing
 from cosmos_nemo.training.config import CheckpointConfig, LogConfig, OptimizerConfig, ParallelConfig, TrainerConfig
 
 pytestmark = pytest.mark.distributed

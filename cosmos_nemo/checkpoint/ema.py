@@ -11,7 +11,7 @@ import torch
 from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
-from cosmos_nemo.training import harness
+from cosmos_nemo.checkpoint import dist as dist_ckpt
 
 
 class EMA:
@@ -19,7 +19,7 @@ class EMA:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
         self.decay = decay
-        self.module = model_chunks[0].module
+        self.module = dist_ckpt.bare_model(model_chunks[0])
         self.shadow = {name: p.detach().float().clone() for name, p in self.module.named_parameters()}
 
     @torch.no_grad()
@@ -30,7 +30,7 @@ class EMA:
     def sharded_state_dict(self, model_chunks) -> dict:
         """The model's sharded state dict with every parameter's data replaced by its EMA."""
         by_id = {id(p): self.shadow[name] for name, p in self.module.named_parameters()}
-        state = harness.model_sharded_state_dict(model_chunks)
+        state = dist_ckpt.model_sharded_state_dict(model_chunks)
 
         def swap(item):
             if isinstance(item, (ShardedTensor, ShardedTensorFactory)) and id(item.data) in by_id:
@@ -41,9 +41,9 @@ class EMA:
         return state
 
     def save(self, model_chunks, directory) -> None:
-        harness.save_sharded(self.sharded_state_dict(model_chunks), directory)
+        dist_ckpt.save_sharded(self.sharded_state_dict(model_chunks), directory)
 
     def load(self, model_chunks, directory) -> None:
-        loaded = harness.load_sharded(harness.model_sharded_state_dict(model_chunks), str(directory))
+        loaded = dist_ckpt.load_sharded(dist_ckpt.model_sharded_state_dict(model_chunks), directory)
         for name in self.shadow:
             self.shadow[name].copy_(loaded[name].float())

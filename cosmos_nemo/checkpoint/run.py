@@ -1,4 +1,4 @@
-"""The run folder and crash-safe checkpoints.
+"""The run folder and crash-safe training checkpoints, for every model family.
 
 Layout (DESIGN.md, "Run folder"):
 
@@ -36,9 +36,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import yaml
 from safetensors.torch import load_file, save_file
 
-from cosmos_nemo.training import harness
+from cosmos_nemo.checkpoint import dist as dist_ckpt
+from cosmos_nemo.io.atomic import atomic_write_text
 
 POINTER = "latest_checkpoint.txt"
 _ITER_RE = re.compile(r"^iter_(\d{9})$")
@@ -60,15 +62,6 @@ def _kill_point(point: str, step: int) -> None:
             trainer_pid = int(os.environ.get("COSMOS_NEMO_TRAINER_PID", os.getpid()))
             os.kill(trainer_pid, signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def is_complete(folder: Path) -> bool:
@@ -132,12 +125,12 @@ def save_checkpoint(checkpoints_dir: Path, step: int, model_chunks, optimizer, s
     dist.barrier()
 
     with _kill_inside_dist_ckpt(step):
-        harness.save_sharded(harness.model_sharded_state_dict(model_chunks), tmp / "model")
+        dist_ckpt.save_model(model_chunks, tmp / "model")
     _kill_point("after_model", step)
     # dist_checkpointing.save consumes the sharded dict it is given (factories are applied in place), so
     # the optimizer's mapping to model parameters is built from a fresh one.
-    model_sd = harness.model_sharded_state_dict(model_chunks)
-    harness.save_sharded(optimizer.sharded_state_dict(model_sd), tmp / "optim")
+    model_sd = dist_ckpt.model_sharded_state_dict(model_chunks)
+    dist_ckpt.save_sharded(optimizer.sharded_state_dict(model_sd), tmp / "optim")
     _kill_point("after_optim", step)
     if ema is not None:
         ema.save(model_chunks, tmp / "ema")
@@ -161,7 +154,7 @@ def save_checkpoint(checkpoints_dir: Path, step: int, model_chunks, optimizer, s
             shutil.rmtree(final)
         os.replace(tmp, final)
         _kill_point("before_pointer", step)
-        _atomic_write_text(checkpoints_dir / POINTER, final.name + "\n")
+        atomic_write_text(checkpoints_dir / POINTER, final.name + "\n")
         if keep_last > 0:
             complete = sorted((p for p in checkpoints_dir.glob("iter_*") if is_complete(p)), key=lambda p: p.name)
             for old in complete[:-keep_last]:
@@ -178,9 +171,9 @@ def load_checkpoint(folder: Path, model_chunks, optimizer, ema=None) -> dict:
         if not (folder / "ema" / ".metadata").is_file():
             raise FileNotFoundError(f"{folder} has no ema/ checkpoint, but trainer.ema_decay is set")
         ema.load(model_chunks, folder / "ema")
-    harness.load_model(model_chunks, str(folder / "model"))
-    model_sd = harness.model_sharded_state_dict(model_chunks)
-    optim_state = harness.load_sharded(optimizer.sharded_state_dict(model_sd, is_loading=True), str(folder / "optim"))
+    dist_ckpt.load_model(model_chunks, folder / "model")
+    model_sd = dist_ckpt.model_sharded_state_dict(model_chunks)
+    optim_state = dist_ckpt.load_sharded(optimizer.sharded_state_dict(model_sd, is_loading=True), folder / "optim")
     optimizer.load_state_dict(optim_state)
     trainer = json.loads((folder / "trainer" / "trainer.json").read_text())
     rng_file = folder / "trainer" / f"rng_rank{rank}.safetensors"
@@ -206,3 +199,80 @@ def load_checkpoint(folder: Path, model_chunks, optimizer, ema=None) -> dict:
         "trainer": trainer,
         "dataloader": json.loads(loader_file.read_text()),
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Starting weights, run files, and the model config a run folder records
+
+
+def resolve_model_folder(source) -> Path | None:
+    """The dist-ckpt model folder `source` names: a run folder (its latest complete checkpoint), an
+    `iter_*` folder, or a `model/` / `ema/` folder itself; None when `source` is not one of these."""
+    path = Path(source)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        latest = latest_checkpoint(path / "checkpoints")
+        if latest is None:
+            raise FileNotFoundError(f"run folder {path} has no complete checkpoint under checkpoints/")
+        return latest / "model"
+    if path.is_dir() and (path / "model" / ".metadata").is_file():
+        return path / "model"
+    if path.is_dir() and (path / ".metadata").is_file():
+        return path
+    return None
+
+
+def load_pretrained(model_chunks, family, model_cfg, source: str) -> str:
+    """Fill the chunks with starting weights: a dist-ckpt (a run folder, an `iter_*` folder or a `model/`
+    folder, at any TP/PP) or the family's released checkpoint file. Returns a note for the run log."""
+    folder = resolve_model_folder(source)
+    if folder is not None:
+        check = getattr(family, "check_dist_ckpt_start", None)
+        if check is not None:
+            check(model_cfg, str(folder))
+        dist_ckpt.load_model(model_chunks, folder)
+        return f"initialised from dist-ckpt {folder}"
+    if Path(source).is_file():
+        return family.load_released(dist_ckpt.bare_model(model_chunks[0]), model_cfg, str(source))
+    raise FileNotFoundError(
+        f"pretrained weights {source!r} not found: pass a released checkpoint file (.pt/.safetensors), a dist-ckpt "
+        "model/ folder, an iter_* folder, or a run folder with checkpoints/"
+    )
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def write_run_files(folder: Path, configs: dict, launch: dict) -> None:
+    """`config.yaml` (every config of the run, as plain data), `launch_info.yaml` and `job_env.yaml`."""
+    import dataclasses
+
+    as_data = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in configs.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "config.yaml", yaml.safe_dump(_plain(as_data), sort_keys=False))
+    atomic_write_text(folder / "launch_info.yaml", yaml.safe_dump(_plain(launch), sort_keys=False))
+    keep = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
+    env = {k: v for k, v in sorted(os.environ.items()) if k in keep or k.startswith(("SLURM_", "TORCHELASTIC_"))}
+    atomic_write_text(folder / "job_env.yaml", yaml.safe_dump(env, sort_keys=False))
+
+
+def read_model_config(folder):
+    """The model config a run was trained with, rebuilt from its `config.yaml` by the family it names
+    (`model.family`; run folders written before families existed are AR runs)."""
+    from cosmos_nemo.models.family import get_family
+
+    path = Path(folder) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass a run folder written by `cosmos-nemo train`")
+    fields = (yaml.safe_load(path.read_text()) or {}).get("model")
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} has no `model:` section")
+    fields = dict(fields)
+    family = get_family(fields.get("family") or "ar")
+    return family, family.config_from_dict(fields)

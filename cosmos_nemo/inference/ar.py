@@ -17,10 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-
-from cosmos_nemo.models.ar.config import ARModelConfig
-from cosmos_nemo.models.common.rope import YarnConfig
 
 
 @dataclass
@@ -81,34 +77,27 @@ def generate_tokens(model, prompt: torch.Tensor, grid, num_tokens: int, sampling
     return torch.cat(out, dim=1)
 
 
-def model_config_from_run(run_dir: str | Path) -> ARModelConfig:
-    """The ARModelConfig a run was trained with, from its config.yaml."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: pass a run folder written by `cosmos-nemo train`")
-    fields = dict(yaml.safe_load(path.read_text())["model"])
-    if isinstance(fields.get("yarn"), dict):
-        y = fields["yarn"]
-        fields["yarn"] = YarnConfig(y["scale"], y["beta_fast"], y["beta_slow"], tuple(y["original_latent_shape"]))
-    fields["max_grid"] = tuple(fields["max_grid"])
-    return ARModelConfig(**fields)
+def load_trained_model(run_dir: str | Path, weights: str = "model", dtype: torch.dtype | None = None):
+    """The bare model of a run folder, for inference: its family and config from `config.yaml`, the
+    weights of its latest complete checkpoint (`weights="ema"` for the EMA copy), no DDP wrapper and no
+    gradient buffers, in `dtype` when given (e.g. torch.bfloat16). Parallel state must be set up (TP=PP=1).
+    Returns (model in eval mode, model config, checkpoint folder)."""
+    from cosmos_nemo.checkpoint import dist as dist_ckpt
+    from cosmos_nemo.checkpoint import run as run_folder
 
-
-def load_trained_model(run_dir: str | Path, weights: str = "model"):
-    """Build the run's model (parallel state must be set up) and load its latest checkpoint's weights
-    (`weights="ema"` for the EMA copy)."""
-    from cosmos_nemo.models.ar.model import build_ar_model
-    from cosmos_nemo.training import checkpointing, harness
-
-    cfg = model_config_from_run(run_dir)
-    latest = checkpointing.latest_checkpoint(Path(run_dir) / "checkpoints")
+    if weights not in ("model", "ema"):
+        raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
+    family, cfg = run_folder.read_model_config(run_dir)
+    latest = run_folder.latest_checkpoint(Path(run_dir) / "checkpoints")
     if latest is None:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoint under checkpoints/")
     if not (latest / weights / ".metadata").is_file():
-        raise FileNotFoundError(f"{latest / weights} is not a checkpoint (weights must be 'model' or 'ema')")
-    chunks = harness.wrap_model(lambda pre, post: build_ar_model(cfg, pre, post))
-    harness.load_model(chunks, str(latest / weights))
-    return chunks[0].module, cfg, latest
+        raise FileNotFoundError(f"{latest / weights} is not a checkpoint (this run saved no {weights!r} weights)")
+    model = family.build_model(cfg, True, True, dtype or torch.float32)
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    dist_ckpt.load_model([model], latest / weights)
+    return model.eval(), cfg, latest
 
 
 def video_to_uint8(video: torch.Tensor) -> np.ndarray:

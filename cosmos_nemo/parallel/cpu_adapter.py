@@ -50,10 +50,16 @@ What is adapted, and why:
    needs `main_grad`). Into a buffer `parallel.grad_buffers` left unfilled, the step's first write
    overwrites (`beta = 0`).
 12. The global gradient norm (`get_grad_norm_fp32`, for clipping and logging): without Apex/TE megatron
-   takes `torch.norm` of each gradient and the norm of those. On the CPU that reduction runs on one thread
-   whatever the thread count, and accumulates in float32: -0.28 % off the float64 value for a 136 M-element
-   model's gradients (measured). `cpu_multi_tensor_l2norm` sums per-tensor dot products (BLAS: threaded,
-   -0.004 % off on 2 threads, -0.012 % on 1, same gradients) in float64; 48 ms -> 21 ms on 2 threads.
+   takes `torch.norm` of each gradient and the norm of those, on one thread and accumulating in float32.
+   `cpu_multi_tensor_l2norm` sums per-tensor dot products (BLAS, threaded) in float64 instead.
+
+Items 1-10 are what megatron needs to run at all on a CPU. Items 11-12 and the others listed in
+`ACCELERATIONS` are speed-ups: they compute what megatron's own path computes (each has a test against
+that path), and they are on only where this adapter is installed (never with CUDA). One switch turns them
+all off: `trainer.cpu_accelerations=false` (`configure_accelerations(False)`) or the environment variable
+`COSMOS_NEMO_CPU_ACCELERATIONS=0`; the variable may also name the ones to keep (`fused_loss,fused_adamw`)
+or drop (`-fused_loss`), which is how `benchmarks/train_throughput.py` measures each one. The variable
+wins over the config field, so a whole launch can be switched without editing a recipe.
 """
 
 from __future__ import annotations
@@ -67,6 +73,57 @@ import torch
 from cosmos_nemo.parallel.grad_buffers import prepare_write
 
 _INSTALLED = False
+
+# The CPU speed-ups, by name: each one is on only while this adapter is installed and the switch allows it.
+ACCELERATIONS = {
+    "fused_loss": "output projection + cross-entropy in one function (models/common/linear_ce.py)",
+    "embedding_main_grad": "embedding/output weight gradients written straight into DDP's buffers "
+                           "(models/common/main_grad.py)",
+    "wgrad_fusion": "megatron's gradient-accumulation fusion with a CPU kernel (item 11)",
+    "lazy_grad_zeroing": "gradient buffers overwritten instead of zero-filled (parallel/grad_buffers.py)",
+    "fused_adamw": "torch's fused AdamW instead of megatron's per-parameter fallback, clipping folded into "
+                   "its grad_scale (training/harness.py)",
+    "grad_norm": "threaded float64 gradient norm (item 12)",
+    "rmsnorm_backward": "RMSNorm with a hand-written backward (models/common/norm.py)",
+}
+ENV_VAR = "COSMOS_NEMO_CPU_ACCELERATIONS"
+_CONFIGURED = True
+
+
+def configure_accelerations(enabled: bool = True) -> None:
+    """The config side of the switch (`trainer.cpu_accelerations`); the environment variable wins."""
+    global _CONFIGURED
+    _CONFIGURED = bool(enabled)
+
+
+def enabled_accelerations() -> frozenset[str]:
+    """The accelerations in force: none without the adapter, else what the switch allows."""
+    import os
+
+    if not _INSTALLED:
+        return frozenset()
+    text = os.environ.get(ENV_VAR, "").strip().lower()
+    if text in ("", "1", "on", "all", "true"):
+        return frozenset(ACCELERATIONS) if (_CONFIGURED or text) else frozenset()
+    if text in ("0", "off", "none", "false"):
+        return frozenset()
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted({n.lstrip("-") for n in names} - set(ACCELERATIONS))
+    if unknown:
+        raise ValueError(f"{ENV_VAR}: unknown acceleration(s) {unknown}; known: {sorted(ACCELERATIONS)}, "
+                         "or 0/1 for none/all")
+    if all(n.startswith("-") for n in names):
+        return frozenset(ACCELERATIONS) - {n[1:] for n in names}
+    if any(n.startswith("-") for n in names):
+        raise ValueError(f"{ENV_VAR}: either name the accelerations to keep or the ones to drop (-name), not both")
+    return frozenset(names)
+
+
+def acceleration(name: str) -> bool:
+    """Whether the CPU speed-up `name` (a key of ACCELERATIONS) is on in this process."""
+    if name not in ACCELERATIONS:
+        raise KeyError(f"unknown CPU acceleration {name!r}; known: {sorted(ACCELERATIONS)}")
+    return name in enabled_accelerations()
 
 # megatron modules that build tensors with a literal device="cuda" (item 5 of the docstring).
 _CUDA_LITERAL_MODULES = (
@@ -270,7 +327,12 @@ def install(force: bool = False) -> bool:
     from megatron.core import utils as mcore_utils
 
     if clip_grads.multi_tensor_applier is mcore_utils.local_multi_tensor_applier:  # no Apex/TE kernels
-        clip_grads.l2_norm_impl = cpu_multi_tensor_l2norm
+        megatron_l2norm = clip_grads.l2_norm_impl
+
+        def l2norm(*args):
+            return (cpu_multi_tensor_l2norm if acceleration("grad_norm") else megatron_l2norm)(*args)
+
+        clip_grads.l2_norm_impl = l2norm
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
     fp16_opt = optimizer.Float16OptimizerWithFloat16Params
     fp16_opt.__init__ = _with_cuda_type_names(fp16_opt.__init__)

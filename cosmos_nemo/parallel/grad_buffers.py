@@ -2,8 +2,7 @@
 
 megatron's `DistributedDataParallel.zero_grad_buffer()` fills every gradient buffer with zeros at the start
 of each step, and the backward then accumulates into them. On a CPU that fill is a pass over memory as
-large as the model (for a 136 M-parameter model, 0.54 GB: ~60 ms of a ~2 s step on one core). Most of it is
-wasted: with gradient-accumulation fusion, every linear weight's first gradient of the step is a matmul that
+large as the model's gradients. Most of it is wasted: with gradient-accumulation fusion, every linear weight's first gradient of the step is a matmul that
 can write its result (`beta = 0`) instead of adding it to zeros, and an embedding's gradient has only the
 rows of the step's tokens.
 
@@ -73,11 +72,11 @@ def prepare_write(main_grad: torch.Tensor, rows: torch.Tensor | None = None) -> 
 
 
 def lazy_zeroing_supported(ddp) -> bool:
-    """Whether `zero_grad_buffer(ddp)` may skip the fill: megatron's CPU adapter (whose fusion kernel
-    understands stale buffers) is installed and gradients are not reduced during the backward."""
+    """Whether `zero_grad_buffer(ddp)` may skip the fill: the CPU adapter's `lazy_grad_zeroing` acceleration
+    is on (its fusion kernel understands stale buffers) and gradients are not reduced during the backward."""
     from cosmos_nemo.parallel import cpu_adapter
 
-    return cpu_adapter.is_installed() and not ddp.ddp_config.overlap_grad_reduce and \
+    return cpu_adapter.acceleration("lazy_grad_zeroing") and not ddp.ddp_config.overlap_grad_reduce and \
         not getattr(ddp, "expert_parallel_buffers", None)
 
 

@@ -1,8 +1,9 @@
 """Typed configs of a training run, one per component; a recipe fills them and passes them to `train`.
 
 `train(model, data, optim, trainer, checkpoint, parallel, log)` (training/trainer.py) takes exactly these,
-plus the model family's config (`models.ar.config.ARModelConfig`) and data config
-(`data.loader.ARDataConfig`). Dtypes are strings ("fp32", "bf16") so configs serialise through nemo-run.
+plus a model family's model config (its `family` field names the family, e.g. `ARModelConfig`) and that
+family's data config (e.g. `ARDataConfig`). Dtypes are strings ("fp32", "bf16") so configs serialise
+through nemo-run.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class TrainerConfig:
     max_epochs: stop after this many passes over the training split (None: only max_steps counts).
     ema_decay: keep an exponential moving average of the weights with this decay (None: no EMA); it is
         saved with each checkpoint under `ema/`.
+    cpu_accelerations: on a machine without CUDA, use the CPU adapter's speed-ups (parallel/cpu_adapter.py,
+        `ACCELERATIONS`; each computes what megatron's own path computes). False runs megatron's plain
+        path, as on a GPU. The environment variable COSMOS_NEMO_CPU_ACCELERATIONS=0/1 overrides it.
     """
 
     max_steps: int = 300
@@ -59,6 +63,7 @@ class TrainerConfig:
     val_batches: int = 4
     log_interval: int = 1
     ema_decay: Optional[float] = None
+    cpu_accelerations: bool = True
 
 
 @dataclass

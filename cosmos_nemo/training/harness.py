@@ -13,27 +13,24 @@ These few functions are all the trainer needs from megatron-core, and they run t
   On the CPU the gradient buffers are overwritten rather than zero-filled first
   (`parallel/grad_buffers.py`, bit-identical), and `optimizer_step` folds the clipping into torch's fused
   AdamW (one pass over the gradients less).
-- `save_sharded` / `load_sharded`: megatron `dist_checkpointing` of any sharded state dict, so a
-  checkpoint written at one TP/PP loads at another.
+
+Checkpoint I/O (megatron dist-ckpt) lives in the checkpoint room (`checkpoint/dist.py`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from cosmos_nemo.parallel import grad_buffers
+from cosmos_nemo.models.family import ForwardStep
+from cosmos_nemo.parallel import cpu_adapter, grad_buffers
 from cosmos_nemo.training.config import OptimizerConfig as TrainOptimizerConfig
-
-# forward_step(data_iterator, model) -> (output_tensor, loss_fn); loss_fn(output) -> (loss, metrics dict).
-ForwardStep = Callable[[Iterator, torch.nn.Module], tuple]
 
 
 def wrap_model(model_provider: Callable[[bool, bool], torch.nn.Module], overlap_grad_reduce: bool = False):
@@ -70,9 +67,7 @@ def _fuse_weight_grad_accumulation(model: torch.nn.Module) -> None:
     is left as configured."""
     from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
-    from cosmos_nemo.parallel import cpu_adapter
-
-    if not cpu_adapter.is_installed():
+    if not cpu_adapter.acceleration("wgrad_fusion"):
         return
     for module in model.modules():
         if isinstance(module, (ColumnParallelLinear, RowParallelLinear)) and hasattr(module.weight, "main_grad"):
@@ -102,9 +97,11 @@ def build_optimizer(model_chunks, cfg: TrainOptimizerConfig, bf16: bool = False)
 
 def _prefer_fused_adamw(optimizer) -> None:
     """Without Transformer Engine or Apex, megatron falls back to `torch.optim.AdamW` with its defaults,
-    which on a CPU is the per-parameter loop (no foreach, no fused kernel): about a quarter of a CPU
-    training step. torch's fused AdamW computes the same update in one kernel over all parameters; turn it
-    on where every parameter is a float tensor it supports. TE/Apex optimizers are left alone."""
+    which on a CPU is the per-parameter loop (no foreach, no fused kernel). torch's fused AdamW computes the
+    same update in one kernel over all parameters; with the CPU adapter's `fused_adamw` acceleration it is
+    turned on where every parameter is a float tensor it supports. TE/Apex optimizers are left alone."""
+    if not cpu_adapter.acceleration("fused_adamw"):
+        return
     for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
         torch_opt = getattr(inner, "optimizer", None)
         if type(torch_opt) is not torch.optim.AdamW:
@@ -137,7 +134,8 @@ def _fused_torch_adamws(optimizer) -> list | None:
 
 
 def optimizer_step(optimizer) -> tuple[bool, float | None, float | None]:
-    """megatron's `optimizer.step()` with the clipping folded into torch's fused AdamW.
+    """megatron's `optimizer.step()`; with the CPU adapter's `fused_adamw` acceleration, the clipping is
+    folded into torch's fused AdamW.
 
     megatron computes the global gradient norm, scales every gradient in place by
     `clip_grad / (norm + 1e-6)` when that is below 1 (a pass over all gradients), then steps AdamW. torch's
@@ -145,7 +143,7 @@ def optimizer_step(optimizer) -> tuple[bool, float | None, float | None]:
     result, so the gradients afterwards are the clipped ones, as in megatron): the same update with one pass
     less. Anything else (TE/Apex optimizers, no clipping, decoupled gradients) takes megatron's step.
     Returns (updated, grad_norm, num_zeros_in_grad) like megatron's."""
-    torch_opts = _fused_torch_adamws(optimizer)
+    torch_opts = _fused_torch_adamws(optimizer) if cpu_adapter.acceleration("fused_adamw") else None
     if torch_opts is None:
         return optimizer.step()
     config = getattr(optimizer, "chained_optimizers", [optimizer])[0].config
@@ -235,33 +233,3 @@ def eval_step(
     for chunk in model_chunks:
         chunk.train()
     return {key: _reduce_losses(metrics, key) for key in metric_keys}
-
-
-def model_sharded_state_dict(model_chunks) -> dict:
-    """Sharded state dict of the (unwrapped) model chunks, keyed like megatron's own checkpoints."""
-    if len(model_chunks) != 1:
-        raise NotImplementedError("virtual pipeline stages (several model chunks per rank) are not supported")
-    return model_chunks[0].module.sharded_state_dict()
-
-
-def save_sharded(sharded_state_dict: dict, directory: str) -> None:
-    """Write a dist-ckpt folder (collective: every rank calls it). The folder must be new or empty."""
-    if dist.get_rank() == 0:
-        os.makedirs(directory, exist_ok=True)
-    dist.barrier()
-    dist_checkpointing.save(sharded_state_dict, str(directory))
-
-
-def load_sharded(sharded_state_dict: dict, directory: str) -> dict:
-    """Read a dist-ckpt folder into the given sharded layout (collective). Missing keys are an error."""
-    return dist_checkpointing.load(sharded_state_dict, str(directory), strict="raise_all")
-
-
-def save_model(model_chunks, directory: str) -> None:
-    save_sharded(model_sharded_state_dict(model_chunks), directory)
-
-
-def load_model(model_chunks, directory: str) -> None:
-    """Load weights saved by `save_model` at any TP/PP into these chunks."""
-    state = load_sharded(model_sharded_state_dict(model_chunks), directory)
-    model_chunks[0].module.load_state_dict(state, strict=True)

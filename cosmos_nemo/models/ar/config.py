@@ -36,6 +36,7 @@ class ARModelConfig:
     output-layer row count (None: the same)."""
 
     name: str = "custom"
+    family: str = "ar"  # the model family (models/family.py) that builds, trains and converts this config
     num_layers: int = 16
     hidden_size: int = 4096
     num_attention_heads: int = 32
@@ -70,6 +71,8 @@ class ARModelConfig:
     extra_transformer_config: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.family != "ar":
+            raise ValueError(f"ARModelConfig.family must be 'ar', got {self.family!r}")
         if self.output_vocab_size is None:
             self.output_vocab_size = self.vocab_size
         self.max_grid = LatentGrid.of(self.max_grid).as_tuple()
@@ -145,16 +148,30 @@ class ARModelConfig:
             recompute_granularity=self.recompute_granularity,
             recompute_method="uniform" if self.recompute_granularity == "full" else None,
             recompute_num_layers=1 if self.recompute_granularity == "full" else None,
-            # Fused kernels are CUDA/apex-only; the unfused paths compute the same thing.
-            bias_dropout_fusion=False,
-            apply_rope_fusion=False,
-            masked_softmax_fusion=False,
-            gradient_accumulation_fusion=False,
-            persist_layer_norm=False,
+            **_fusion_settings(on_gpu),
         )
         kwargs.update(self.extra_transformer_config)
         kwargs.update(overrides)
         return TransformerConfig(**kwargs)
+
+
+def _fusion_settings(on_gpu: bool) -> dict:
+    """megatron's fusion flags. On a GPU, Megatron-LM's training defaults where the kernel exists: the
+    jit-fused bias-dropout-add and bias-SwiGLU and the masked-softmax kernel always, the fused RoPE with
+    Transformer Engine, gradient-accumulation fusion with its CUDA extension (Apex; megatron refuses to build
+    a linear layer with the flag on and the extension missing). Without CUDA none of these kernels exists and
+    the unfused paths, which compute the same thing, are used; the CPU adapter adds its own
+    gradient-accumulation kernel to DDP-wrapped models (training/harness.py)."""
+    if not on_gpu:
+        return dict(bias_dropout_fusion=False, bias_activation_fusion=False, apply_rope_fusion=False,
+                    masked_softmax_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False)
+    from megatron.core.tensor_parallel import layers
+
+    from cosmos_nemo.models.common.spec import transformer_engine_available
+
+    return dict(bias_dropout_fusion=True, bias_activation_fusion=True, masked_softmax_fusion=True,
+                apply_rope_fusion=transformer_engine_available(),
+                gradient_accumulation_fusion=bool(layers._grad_accum_fusion_available))
 
 
 _COSMOS_4B = dict(num_layers=16, hidden_size=4096)
@@ -227,3 +244,19 @@ def ar_config(name: str, **overrides) -> ARModelConfig:
     if key not in NAMED_CONFIGS:
         raise KeyError(f"unknown AR model config {name!r}; choose one of {sorted(NAMED_CONFIGS)}")
     return ARModelConfig(**{**NAMED_CONFIGS[key], **overrides})
+
+
+def ar_config_from_dict(fields: dict) -> ARModelConfig:
+    """An ARModelConfig from plain data (a run folder's `config.yaml` `model:` section, which predates the
+    `family` field in older runs); unknown fields are an error naming them."""
+    fields = dict(fields)
+    known = {f.name for f in dataclasses.fields(ARModelConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown AR model config fields {unknown}; known: {sorted(known)}")
+    yarn = fields.get("yarn")
+    if isinstance(yarn, dict):
+        fields["yarn"] = YarnConfig(yarn["scale"], yarn["beta_fast"], yarn["beta_slow"], tuple(yarn["original_latent_shape"]))
+    if fields.get("max_grid") is not None:
+        fields["max_grid"] = tuple(fields["max_grid"])
+    return ARModelConfig(**fields)

@@ -36,6 +36,7 @@ from cosmos_nemo.models.common.linear_ce import TokenLoss, linear_cross_entropy
 from cosmos_nemo.models.common.main_grad import MainGradVocabEmbedding
 from cosmos_nemo.models.common.norm import RMSNorm
 from cosmos_nemo.models.common.rope import rope_3d_angles
+from cosmos_nemo.parallel import cpu_adapter
 from cosmos_nemo.tokenizers.grid import LatentGrid
 
 GridArg = Union[LatentGrid, Sequence[int], torch.Tensor, Sequence[Sequence[int]]]
@@ -113,12 +114,13 @@ class CosmosARModel(GPTModel):
                 position_embedding_type="none",
                 tp_group=self.pg_collection.tp,
             )
-        if pre_process:
-            # The same module with a lookup whose gradient goes straight into megatron DDP's buffer
-            # (models/common/main_grad.py); no new state, so the class is swapped in place.
+        if pre_process and cpu_adapter.acceleration("embedding_main_grad"):
+            # CPU speed-up: the same module with a lookup whose gradient goes straight into megatron DDP's
+            # buffer (models/common/main_grad.py); no new state, so the class is swapped in place.
             self.embedding.word_embeddings.__class__ = MainGradVocabEmbedding
         final_norm = getattr(self.decoder, "final_layernorm", None)
-        if type(final_norm) is torch.nn.RMSNorm:  # megatron builds it outside the layer spec: same swap
+        if type(final_norm) is torch.nn.RMSNorm and cpu_adapter.acceleration("rmsnorm_backward"):
+            # megatron builds the final norm outside the layer spec: the spec's swap, done here
             final_norm.__class__ = RMSNorm  # (models/common/norm.py: a subclass with no new state)
         self._table_cache: dict = {}
 
@@ -257,7 +259,8 @@ class CosmosARModel(GPTModel):
     def _fused_loss_applies(self, inference_context) -> bool:
         cfg = self.config
         return (
-            self.pg_collection.tp.size() == 1
+            cpu_adapter.acceleration("fused_loss")
+            and self.pg_collection.tp.size() == 1
             and cfg.mtp_num_layers is None
             and inference_context is None
             and self.output_layer.bias is None
@@ -271,15 +274,24 @@ class CosmosARModel(GPTModel):
             out = linear_cross_entropy(hidden.reshape(length * batch, -1), self.output_layer.weight,
                                        labels.transpose(0, 1).reshape(-1), want_hit=stats)
             out = TokenLoss(*(t.view(length, batch).transpose(0, 1).contiguous() if t.numel() else t for t in out))
-        else:
+        else:  # megatron's own path: the output layer's forward and its (fused, when configured) cross-entropy
             from .step import logits_token_loss
 
+            def megatron_cross_entropy(logits_sb, labels_sb):  # [L, B, V_local], [L, B] -> [L, B]
+                return self.compute_language_model_loss(labels_sb.transpose(0, 1), logits_sb).transpose(0, 1)
+
             logits, _ = self.output_layer(hidden, runtime_gather_output=False)  # [L, B, V_local]
-            out = logits_token_loss(logits.float(), labels.transpose(0, 1), with_lse=stats and with_lse)
+            out = logits_token_loss(logits, labels.transpose(0, 1), with_lse=stats and with_lse,
+                                    cross_entropy=megatron_cross_entropy)
             out = TokenLoss(*(t.transpose(0, 1).contiguous() if t.numel() else t for t in out))
         return out if stats else out.ce
 
     def _check_tokens(self, tokens: torch.Tensor) -> None:
+        """An out-of-range id fails inside the embedding with an index error on the CPU and corrupts memory
+        or asserts asynchronously on a GPU. The check costs a host sync, so it runs on CPU tensors only; on
+        a GPU the data were checked against the model before training (`data.validate_for_model`)."""
+        if tokens.device.type != "cpu":
+            return
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= self.ar_config.vocab_size:
             raise ValueError(

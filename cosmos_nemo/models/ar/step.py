@@ -1,9 +1,9 @@
 """The AR step function: next-token cross-entropy (optionally with z-loss) on a batch of one grid.
 
-The model returns the per-token loss itself (`forward(labels=, loss_stats=True)`): at TP=1 from the fused
-output projection + cross-entropy (models/common/linear_ce.py); at TP>1 from vocab-parallel logits (each
-TP rank holds a slice of the vocabulary and the loss is computed across the slices, so TP never gathers
-the [B, L, 64000] logits; `logits_token_loss` below). Teacher-forcing accuracy (the label has the largest
+The model returns the per-token loss itself (`forward(labels=, loss_stats=True)`): megatron's path is the
+output layer's vocab-parallel logits and megatron's cross-entropy across the TP ranks' vocabulary slices
+(TP never gathers the [B, L, 64000] logits; `logits_token_loss` below); on the CPU at TP=1 the fused
+output projection + cross-entropy (models/common/linear_ce.py) replaces it, a CPU-adapter acceleration. Teacher-forcing accuracy (the label has the largest
 logit over the whole vocabulary) is reported with the loss; it is the reference's cheap validation signal.
 """
 
@@ -13,37 +13,27 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
 
 from cosmos_nemo.models.common.linear_ce import TokenLoss
+from cosmos_nemo.models.family import unwrap
 
 
-def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy `[...]` of logits `[..., V_local]` against labels `[...]` (ids in [0, V)).
-
-    With TP > 1 this is megatron's vocab-parallel cross-entropy over the ranks' vocabulary slices. With one
-    TP rank the slice is the whole vocabulary and torch's fused `cross_entropy` computes the same value in
-    fewer passes over the `[tokens, 64000]` logits (no max/subtract/exp/sum round trip, no transposed
-    copies); at the output layer's share of the FLOPs this is a measurable part of a CPU step."""
-    if parallel_state.get_tensor_model_parallel_world_size() == 1:
-        vocab = logits.shape[-1]
-        return F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), reduction="none").view(labels.shape)
-    # megatron's function shifts and exponentiates its input in place: give it a copy, the caller's logits
-    # are still needed (accuracy, z-loss).
-    return tensor_parallel.vocab_parallel_cross_entropy(logits.clone(memory_format=torch.contiguous_format),
-                                                       labels.contiguous())
+def logits_token_loss(logits: torch.Tensor, labels: torch.Tensor, with_lse: bool = False,
+                      cross_entropy=None) -> TokenLoss:
+    """TokenLoss (ce, lse, hit) from this rank's vocabulary slice of the logits `[..., V_local]`, megatron's
+    way: `cross_entropy(logits, labels)` defaults to megatron's vocab-parallel cross-entropy (the model
+    passes its `compute_language_model_loss`, which takes the fused kernels when configured). megatron's
+    cross-entropy works in place on the logits, so the accuracy is taken first and, with `with_lse` (the
+    z-loss), it gets a copy. Without `with_lse` the lse field is an empty tensor."""
+    hit = vocab_parallel_hit(logits.detach(), labels)
+    lse = vocab_parallel_logsumexp(logits.float()) if with_lse else logits.new_empty(0)
+    cross_entropy = cross_entropy or tensor_parallel.vocab_parallel_cross_entropy
+    ce = cross_entropy(logits.clone() if with_lse else logits, labels.contiguous())
+    return TokenLoss(ce, lse, hit)
 
 
-def logits_token_loss(logits: torch.Tensor, labels: torch.Tensor, with_lse: bool = False) -> TokenLoss:
-    """TokenLoss (ce, lse, hit) from this rank's vocabulary slice of the logits `[..., V_local]` (fp32).
-    Without `with_lse` the lse field is an empty tensor (it costs one more pass over the logits)."""
-    ce = token_cross_entropy(logits, labels)
-    lse = _vocab_parallel_logsumexp(logits) if with_lse else ce.new_empty(0)
-    return TokenLoss(ce, lse, _vocab_parallel_hit(logits, labels))
-
-
-def _vocab_parallel_logsumexp(logits: torch.Tensor) -> torch.Tensor:
+def vocab_parallel_logsumexp(logits: torch.Tensor) -> torch.Tensor:
     """logsumexp over the full vocabulary from this rank's vocabulary slice (differentiable)."""
     if parallel_state.get_tensor_model_parallel_world_size() == 1:
         return torch.logsumexp(logits, dim=-1)
@@ -56,7 +46,7 @@ def _vocab_parallel_logsumexp(logits: torch.Tensor) -> torch.Tensor:
     return torch.log(sum_exp) + global_max
 
 
-def _vocab_parallel_hit(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def vocab_parallel_hit(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Whether each label's logit is the largest over the whole vocabulary (ties count as hits), from
     this rank's vocabulary slice: teacher-forcing accuracy without an argmax."""
     with torch.no_grad():
@@ -91,7 +81,7 @@ class ARStep:
             kwargs["context"] = batch["context"].to(self.device)
             if "context_mask" in batch:
                 kwargs["context_mask"] = batch["context_mask"].to(self.device)
-        safe_labels = clamp_labels(labels, mask, _unwrap(model).ar_config.output_vocab_size)
+        safe_labels = clamp_labels(labels, mask, unwrap(model).ar_config.output_vocab_size)
         output = model(tokens, grid=tuple(batch["grid"]), labels=safe_labels, loss_stats=True,
                        with_lse=self.z_loss > 0, **kwargs)
         return output, lambda out: self.loss(out, safe_labels, mask)
@@ -112,10 +102,3 @@ def clamp_labels(labels: torch.Tensor, mask: torch.Tensor, vocab: int) -> torch.
     """Labels outside the output vocabulary (the V2W PAD id 64002) are masked; set masked positions to 0
     and clamp, so the cross-entropy stays in range."""
     return torch.where(mask > 0, labels, torch.zeros_like(labels)).clamp_(0, vocab - 1)
-
-
-def _unwrap(model):
-    """The CosmosARModel inside megatron's DDP / Float16Module wrappers."""
-    while not hasattr(model, "ar_config") and hasattr(model, "module"):
-        model = model.module
-    return model

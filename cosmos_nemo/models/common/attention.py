@@ -3,7 +3,8 @@
 megatron's local `DotProductAttention` allocates its score buffer on `torch.cuda.current_device()` and
 materialises the full [b, heads, s, s] score matrix. This module has the same constructor and forward
 signature, so it drops into a megatron layer spec as `core_attention`, and lets torch pick the kernel
-(flash / memory-efficient on GPU, the fused CPU kernel on CPU).
+(flash / memory-efficient on GPU, the fused CPU kernel on CPU; the math kernel under megatron's
+`deterministic_mode`).
 
 Inputs are megatron's `[s, b, heads, head_dim]` query/key/value (key/value may have fewer heads: GQA);
 the output is `[s_q, b, heads * head_dim]`. Masking follows megatron's convention: `attention_mask` is
@@ -14,6 +15,7 @@ decoding), query i sits at absolute position `s_k - s_q + i` and sees keys up to
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -57,6 +59,15 @@ class SDPACoreAttention(MegatronModule):
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
 
+    def _kernels(self):
+        """With megatron's `deterministic_mode` on a GPU, only SDPA's math kernel: the memory-efficient
+        kernel's backward accumulates with atomics (run-to-run differences). Elsewhere torch picks."""
+        if self.config.deterministic_mode and torch.cuda.is_available():
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            return sdpa_kernel([SDPBackend.MATH])
+        return nullcontext()
+
     def forward(
         self,
         query: torch.Tensor,
@@ -95,12 +106,8 @@ class SDPACoreAttention(MegatronModule):
             mask = ~attention_mask.to(torch.bool)
 
         dropout_p = self.dropout_p if self.training else 0.0
-        if dropout_p > 0.0:
-            with tensor_parallel.get_cuda_rng_tracker().fork():
-                out = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=self.softmax_scale
-                )
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.softmax_scale)
+        with self._kernels(), (tensor_parallel.get_cuda_rng_tracker().fork() if dropout_p > 0.0 else nullcontext()):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                                                 scale=self.softmax_scale)
         # [b, heads, sq, dim] -> [sq, b, heads * dim]
         return out.permute(2, 0, 1, 3).reshape(sq, b, heads * dim)

@@ -9,15 +9,17 @@ values) whose float32 training path keeps the normalised input and the inverse R
     dw = sum over rows of dy * x_hat
     dx = r * (g - x_hat * mean(g * x_hat)),  g = dy * w
 
-(the standard RMSNorm gradient): on the AR benchmark's shapes 25-40 % less time per norm, forward and
-backward, on 1 and 2 threads (measured with an ad-hoc timing loop); `tests/test_norm.py` checks values and
-gradients against torch's module and a float64 formula. Other dtypes, and evaluation, take torch's path.
+(the standard RMSNorm gradient); `tests/test_norm.py` checks values and gradients against torch's module
+and a float64 formula. Other dtypes, and evaluation, take torch's path. It is a CPU speed-up: the layer
+specs use it only with the CPU adapter's `rmsnorm_backward` acceleration (parallel/cpu_adapter.py).
 """
 
 from __future__ import annotations
 
 import torch
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+from cosmos_nemo.parallel import cpu_adapter
 
 
 class _RMSNormFunction(torch.autograd.Function):
@@ -58,11 +60,11 @@ class RMSNorm(torch.nn.RMSNorm):
 
 class LocalNorm:
     """A drop-in for megatron's `WrappedTorchNorm` in layer specs: `RMSNorm` above when the config asks
-    for RMSNorm, megatron's choice (with its checks) for anything else."""
+    for RMSNorm and the CPU acceleration is on, megatron's choice (with its checks) otherwise."""
 
     def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **kwargs):
         module = WrappedTorchNorm(config, hidden_size, eps, **kwargs)  # megatron's checks and choice
-        if type(module) is not torch.nn.RMSNorm:
+        if type(module) is not torch.nn.RMSNorm or not cpu_adapter.acceleration("rmsnorm_backward"):
             return module
         norm = RMSNorm(hidden_size, eps=eps)
         norm.load_state_dict(module.state_dict())
