@@ -2,27 +2,26 @@
 
 Each room that offers commands has a `commands.py` with `register(subparsers)`, which adds its
 subcommands, each with its own `--help` and a `func(args) -> int` default. This module only collects
-them; only rooms whose `commands.py` exists are registered, so every listed subcommand works.
+them from the explicit list below: every listed module is imported, and one that is missing or fails to
+import raises (a misspelled or broken room is an error, never a silently absent command).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
-# The rooms that may contribute subcommands, in the order they are listed in `--help`.
+# The modules that contribute subcommands, in the order they are listed in `--help`. A room that adds a
+# `commands.py` adds it here (tests/test_cli.py checks that none is left out).
 _COMMAND_ROOMS = (
     "cosmos_nemo.quickstart",
     "cosmos_nemo.data_prep.commands",
     "cosmos_nemo.tokenizers.commands",
     "cosmos_nemo.recipes.commands",
-    "cosmos_nemo.training.commands",
     "cosmos_nemo.checkpoint.commands",
     "cosmos_nemo.inference.commands",
     "cosmos_nemo.eval.commands",
-    "cosmos_nemo.parallel.commands",
 )
 
 
@@ -34,12 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_ROOMS:
-        try:
-            if importlib.util.find_spec(name) is None:
-                continue
-        except ModuleNotFoundError:
-            continue
-        importlib.import_module(name).register(sub)
+        importlib.import_module(name).register(sub)  # an import error surfaces: the command list is fixed
     return parser
 
 

@@ -19,10 +19,9 @@ fi
 python -m pip install -q -r requirements.txt
 python -m pip install -q --no-deps -e .
 if [ "${1:-}" = "--dev" ]; then
-  python -m pip install -q "pytest>=8" "pytest-timeout>=2.3"
-  # imageio-ffmpeg ships a static ffmpeg binary: the independent decoder the video tests and
-  # benchmarks/data_prep.py compare PyAV against when no ffmpeg is on PATH.
-  python -m pip install -q "imageio-ffmpeg>=0.5"
+  # The test/benchmark-only packages (pytest, the imageio-ffmpeg decoder, scipy, scikit-image): none of
+  # them depends on torch, so the CPU torch build above stays (the rule in requirements-dev.txt).
+  python -m pip install -q -r requirements-dev.txt
   # lpips is only the test peer for our LPIPS; --no-deps keeps it from pulling torchvision and CUDA torch.
   python -m pip install -q --no-deps "lpips>=0.1.4"
   # torchvision is imported only by that peer test, in a subprocess (see tests/test_eval_lpips.py).
