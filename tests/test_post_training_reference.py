@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fiddle as fdl
 import pytest
 import yaml
 
 from cosmos_nemo.data.synthetic import write_pattern_dataset
 from cosmos_nemo.post_training import general, video2world_finetuning
-from cosmos_nemo.post_training.common import infer_size
+from cosmos_nemo.post_training.common import infer_size, reference_recipe
 
 REFERENCE_FLAGS = ("--data_path", "--split_string", "--log_dir", "--global_batch_size", "--micro_batch_size", "--lr",
                    "--max_steps", "--save_every_n_steps", "--max_epochs", "--tensor_model_parallel_size", "--model_path")
@@ -55,6 +56,32 @@ def test_help_says_what_each_reference_flag_maps_to(capsys):
                       "optim.lr", "checkpoint.pretrained", "data.split_string"):
             assert field in text, (module.__name__, field)
         assert "hub id" in text and "dist-ckpt" in text and ".pt" in text
+
+
+def test_each_reference_flag_sets_its_recipe_field():
+    argv = ["--data_path", "/d/tokens", "--model_path", "/w/Cosmos-1.0-Autoregressive-12B/model.pt",
+            "--log_dir", "/out", "--experiment_name", "exp", "--tensor_model_parallel_size", "4", "--max_steps", "7",
+            "--max_epochs", "3", "--save_every_n_steps", "5", "--global_batch_size", "16", "--micro_batch_size", "4",
+            "--lr", "2e-5", "--split_string", "90,5,5", "--precision", "fp32", "trainer.z_loss=1e-4"]
+    args = general.build_parser().parse_intermixed_args(argv)
+    r = reference_recipe(args, "general", general.RECIPES, tuple(general.RECIPES))
+    assert fdl.build(r.model).name == "12b"  # the size read from the path picks the recipe
+    assert r.data.paths == ["/d/tokens"] and r.data.split_string == "90,5,5"
+    assert (r.data.global_batch_size, r.data.micro_batch_size) == (16, 4)
+    assert (r.checkpoint.pretrained, r.checkpoint.mode) == ("/w/Cosmos-1.0-Autoregressive-12B/model.pt", "finetune")
+    assert (r.checkpoint.output_root, r.checkpoint.name, r.checkpoint.save_interval) == ("/out", "exp", 5)
+    assert r.parallel.tensor == 4
+    assert (r.trainer.max_steps, r.trainer.max_epochs, r.trainer.precision, r.trainer.z_loss) == (7, 3, "fp32", 1e-4)
+    assert (r.optim.lr, r.optim.schedule, r.optim.warmup_steps) == (2e-5, "constant", 0)
+
+    # the reference's own defaults, and 'none' for random weights
+    args = video2world_finetuning.build_parser().parse_intermixed_args(
+        ["--data_path", "/v", "--model_path", "none", "--model_size", "tiny_v2w"])
+    r = reference_recipe(args, "video2world", video2world_finetuning.RECIPES, tuple(video2world_finetuning.RECIPES))
+    assert (r.checkpoint.pretrained, r.checkpoint.mode, r.checkpoint.name) == (None, "pretrain", "video2world_tiny_v2w")
+    assert (r.parallel.tensor, r.trainer.max_steps, r.data.global_batch_size, r.optim.lr) == (4, 10, 1, 5e-5)
+    assert r.trainer.precision == "fp32" and r.checkpoint.group == "autoregressive_video2world"  # the recipe's own
+    assert r.checkpoint.output_root == "./log_dir"
 
 
 def test_model_size_from_path_or_run_folder(tmp_path):

@@ -14,7 +14,7 @@ from nemo_run.core.serialization.zlib_json import ZlibJSONSerializer
 from cosmos_nemo.models.ar.config import ar_config
 from cosmos_nemo.recipes import ar
 from cosmos_nemo.recipes.overrides import OverrideError, apply_overrides, apply_toml, valid_keys
-from cosmos_nemo.recipes.registry import RECIPES, build_recipe, get_recipe
+from cosmos_nemo.recipes.registry import RECIPES, build_recipe, get_recipe, recipe_arguments
 from cosmos_nemo.tokenizers.grid import GridError
 from cosmos_nemo.training.config import OptimizerConfig
 from cosmos_nemo.training.trainer import train
@@ -189,10 +189,91 @@ def test_registry_names_and_recipe_arguments():
         get_recipe("cosmos_ar_4b_finetun")
     with pytest.raises(OverrideError, match="Did you mean 'frames'"):
         build_recipe("cosmos_ar_tiny_tokenizer_swap", {"frame": "9"})
-    p = build_recipe("cosmos_ar_tiny_finetune", {"data_paths": "[/x]", "max_steps": "5", "lr": "1e-3"})
-    assert (p.data.paths, p.trainer.max_steps, p.optim.lr) == (["/x"], 5, 1e-3)
+    p = build_recipe("cosmos_ar_tiny_tokenizer_swap", {"frames": "13", "resize_vocab": "false"})
+    assert fdl.build(p.model).max_grid == (4, 4, 6)
     # the recipe builds no side effects: the optimizer default of the trainer config is untouched
     assert OptimizerConfig().lr == 1e-4
+
+
+SWAP_ARGUMENTS = ["tokenizer", "frames", "height", "width", "tokenizer_vocab_size", "resize_vocab"]
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_only_derived_values_are_recipe_arguments(name):
+    """Fields are overrides; recipe arguments are kept for the values the latent grid derives from."""
+    expected = SWAP_ARGUMENTS if name.endswith("_tokenizer_swap") else []
+    assert list(recipe_arguments(name)) == expected
+
+
+@pytest.mark.parametrize("argument, override", [
+    ("max_steps", "trainer.max_steps=VALUE"), ("lr", "optim.lr=VALUE"), ("data_paths", "data.paths=VALUE"),
+    ("output_root", "checkpoint.output_root=VALUE"), ("pretrained", "checkpoint.pretrained=VALUE"),
+])
+def test_a_field_given_as_a_recipe_argument_names_its_override(argument, override):
+    with pytest.raises(OverrideError) as err:
+        build_recipe("cosmos_ar_tiny_finetune", {argument: "1"})
+    assert override in str(err.value) and "takes no arguments" in str(err.value)
+    with pytest.raises(OverrideError, match="trainer.max_steps=VALUE. Arguments: tokenizer, frames"):
+        build_recipe("cosmos_ar_tiny_tokenizer_swap", {"max_steps": "5"})
+
+
+# The values each recipe must keep (its docstring says where they come from). Columns: model, data task,
+# run-folder group and name, pretrained, TP, lr, schedule, steps, global/micro batch, split, precision,
+# checkpoint and validation interval, TensorBoard.
+_RELEASED = dict(lr=1e-4, schedule="constant", warmup=0, min_lr=0.0, wd=0.01, steps=300, gbs=32, mbs=2,
+                 split="10,1,1", precision="bf16", save=100, val=100, tensorboard=True)
+_TINY = dict(lr=3e-3, schedule="cosine", warmup=2, min_lr=3e-3 / 10, wd=0.05, steps=20, gbs=4, mbs=2, split="8,1,1",
+             precision="fp32", save=10, val=10, tensorboard=False)
+PINNED = {
+    "cosmos_ar_4b_finetune": dict(_RELEASED, model="4b", tp=2, pretrained=ar.HUB_IDS["4b"]),
+    "cosmos_ar_12b_finetune": dict(_RELEASED, model="12b", tp=8, pretrained=ar.HUB_IDS["12b"]),
+    "cosmos_ar_5b_v2w_finetune": dict(_RELEASED, model="5b_v2w", tp=2, pretrained=ar.HUB_IDS["5b_v2w"]),
+    "cosmos_ar_13b_v2w_finetune": dict(_RELEASED, model="13b_v2w", tp=8, pretrained=ar.HUB_IDS["13b_v2w"]),
+    "cosmos_ar_4b_tokenizer_swap": dict(_RELEASED, model="4b", tp=2, pretrained=ar.HUB_IDS["4b"], grid=(5, 40, 64)),
+    "cosmos_ar_12b_tokenizer_swap": dict(_RELEASED, model="12b", tp=8, pretrained=ar.HUB_IDS["12b"], grid=(5, 40, 64)),
+    "cosmos_ar_5b_v2w_tokenizer_swap": dict(_RELEASED, model="5b_v2w", tp=2, pretrained=ar.HUB_IDS["5b_v2w"],
+                                            grid=(5, 40, 64)),
+    "cosmos_ar_13b_v2w_tokenizer_swap": dict(_RELEASED, model="13b_v2w", tp=8, pretrained=ar.HUB_IDS["13b_v2w"],
+                                             grid=(5, 40, 64)),
+    "cosmos_ar_tiny_finetune": dict(_TINY, model="tiny", tp=1, pretrained=None),
+    "cosmos_ar_tiny_v2w_finetune": dict(_TINY, model="tiny_v2w", tp=1, pretrained=None),
+    "cosmos_ar_tiny_tokenizer_swap": dict(_TINY, model="tiny", tp=1, pretrained=None, grid=(3, 4, 6)),
+}
+
+
+def test_every_recipe_has_pinned_values():
+    assert set(PINNED) == set(RECIPES)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_recipe_values_are_pinned(name, tmp_path):
+    want = PINNED[name]
+    _, p = _built(build_recipe(name))
+    v2w = want["model"].endswith("v2w")
+    assert p["model"].name == want["model"]
+    assert p["model"].max_grid == want.get("grid", ar_config(want["model"]).max_grid)
+    assert p["data"].task == ("video2world" if v2w else "base") and p["data"].paths == []
+    assert (p["data"].global_batch_size, p["data"].micro_batch_size, p["data"].split_string) == (
+        want["gbs"], want["mbs"], want["split"])
+    assert p["data"].exclude_first_frame is False
+    assert (p["optim"].lr, p["optim"].min_lr, p["optim"].schedule, p["optim"].warmup_steps, p["optim"].weight_decay) == (
+        want["lr"], want["min_lr"], want["schedule"], want["warmup"], want["wd"])
+    assert (p["trainer"].max_steps, p["trainer"].precision, p["trainer"].val_interval, p["trainer"].z_loss) == (
+        want["steps"], want["precision"], want["val"], 0.0)
+    assert (p["parallel"].tensor, p["parallel"].pipeline, p["parallel"].context) == (want["tp"], 1, 1)
+    assert p["log"].tensorboard is want["tensorboard"]
+    ckpt = p["checkpoint"]
+    assert ckpt.pretrained == want["pretrained"]
+    assert ckpt.mode == ("finetune" if want["pretrained"] else "pretrain")
+    assert ckpt.save_interval == want["save"]
+    # the run folder: <output_root>/<project>/<group>/<recipe name>/
+    assert (ckpt.output_root, ckpt.project, ckpt.group, ckpt.name) == (
+        "runs", "cosmos_nemo", "autoregressive_video2world" if v2w else "autoregressive", name)
+
+
+def test_common_base_refuses_an_unknown_model():
+    with pytest.raises(ar.RecipeError, match="unknown AR model '7b'"):
+        ar.ar_finetune_common("7b", "x")
 
 
 def test_toml_overrides(tmp_path, monkeypatch):

@@ -23,8 +23,7 @@ def tiny_data(tmp_path_factory):
 
 
 def _tiny(data, *overrides):
-    recipe = build_recipe("cosmos_ar_tiny_finetune", {"data_paths": f"[{data}]"})
-    return apply_overrides(recipe, list(overrides))
+    return apply_overrides(build_recipe("cosmos_ar_tiny_finetune"), [f"data.paths=[{data}]", *overrides])
 
 
 def test_preflight_accepts_and_reports_the_decomposition(tiny_data):

@@ -1,7 +1,8 @@
 """What the kept reference commands share: their flags, the model-size rule, and the run under torchrun.
 
-Each command maps the reference flags onto a recipe (recipes/ar.py) and calls the recipe's train entry in
-every torchrun rank, exactly as `cosmos-nemo train` would after launching.
+Each command builds a recipe (recipes/ar.py), sets the recipe field each reference flag names (one flag,
+one field), and calls the recipe's train entry in every torchrun rank, exactly as `cosmos-nemo train` would
+after launching.
 """
 
 from __future__ import annotations
@@ -91,40 +92,49 @@ def _rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def reference_recipe(args: argparse.Namespace, script: str, recipes: dict[str, Callable], sizes: tuple[str, ...]):
+    """The recipe the reference flags describe: the size's recipe, each flag set on the field its --help
+    names, then the dotted overrides. Errors (no size, bad override) are raised, nothing is checked yet."""
+    from cosmos_nemo.recipes.launch import LaunchError
+    from cosmos_nemo.recipes.overrides import apply_overrides
+
+    model_path = None if (args.model_path or "").lower() in ("", "none") else args.model_path
+    size = args.model_size or infer_size(model_path, sizes)
+    if size is None:
+        raise LaunchError(
+            f"cannot tell the model size from --model_path {model_path!r}; pass --model_size ({', '.join(sizes)})"
+        )
+    recipe = recipes[size]()
+    recipe.data.paths = [args.data_path]
+    recipe.data.split_string = args.split_string
+    recipe.data.global_batch_size = args.global_batch_size
+    recipe.data.micro_batch_size = args.micro_batch_size
+    recipe.checkpoint.pretrained = model_path
+    recipe.checkpoint.mode = "finetune" if model_path else "pretrain"  # --model_path none: random weights
+    recipe.checkpoint.output_root = args.log_dir
+    recipe.checkpoint.name = args.experiment_name or f"{script}_{size}"
+    recipe.checkpoint.save_interval = args.save_every_n_steps
+    recipe.parallel.tensor = args.tensor_model_parallel_size
+    recipe.trainer.max_steps = args.max_steps
+    recipe.trainer.max_epochs = args.max_epochs
+    if args.precision:  # otherwise the recipe's own
+        recipe.trainer.precision = args.precision
+    recipe.optim.lr = args.lr
+    recipe.optim.schedule = "constant"  # the reference has no scheduler (so optim.min_lr has no effect)
+    recipe.optim.warmup_steps = 0
+    return apply_overrides(recipe, args.overrides)
+
+
 def run_reference(args: argparse.Namespace, script: str, recipes: dict[str, Callable], sizes: tuple[str, ...]) -> int:
     """Build the recipe from the reference flags, check it, and train in this torchrun rank."""
     import fiddle as fdl
 
     from cosmos_nemo.recipes import launch as L
-    from cosmos_nemo.recipes.overrides import OverrideError, apply_overrides
+    from cosmos_nemo.recipes.overrides import OverrideError
 
-    model_path = None if (args.model_path or "").lower() in ("", "none") else args.model_path
     try:
-        size = args.model_size or infer_size(model_path, sizes)
-        if size is None:
-            raise L.LaunchError(
-                f"cannot tell the model size from --model_path {model_path!r}; pass --model_size ({', '.join(sizes)})"
-            )
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        recipe = recipes[size](
-            data_paths=[args.data_path],
-            pretrained=model_path,
-            output_root=args.log_dir,
-            run_name=args.experiment_name or f"{script}_{size}",
-            max_steps=args.max_steps,
-            global_batch_size=args.global_batch_size,
-            micro_batch_size=args.micro_batch_size,
-            lr=args.lr,
-            tensor_parallel=args.tensor_model_parallel_size,
-            split_string=args.split_string,
-            save_interval=args.save_every_n_steps,
-        )
-        recipe.optim.schedule, recipe.optim.warmup_steps = "constant", 0  # the reference has no scheduler
-        recipe.trainer.max_epochs = args.max_epochs
-        if args.precision:
-            recipe.trainer.precision = args.precision
-        apply_overrides(recipe, args.overrides)
-        notes = L.preflight(recipe, world)
+        recipe = reference_recipe(args, script, recipes, sizes)
+        notes = L.preflight(recipe, int(os.environ.get("WORLD_SIZE", "1")))
         recipe.checkpoint.pretrained = L.resolve_pretrained(recipe.checkpoint.pretrained)
     except (OverrideError, L.LaunchError, ValueError) as err:
         if _rank0():

@@ -1,9 +1,15 @@
 """Recipes for the Cosmos autoregressive (AR) models: 4B/12B base, 5B/13B Video2World, and tiny CPU variants.
 
-A recipe is a function with typed, defaulted arguments that returns
-`nemo_run.Partial(train, model=..., data=..., optim=..., trainer=..., checkpoint=..., parallel=..., log=...)`.
-Every component is a `run.Config` of its dataclass (nested dataclasses too), dtypes are strings, and
-nothing is read or written while a recipe is built: the launcher validates data and sizes before a run.
+A recipe returns `nemo_run.Partial(train, model=..., data=..., optim=..., trainer=..., checkpoint=...,
+parallel=..., log=...)`. Every component is a `run.Config` of its dataclass (nested dataclasses too), dtypes
+are strings, and nothing is read or written while a recipe is built: the launcher validates data and sizes
+before a run.
+
+The shape is Megatron-Bridge's: one common base, `ar_finetune_common`, writes the shared defaults once;
+`ar_tiny_common` sets the CPU deltas on top of it; each named recipe sets only what differs, one field per
+line. Anything else is changed at launch by dotted overrides (`data.paths=[...]`, `trainer.max_steps=100`,
+`checkpoint.output_root=...`) or a TOML file. Recipe arguments exist only where one value derives several
+fields: the tokenizer-swap recipes' tokenizer and clip shape, which give the latent grid and vocabulary.
 
 Where the defaults come from:
 - seed 003 (the NeMo tokenizer-swap tutorial, which drives NeMo's `general.py`): lr 1e-4, ~300 steps,
@@ -16,7 +22,6 @@ Where the defaults come from:
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import nemo_run as run
 
@@ -30,6 +35,13 @@ from cosmos_nemo.training.trainer import train
 # The tokenizer each released AR model was trained with, and the clip it sees (ar_models.md §3).
 REFERENCE_TOKENIZER = "Cosmos-1.0-Tokenizer-DV8x16x16"
 REFERENCE_CLIP = (33, 640, 1024)  # frames, height, width -> 5x40x64 latent grid at 8x16x16
+
+# The seed 003 tutorial's swap: DV4x8x8 at 17x320x512 gives the same 5x40x64 grid (12,800 tokens).
+SWAP_TOKENIZER = "Cosmos-0.1-Tokenizer-DV4x8x8"
+SWAP_CLIP = (17, 320, 512)  # frames, height, width
+# The tiny models' swap: DV4x8x8 at 9x32x48 gives their own 3x4x6 grid (72 tokens).
+TINY_SWAP_TOKENIZER = "DV4x8x8"
+TINY_SWAP_CLIP = (9, 32, 48)
 
 # Hub ids of the released checkpoints (the reference scripts' --model_path defaults).
 HUB_IDS = {
@@ -63,186 +75,151 @@ def model_config(name: str, **overrides) -> run.Config:
     return run.Config(ARModelConfig, **fields)
 
 
-def _recipe(
-    *,
-    model: run.Config,
-    run_name: str,
-    data_paths: Optional[list[str]],
-    output_root: str,
-    pretrained: Optional[str],
-    max_steps: int,
-    global_batch_size: int,
-    micro_batch_size: int,
-    lr: float,
-    tensor_parallel: int,
-    pipeline_parallel: int,
-    split_string: str,
-    precision: str,
-    schedule: str = "constant",
-    warmup_steps: int = 0,
-    weight_decay: float = 0.01,
-    min_lr: float = 0.0,
-    z_loss: float = 0.0,
-    exclude_first_frame: bool = False,
-    save_interval: int = 100,
-    val_interval: int = 100,
-    group: str = "autoregressive",
-    task: str = "base",
-    tensorboard: bool = True,
-) -> run.Partial:
-    """The one shape every AR recipe shares; each recipe sets its differences by keyword."""
+# --------------------------------------------------------------------------------------------------
+# the common bases
+
+
+def ar_finetune_common(model: str, name: str) -> run.Partial:
+    """Every AR recipe starts here: the named architecture `model` (`models.ar.config.NAMED_CONFIGS`)
+    with the seed 003 tutorial's hyper-parameters, written once: lr 1e-4 constant (NeMo's scripts have no
+    scheduler), 300 steps, global batch 32, micro batch 2, split 10,1,1, bf16, a checkpoint and a
+    validation every 100 steps. `name` is the run folder's name.
+
+    A Video2World model reads Video2World data (BOV/PAD framing, prompt embeddings) and writes its runs
+    under its own group, so both follow the model. No weights are named here (`checkpoint.pretrained` is
+    None with mode "finetune", which the launcher refuses): each named recipe says which weights it starts
+    from. Data paths are left empty for the command line (`data.paths=[...]`).
+    """
+    if model not in NAMED_CONFIGS:
+        raise RecipeError(f"unknown AR model {model!r}; choose one of {sorted(NAMED_CONFIGS)}")
+    video2world = bool(NAMED_CONFIGS[model].get("video2world"))
     return run.Partial(
         train,
-        model=model,
+        model=model_config(model),
         data=run.Config(
             ARDataConfig,
-            paths=list(data_paths or []),
-            split_string=split_string,
-            micro_batch_size=micro_batch_size,
-            global_batch_size=global_batch_size,
-            exclude_first_frame=exclude_first_frame,
-            task=task,
+            paths=[],
+            split_string="10,1,1",
+            micro_batch_size=2,
+            global_batch_size=32,
+            exclude_first_frame=False,
+            task="video2world" if video2world else "base",
         ),
         optim=run.Config(
-            OptimizerConfig, lr=lr, min_lr=min_lr, weight_decay=weight_decay, schedule=schedule,
-            warmup_steps=warmup_steps,
+            OptimizerConfig,
+            lr=1e-4,
+            min_lr=0.0,
+            weight_decay=0.01,
+            schedule="constant",
+            warmup_steps=0,
         ),
         trainer=run.Config(
-            TrainerConfig, max_steps=max_steps, precision=precision, z_loss=z_loss, val_interval=val_interval,
+            TrainerConfig,
+            max_steps=300,
+            precision="bf16",
+            z_loss=0.0,
+            val_interval=100,
         ),
         checkpoint=run.Config(
             CheckpointConfig,
-            output_root=output_root,
+            output_root="runs",
             project="cosmos_nemo",
-            group=group,
-            name=run_name,
-            save_interval=save_interval,
-            mode="finetune" if pretrained else "pretrain",
-            pretrained=pretrained,
+            group="autoregressive_video2world" if video2world else "autoregressive",
+            name=name,
+            save_interval=100,
+            mode="finetune",
+            pretrained=None,
         ),
-        parallel=run.Config(ParallelConfig, tensor=tensor_parallel, pipeline=pipeline_parallel, context=1),
-        log=run.Config(LogConfig, tensorboard=tensorboard),
+        parallel=run.Config(ParallelConfig, tensor=1, pipeline=1, context=1),
+        log=run.Config(LogConfig, tensorboard=True),
     )
+
+
+def ar_tiny_common(model: str, name: str) -> run.Partial:
+    """The tiny variants' base: `ar_finetune_common` with what a CPU run in seconds needs instead.
+
+    The optimizer takes the native cosmos-predict1 trainer's shape (AdamW, weight decay 0.05, linear
+    warm-up then cosine), with the learning rate raised (3e-3, decaying to a tenth of it) and the run
+    shortened (20 steps, global batch 4, a checkpoint and a validation every 10 steps) for a model this
+    small; fp32, split 8,1,1, no TensorBoard. It starts from random weights: `checkpoint.pretrained=PATH`
+    on the command line switches it to fine-tuning. An `optim.lr` override leaves `optim.min_lr` at 3e-4;
+    set both to keep the ratio.
+    """
+    recipe = ar_finetune_common(model, name)
+    recipe.checkpoint.mode = "pretrain"
+    recipe.checkpoint.save_interval = 10
+    recipe.trainer.max_steps = 20
+    recipe.trainer.precision = "fp32"
+    recipe.trainer.val_interval = 10
+    recipe.data.global_batch_size = 4
+    recipe.data.split_string = "8,1,1"
+    recipe.optim.lr = 3e-3
+    recipe.optim.min_lr = recipe.optim.lr / 10
+    recipe.optim.schedule = "cosine"
+    recipe.optim.warmup_steps = 2
+    recipe.optim.weight_decay = 0.05
+    recipe.log.tensorboard = False
+    return recipe
 
 
 # --------------------------------------------------------------------------------------------------
 # released sizes: fine-tuning with the seed-003 tutorial's hyper-parameters
 
 
-def cosmos_ar_4b_finetune(
-    data_paths: Optional[list[str]] = None,
-    pretrained: Optional[str] = HUB_IDS["4b"],
-    output_root: str = "runs",
-    run_name: str = "cosmos_ar_4b_finetune",
-    max_steps: int = 300,
-    global_batch_size: int = 32,
-    micro_batch_size: int = 2,
-    lr: float = 1e-4,
-    tensor_parallel: int = 2,
-    split_string: str = "10,1,1",
-    precision: str = "bf16",
-    save_interval: int = 100,
-) -> run.Partial:
+def cosmos_ar_4b_finetune() -> run.Partial:
     """Fine-tune Cosmos-1.0-Autoregressive-4B on a token dataset (`prepare ar-tokens` output).
 
-    Defaults: the seed 003 tutorial (NeMo `general.py`): lr 1e-4 constant, ~300 steps (about one epoch
-    of 10,000 clips = 128 M tokens), global batch 32, micro batch 2, split 10,1,1, bf16. TP=2 is the
-    tutorial's 2-GPU support-matrix entry for the 4B model; DP is whatever the world size leaves.
-    `pretrained`: a Cosmos `.pt`/`.safetensors`, a dist-ckpt `model/` folder, a run folder or a hub id
-    (hub ids are downloaded by the launcher before the run starts).
+    Defaults: the seed 003 tutorial (NeMo `general.py`), from `ar_finetune_common`: lr 1e-4 constant, ~300
+    steps (about one epoch of 10,000 clips = 128 M tokens), global batch 32, micro batch 2, split 10,1,1,
+    bf16. TP=2 is the tutorial's 2-GPU support-matrix entry for the 4B model; DP is whatever the world size
+    leaves. `checkpoint.pretrained` may be a Cosmos `.pt`/`.safetensors`, a dist-ckpt `model/` folder, a
+    run folder or a hub id (hub ids are downloaded by the launcher before the run starts).
     """
-    return _recipe(
-        model=model_config("4b"), run_name=run_name, data_paths=data_paths, output_root=output_root,
-        pretrained=pretrained, max_steps=max_steps, global_batch_size=global_batch_size,
-        micro_batch_size=micro_batch_size, lr=lr, tensor_parallel=tensor_parallel, pipeline_parallel=1,
-        split_string=split_string, precision=precision, save_interval=save_interval,
-    )
+    recipe = ar_finetune_common("4b", "cosmos_ar_4b_finetune")
+    recipe.checkpoint.pretrained = HUB_IDS["4b"]
+    recipe.parallel.tensor = 2
+    return recipe
 
 
-def cosmos_ar_12b_finetune(
-    data_paths: Optional[list[str]] = None,
-    pretrained: Optional[str] = HUB_IDS["12b"],
-    output_root: str = "runs",
-    run_name: str = "cosmos_ar_12b_finetune",
-    max_steps: int = 300,
-    global_batch_size: int = 32,
-    micro_batch_size: int = 2,
-    lr: float = 1e-4,
-    tensor_parallel: int = 8,
-    split_string: str = "10,1,1",
-    precision: str = "bf16",
-    save_interval: int = 100,
-) -> run.Partial:
+def cosmos_ar_12b_finetune() -> run.Partial:
     """Fine-tune Cosmos-1.0-Autoregressive-12B (YaRN 3D RoPE) on a token dataset.
 
-    Defaults: the seed 003 tutorial: lr 1e-4 constant, ~300 steps, global batch 32, micro batch 2,
-    split 10,1,1, bf16; TP=8 (the tutorial's 8-GPU command and support-matrix entry for 12B).
+    Defaults: the seed 003 tutorial, from `ar_finetune_common`: lr 1e-4 constant, ~300 steps, global batch
+    32, micro batch 2, split 10,1,1, bf16; TP=8 (the tutorial's 8-GPU command and support-matrix entry for
+    12B).
     """
-    return _recipe(
-        model=model_config("12b"), run_name=run_name, data_paths=data_paths, output_root=output_root,
-        pretrained=pretrained, max_steps=max_steps, global_batch_size=global_batch_size,
-        micro_batch_size=micro_batch_size, lr=lr, tensor_parallel=tensor_parallel, pipeline_parallel=1,
-        split_string=split_string, precision=precision, save_interval=save_interval,
-    )
+    recipe = ar_finetune_common("12b", "cosmos_ar_12b_finetune")
+    recipe.checkpoint.pretrained = HUB_IDS["12b"]
+    recipe.parallel.tensor = 8
+    return recipe
 
 
-def cosmos_ar_5b_v2w_finetune(
-    data_paths: Optional[list[str]] = None,
-    pretrained: Optional[str] = HUB_IDS["5b_v2w"],
-    output_root: str = "runs",
-    run_name: str = "cosmos_ar_5b_v2w_finetune",
-    max_steps: int = 300,
-    global_batch_size: int = 32,
-    micro_batch_size: int = 2,
-    lr: float = 1e-4,
-    tensor_parallel: int = 2,
-    split_string: str = "10,1,1",
-    precision: str = "bf16",
-    save_interval: int = 100,
-) -> run.Partial:
-    """Fine-tune Cosmos-1.0-Autoregressive-5B-Video2World on a Video2World token dataset (clips framed
-    as [BOV] + ids + PAD to a multiple of 64, with T5 prompt embeddings).
+def cosmos_ar_5b_v2w_finetune() -> run.Partial:
+    """Fine-tune Cosmos-1.0-Autoregressive-5B-Video2World on a Video2World token dataset.
+
+    Clips are framed as [BOV] + ids + PAD to a multiple of 64, with T5 prompt embeddings.
 
     Defaults: the seed 003 tutorial's hyper-parameters (lr 1e-4 constant, ~300 steps, global batch 32,
-    micro batch 2, bf16), which it applies to the Video2World models too; TP=2 (2-GPU support-matrix
-    entry for 5B).
+    micro batch 2, bf16), which it applies to the Video2World models too, from `ar_finetune_common`; TP=2
+    (2-GPU support-matrix entry for 5B).
     """
-    return _recipe(
-        model=model_config("5b_v2w"), run_name=run_name, data_paths=data_paths, output_root=output_root,
-        pretrained=pretrained, max_steps=max_steps, global_batch_size=global_batch_size,
-        micro_batch_size=micro_batch_size, lr=lr, tensor_parallel=tensor_parallel, pipeline_parallel=1,
-        split_string=split_string, precision=precision, save_interval=save_interval, task="video2world",
-        group="autoregressive_video2world",
-    )
+    recipe = ar_finetune_common("5b_v2w", "cosmos_ar_5b_v2w_finetune")
+    recipe.checkpoint.pretrained = HUB_IDS["5b_v2w"]
+    recipe.parallel.tensor = 2
+    return recipe
 
 
-def cosmos_ar_13b_v2w_finetune(
-    data_paths: Optional[list[str]] = None,
-    pretrained: Optional[str] = HUB_IDS["13b_v2w"],
-    output_root: str = "runs",
-    run_name: str = "cosmos_ar_13b_v2w_finetune",
-    max_steps: int = 300,
-    global_batch_size: int = 32,
-    micro_batch_size: int = 2,
-    lr: float = 1e-4,
-    tensor_parallel: int = 8,
-    split_string: str = "10,1,1",
-    precision: str = "bf16",
-    save_interval: int = 100,
-) -> run.Partial:
+def cosmos_ar_13b_v2w_finetune() -> run.Partial:
     """Fine-tune Cosmos-1.0-Autoregressive-13B-Video2World (YaRN + cross-attention) on a Video2World
     token dataset.
 
-    Defaults: the seed 003 tutorial (lr 1e-4 constant, ~300 steps, global batch 32, micro batch 2,
-    bf16); TP=8 (8-GPU support-matrix entry for 13B).
+    Defaults: the seed 003 tutorial (lr 1e-4 constant, ~300 steps, global batch 32, micro batch 2, bf16),
+    from `ar_finetune_common`; TP=8 (8-GPU support-matrix entry for 13B).
     """
-    return _recipe(
-        model=model_config("13b_v2w"), run_name=run_name, data_paths=data_paths, output_root=output_root,
-        pretrained=pretrained, max_steps=max_steps, global_batch_size=global_batch_size,
-        micro_batch_size=micro_batch_size, lr=lr, tensor_parallel=tensor_parallel, pipeline_parallel=1,
-        split_string=split_string, precision=precision, save_interval=save_interval, task="video2world",
-        group="autoregressive_video2world",
-    )
+    recipe = ar_finetune_common("13b_v2w", "cosmos_ar_13b_v2w_finetune")
+    recipe.checkpoint.pretrained = HUB_IDS["13b_v2w"]
+    recipe.parallel.tensor = 8
+    return recipe
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,217 +269,129 @@ def swap_model_config(
     return model_config(base, **changes)
 
 
-def _swap_recipe(base_recipe, base: str, tokenizer: str, frames: int, height: int, width: int,
-                 tokenizer_vocab_size: int, resize_vocab: bool, run_name: str, **kwargs) -> run.Partial:
-    recipe = base_recipe(run_name=run_name, **kwargs)
-    recipe.model = swap_model_config(base, tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab)
-    return recipe
-
-
 def cosmos_ar_4b_tokenizer_swap(
-    data_paths: Optional[list[str]] = None,
-    tokenizer: str = "Cosmos-0.1-Tokenizer-DV4x8x8",
-    frames: int = 17,
-    height: int = 320,
-    width: int = 512,
+    tokenizer: str = SWAP_TOKENIZER,
+    frames: int = SWAP_CLIP[0],
+    height: int = SWAP_CLIP[1],
+    width: int = SWAP_CLIP[2],
     tokenizer_vocab_size: int = FSQ_VOCAB,
     resize_vocab: bool = False,
-    pretrained: Optional[str] = HUB_IDS["4b"],
-    output_root: str = "runs",
-    run_name: str = "cosmos_ar_4b_tokenizer_swap",
-    max_steps: int = 300,
-    global_batch_size: int = 32,
-    micro_batch_size: int = 2,
-    lr: float = 1e-4,
-    tensor_parallel: int = 2,
-    precision: str = "bf16",
 ) -> run.Partial:
     """Post-train the 4B model (trained on DV8x16x16) on data from another tokenizer.
 
     Defaults: the seed 003 tutorial: DV4x8x8 at 17x320x512 (latent grid 5x40x64, the same 12,800-token
-    sequence), lr 1e-4, ~300 steps, global batch 32, micro batch 2, split 10,1,1. The grid is recomputed
-    from frames/height/width/tokenizer (an inconsistent combination is refused with the arithmetic).
+    sequence), and `cosmos_ar_4b_finetune`'s lr 1e-4, ~300 steps, global batch 32, micro batch 2, split
+    10,1,1, TP=2. The grid is recomputed from frames/height/width/tokenizer (an inconsistent combination is
+    refused with the arithmetic); the arguments are given as `--recipe-arg frames=17`.
     """
-    return _swap_recipe(
-        cosmos_ar_4b_finetune, "4b", tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab, run_name,
-        data_paths=data_paths, pretrained=pretrained, output_root=output_root, max_steps=max_steps,
-        global_batch_size=global_batch_size, micro_batch_size=micro_batch_size, lr=lr,
-        tensor_parallel=tensor_parallel, precision=precision,
-    )
+    recipe = cosmos_ar_4b_finetune()
+    recipe.model = swap_model_config("4b", tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab)
+    recipe.checkpoint.name = "cosmos_ar_4b_tokenizer_swap"
+    return recipe
 
 
 def cosmos_ar_12b_tokenizer_swap(
-    data_paths: Optional[list[str]] = None,
-    tokenizer: str = "Cosmos-0.1-Tokenizer-DV4x8x8",
-    frames: int = 17,
-    height: int = 320,
-    width: int = 512,
+    tokenizer: str = SWAP_TOKENIZER,
+    frames: int = SWAP_CLIP[0],
+    height: int = SWAP_CLIP[1],
+    width: int = SWAP_CLIP[2],
     tokenizer_vocab_size: int = FSQ_VOCAB,
     resize_vocab: bool = False,
-    pretrained: Optional[str] = HUB_IDS["12b"],
-    output_root: str = "runs",
-    run_name: str = "cosmos_ar_12b_tokenizer_swap",
-    max_steps: int = 300,
-    global_batch_size: int = 32,
-    micro_batch_size: int = 2,
-    lr: float = 1e-4,
-    tensor_parallel: int = 8,
-    precision: str = "bf16",
 ) -> run.Partial:
-    """Post-train the 12B model on data from another tokenizer (seed 003 defaults: DV4x8x8, 17x320x512,
-    lr 1e-4, ~300 steps, global batch 32). YaRN keeps its original latent shape; the grid is recomputed."""
-    return _swap_recipe(
-        cosmos_ar_12b_finetune, "12b", tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab,
-        run_name, data_paths=data_paths, pretrained=pretrained, output_root=output_root, max_steps=max_steps,
-        global_batch_size=global_batch_size, micro_batch_size=micro_batch_size, lr=lr,
-        tensor_parallel=tensor_parallel, precision=precision,
-    )
+    """Post-train the 12B model on data from another tokenizer.
+
+    Defaults: seed 003: DV4x8x8, 17x320x512; lr 1e-4, ~300 steps, global batch 32, TP=8 from
+    `cosmos_ar_12b_finetune`. YaRN keeps its original latent shape; the grid is recomputed.
+    """
+    recipe = cosmos_ar_12b_finetune()
+    recipe.model = swap_model_config("12b", tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab)
+    recipe.checkpoint.name = "cosmos_ar_12b_tokenizer_swap"
+    return recipe
 
 
 def cosmos_ar_5b_v2w_tokenizer_swap(
-    data_paths: Optional[list[str]] = None,
-    tokenizer: str = "Cosmos-0.1-Tokenizer-DV4x8x8",
-    frames: int = 17,
-    height: int = 320,
-    width: int = 512,
+    tokenizer: str = SWAP_TOKENIZER,
+    frames: int = SWAP_CLIP[0],
+    height: int = SWAP_CLIP[1],
+    width: int = SWAP_CLIP[2],
     tokenizer_vocab_size: int = FSQ_VOCAB,
     resize_vocab: bool = False,
-    pretrained: Optional[str] = HUB_IDS["5b_v2w"],
-    output_root: str = "runs",
-    run_name: str = "cosmos_ar_5b_v2w_tokenizer_swap",
-    max_steps: int = 300,
-    global_batch_size: int = 32,
-    micro_batch_size: int = 2,
-    lr: float = 1e-4,
-    tensor_parallel: int = 2,
-    precision: str = "bf16",
 ) -> run.Partial:
-    """Post-train the 5B Video2World model on data from another tokenizer (seed 003's Video2World
-    section: DV4x8x8 at 17x320x512, lr 1e-4; ~300 steps and global batch 32 from its base-model recipe)."""
-    return _swap_recipe(
-        cosmos_ar_5b_v2w_finetune, "5b_v2w", tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab,
-        run_name, data_paths=data_paths, pretrained=pretrained, output_root=output_root, max_steps=max_steps,
-        global_batch_size=global_batch_size, micro_batch_size=micro_batch_size, lr=lr,
-        tensor_parallel=tensor_parallel, precision=precision,
-    )
+    """Post-train the 5B Video2World model on data from another tokenizer.
+
+    Defaults: seed 003's Video2World section: DV4x8x8 at 17x320x512, lr 1e-4; ~300 steps and global batch
+    32 from its base-model recipe, TP=2 from `cosmos_ar_5b_v2w_finetune`.
+    """
+    recipe = cosmos_ar_5b_v2w_finetune()
+    recipe.model = swap_model_config("5b_v2w", tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab)
+    recipe.checkpoint.name = "cosmos_ar_5b_v2w_tokenizer_swap"
+    return recipe
 
 
 def cosmos_ar_13b_v2w_tokenizer_swap(
-    data_paths: Optional[list[str]] = None,
-    tokenizer: str = "Cosmos-0.1-Tokenizer-DV4x8x8",
-    frames: int = 17,
-    height: int = 320,
-    width: int = 512,
+    tokenizer: str = SWAP_TOKENIZER,
+    frames: int = SWAP_CLIP[0],
+    height: int = SWAP_CLIP[1],
+    width: int = SWAP_CLIP[2],
     tokenizer_vocab_size: int = FSQ_VOCAB,
     resize_vocab: bool = False,
-    pretrained: Optional[str] = HUB_IDS["13b_v2w"],
-    output_root: str = "runs",
-    run_name: str = "cosmos_ar_13b_v2w_tokenizer_swap",
-    max_steps: int = 300,
-    global_batch_size: int = 32,
-    micro_batch_size: int = 2,
-    lr: float = 1e-4,
-    tensor_parallel: int = 8,
-    precision: str = "bf16",
 ) -> run.Partial:
-    """Post-train the 13B Video2World model on data from another tokenizer (seed 003 defaults)."""
-    return _swap_recipe(
-        cosmos_ar_13b_v2w_finetune, "13b_v2w", tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab,
-        run_name, data_paths=data_paths, pretrained=pretrained, output_root=output_root, max_steps=max_steps,
-        global_batch_size=global_batch_size, micro_batch_size=micro_batch_size, lr=lr,
-        tensor_parallel=tensor_parallel, precision=precision,
-    )
+    """Post-train the 13B Video2World model on data from another tokenizer.
+
+    Defaults: seed 003: DV4x8x8 at 17x320x512; the rest from `cosmos_ar_13b_v2w_finetune`.
+    """
+    recipe = cosmos_ar_13b_v2w_finetune()
+    recipe.model = swap_model_config("13b_v2w", tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab)
+    recipe.checkpoint.name = "cosmos_ar_13b_v2w_tokenizer_swap"
+    return recipe
 
 
 # --------------------------------------------------------------------------------------------------
 # tiny: the same code on a CPU in seconds
 
 
-def cosmos_ar_tiny_finetune(
-    data_paths: Optional[list[str]] = None,
-    pretrained: Optional[str] = None,
-    output_root: str = "runs",
-    run_name: str = "cosmos_ar_tiny_finetune",
-    max_steps: int = 20,
-    global_batch_size: int = 4,
-    micro_batch_size: int = 2,
-    lr: float = 3e-3,
-    tensor_parallel: int = 1,
-    split_string: str = "8,1,1",
-    precision: str = "fp32",
-    save_interval: int = 10,
-) -> run.Partial:
-    """A 2-layer, 256-wide model of the real block structure (GQA, QK-norm, SwiGLU, 3D RoPE, FSQ 64,000
-    vocabulary) that trains on a CPU in seconds: for smoke tests, TP/PP/DP checks and the quickstart.
+def cosmos_ar_tiny_finetune() -> run.Partial:
+    """A 2-layer, 256-wide AR model of the real block structure that trains on a CPU in seconds.
 
-    Defaults: the native cosmos-predict1 trainer's optimizer shape (AdamW, weight decay 0.05, linear
-    warm-up then cosine), with the learning rate raised and the run shortened for a model this small.
-    Starts from random weights unless `pretrained` is given. Its data must hold 64,000-code clips on grids
-    no larger than 3x4x6 tokens (72), e.g. `data.synthetic.write_pattern_dataset(..., vocab_size=64000)`.
+    GQA, QK-norm, SwiGLU, 3D RoPE, FSQ 64,000 vocabulary: for smoke tests, TP/PP/DP checks and the
+    quickstart.
+
+    Defaults: `ar_tiny_common`, i.e. the native cosmos-predict1 trainer's optimizer shape (AdamW, weight
+    decay 0.05, linear warm-up then cosine), with the learning rate raised and the run shortened for a
+    model this small. Starts from random weights unless `checkpoint.pretrained` is given. Its data must
+    hold 64,000-code clips on grids no larger than 3x4x6 tokens (72), e.g.
+    `data.synthetic.write_pattern_dataset(..., vocab_size=64000)`.
     """
-    return _recipe(
-        model=model_config("tiny"), run_name=run_name, data_paths=data_paths, output_root=output_root,
-        pretrained=pretrained, max_steps=max_steps, global_batch_size=global_batch_size,
-        micro_batch_size=micro_batch_size, lr=lr, tensor_parallel=tensor_parallel, pipeline_parallel=1,
-        split_string=split_string, precision=precision, schedule="cosine", warmup_steps=2, weight_decay=0.05,
-        min_lr=lr / 10, save_interval=save_interval, val_interval=save_interval, tensorboard=False,
-    )
+    return ar_tiny_common("tiny", "cosmos_ar_tiny_finetune")
 
 
-def cosmos_ar_tiny_v2w_finetune(
-    data_paths: Optional[list[str]] = None,
-    pretrained: Optional[str] = None,
-    output_root: str = "runs",
-    run_name: str = "cosmos_ar_tiny_v2w_finetune",
-    max_steps: int = 20,
-    global_batch_size: int = 4,
-    micro_batch_size: int = 2,
-    lr: float = 3e-3,
-    tensor_parallel: int = 1,
-    split_string: str = "8,1,1",
-    precision: str = "fp32",
-    save_interval: int = 10,
-) -> run.Partial:
-    """The tiny model with Video2World cross-attention (384-wide, 16-token text context), BOV/PAD framing
-    and the absolute positional embedding; trains on a CPU in seconds.
+def cosmos_ar_tiny_v2w_finetune() -> run.Partial:
+    """The tiny model with Video2World cross-attention; trains on a CPU in seconds.
 
-    Defaults: as `cosmos_ar_tiny_finetune` (native trainer's optimizer shape, shortened). Its data must be
-    a Video2World token dataset with 384-wide text embeddings (e.g. `write_pattern_dataset(...,
-    task="video2world", vocab_size=64000, text_dim=384, text_length=16)`).
+    384-wide, 16-token text context, BOV/PAD framing and the absolute positional embedding.
+
+    Defaults: `ar_tiny_common`, as `cosmos_ar_tiny_finetune` (native trainer's optimizer shape,
+    shortened). Its data must be a Video2World token dataset with 384-wide text embeddings (e.g.
+    `write_pattern_dataset(..., task="video2world", vocab_size=64000, text_dim=384, text_length=16)`).
     """
-    return _recipe(
-        model=model_config("tiny_v2w"), run_name=run_name, data_paths=data_paths, output_root=output_root,
-        pretrained=pretrained, max_steps=max_steps, global_batch_size=global_batch_size,
-        micro_batch_size=micro_batch_size, lr=lr, tensor_parallel=tensor_parallel, pipeline_parallel=1,
-        split_string=split_string, precision=precision, schedule="cosine", warmup_steps=2, weight_decay=0.05,
-        min_lr=lr / 10, save_interval=save_interval, val_interval=save_interval, task="video2world",
-        group="autoregressive_video2world", tensorboard=False,
-    )
+    return ar_tiny_common("tiny_v2w", "cosmos_ar_tiny_v2w_finetune")
 
 
 def cosmos_ar_tiny_tokenizer_swap(
-    data_paths: Optional[list[str]] = None,
-    tokenizer: str = "DV4x8x8",
-    frames: int = 9,
-    height: int = 32,
-    width: int = 48,
+    tokenizer: str = TINY_SWAP_TOKENIZER,
+    frames: int = TINY_SWAP_CLIP[0],
+    height: int = TINY_SWAP_CLIP[1],
+    width: int = TINY_SWAP_CLIP[2],
     tokenizer_vocab_size: int = FSQ_VOCAB,
     resize_vocab: bool = False,
-    pretrained: Optional[str] = None,
-    output_root: str = "runs",
-    run_name: str = "cosmos_ar_tiny_tokenizer_swap",
-    max_steps: int = 20,
-    global_batch_size: int = 4,
-    micro_batch_size: int = 2,
-    lr: float = 3e-3,
-    tensor_parallel: int = 1,
-    precision: str = "fp32",
 ) -> run.Partial:
-    """The tokenizer-swap recipe at tiny size: DV4x8x8 at 9x32x48 gives a 3x4x6 grid (72 tokens), the
-    tiny model's own grid; other frames/resolutions are recomputed or refused with the arithmetic."""
-    return _swap_recipe(
-        cosmos_ar_tiny_finetune, "tiny", tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab,
-        run_name, data_paths=data_paths, pretrained=pretrained, output_root=output_root, max_steps=max_steps,
-        global_batch_size=global_batch_size, micro_batch_size=micro_batch_size, lr=lr,
-        tensor_parallel=tensor_parallel, precision=precision,
-    )
+    """The tokenizer-swap recipe at tiny size, on a CPU in seconds.
+
+    Defaults: DV4x8x8 at 9x32x48 gives a 3x4x6 grid (72 tokens), the tiny model's own grid; other
+    frames/resolutions are recomputed or refused with the arithmetic. The rest is
+    `cosmos_ar_tiny_finetune`'s.
+    """
+    recipe = cosmos_ar_tiny_finetune()
+    recipe.model = swap_model_config("tiny", tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab)
+    recipe.checkpoint.name = "cosmos_ar_tiny_tokenizer_swap"
+    return recipe

@@ -10,11 +10,17 @@ from pathlib import Path
 _EPILOG = """examples:
   cosmos-nemo train --list
   cosmos-nemo train cosmos_ar_tiny_finetune data.paths=[./tokens] --nproc 2 parallel.tensor=2
+  cosmos-nemo train cosmos_ar_4b_finetune data.paths=[/data/tokens] checkpoint.output_root=/runs \\
+      checkpoint.name=my_4b trainer.max_steps=1000 optim.lr=5e-5 checkpoint.pretrained=/ckpts/4B/model.pt --nproc 8
   cosmos-nemo train cosmos_ar_4b_tokenizer_swap --recipe-arg frames=17 --recipe-arg height=320 \\
       --recipe-arg width=512 data.paths=[./my_4x8x8_tokens] --nproc 8 parallel.tensor=8
   cosmos-nemo train cosmos_ar_12b_finetune data.paths=[/data/tokens] --executor slurm --nodes 4 \\
       --gpus-per-node 8 --account ACCT --partition batch --time 04:00:00 \\
       --container-image nvcr.io/ORG/cosmos-nemo:latest --mounts /lustre/data:/data --dryrun
+
+every field of a recipe is changed by a dotted override (or --toml); --recipe-arg is only for the
+tokenizer-swap recipes' tokenizer, frames, height, width, tokenizer_vocab_size and resize_vocab, from
+which the latent grid and the vocabulary are derived (--list shows each recipe's arguments).
 """
 
 
@@ -27,11 +33,15 @@ def _parse_recipe_args(items: list[str]) -> dict[str, str]:
 def _train(args: argparse.Namespace) -> int:
     from cosmos_nemo.recipes import launch as L
     from cosmos_nemo.recipes.overrides import OverrideError, apply_overrides, apply_toml
-    from cosmos_nemo.recipes.registry import build_recipe, list_recipes
+    from cosmos_nemo.recipes.registry import build_recipe, list_recipes, recipe_arguments
 
     if args.list or not args.recipe:
         for name, summary in list_recipes():
             print(f"{name:34s} {summary}")
+            arguments = recipe_arguments(name)
+            if arguments:
+                shown = ", ".join(f"{key}={default}" for key, (_, default) in arguments.items())
+                print(f"{'':34s}   --recipe-arg: {shown}")
         return 0 if args.list else 2
     try:
         recipe = build_recipe(args.recipe, _parse_recipe_args(args.recipe_arg))
@@ -167,8 +177,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "and wrong types are errors; ${oc.env:VAR} or ${oc.env:VAR,default} read the environment. Dotted "
                    "overrides on the command line are applied after it")
     p.add_argument("--recipe-arg", "--recipe_arg", action="append", default=[], metavar="NAME=VALUE",
-                   help="an argument of the recipe function itself, e.g. frames=17 for a tokenizer-swap recipe "
-                   "(repeatable); these change derived values (the latent grid) that overrides alone would not")
+                   help="an argument of the recipe function itself (repeatable): only the tokenizer-swap recipes take "
+                   "any (tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab), because they derive the "
+                   "latent grid and vocabulary, which overrides alone would not; everything else is an override")
     p.add_argument("--executor", choices=("local", "slurm"), default="local",
                    help="local: torchrun on this machine (default); slurm: sbatch through nemo-run's SlurmExecutor")
     p.add_argument("--nproc", type=int, default=1,

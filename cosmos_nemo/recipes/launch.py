@@ -207,7 +207,7 @@ def slurm_executor(
 ) -> run.SlurmExecutor:
     """One torchrun per node (`--ntasks-per-node=1`) that starts `gpus_per_node` ranks, rendezvous at the
     head node's address. `job_dir` must be on a file system the compute nodes see (sbatch script, logs,
-    serialised recipe). The container (pyxis) must have cosmos_nemo installed (containers/Dockerfile)."""
+    serialised recipe). The container (pyxis) must be an image with cosmos_nemo installed."""
     if nodes < 1 or gpus_per_node < 1:
         raise LaunchError(f"--nodes and --gpus-per-node must be >= 1, got {nodes} and {gpus_per_node}")
     if not account or not partition:
