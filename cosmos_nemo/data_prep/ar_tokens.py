@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,47 +30,8 @@ from cosmos_nemo.data_prep.engine import (
     read_prepare_record,
     run_parts,
 )
+from cosmos_nemo.data_prep.settings import ARTokensConfig
 from cosmos_nemo.io.video import VIDEO_EXTENSIONS, list_videos
-
-
-@dataclass
-class ARTokensConfig:
-    input_videos_dir: Path
-    output_prefix: Path
-    encoder_path: str = "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16"
-    width: int = 1024
-    height: int = 640
-    num_context_frames: int = 33
-    tokenizer_compression_factor: str | None = None  # "t,h,w"; checked against the tokenizer when given
-    stride: int | None = None  # default: num_context_frames (non-overlapping)
-    resize_mode: str = "crop"
-    allow_upscale: bool = False
-    workers: int = 1
-    batch_size: int = 4
-    device: str = "cpu"
-    dtype: str = "float32"
-    threads_per_worker: int = 1
-    decode_threads: int | None = None  # default: 0 (FFmpeg's choice) with 1 worker, else 1
-    recursive: bool = True
-    captions: bool = True
-    overwrite: bool = False
-    progress: bool = True
-
-    def settings(self) -> EngineSettings:
-        return EngineSettings(
-            tokenizer=str(self.encoder_path),
-            frames=int(self.num_context_frames),
-            height=int(self.height),
-            width=int(self.width),
-            stride=int(self.stride or self.num_context_frames),
-            resize_mode=self.resize_mode,
-            allow_upscale=bool(self.allow_upscale),
-            batch_size=int(self.batch_size),
-            device=self.device,
-            dtype=self.dtype,
-            threads_per_worker=int(self.threads_per_worker),
-            decode_threads=int(self.decode_threads if self.decode_threads is not None else (0 if self.workers <= 1 else 1)),
-        )
 
 
 def find_caption(video: Path) -> str | None:

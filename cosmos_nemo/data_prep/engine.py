@@ -62,18 +62,22 @@ class SourceItem:
 
 @dataclass(frozen=True)
 class EngineSettings:
+    """What the engine works with, resolved from a command's config by `TokenizeConfig.settings()`
+    (data_prep/settings.py, where the defaults live): every field but `decode_threads` is part of the
+    parts' fingerprint, since it may change the ids."""
+
     tokenizer: str  # name, hub id or folder given to load_video_tokenizer
     frames: int
     height: int
     width: int
     stride: int
-    resize_mode: str = "crop"
-    allow_upscale: bool = False
-    batch_size: int = 4
-    device: str = "cpu"
-    dtype: str = "float32"
-    threads_per_worker: int = 1
-    decode_threads: int = 1
+    resize_mode: str
+    allow_upscale: bool
+    batch_size: int
+    device: str
+    dtype: str
+    threads_per_worker: int
+    decode_threads: int
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:

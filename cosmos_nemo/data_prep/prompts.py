@@ -9,11 +9,12 @@ per-video captions). With `--jsonl` it also writes `DATASET/prompts.jsonl`, one
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cosmos_nemo.data_prep.engine import PrepareError
+from cosmos_nemo.data_prep.settings import PromptsConfig
+from cosmos_nemo.io.atomic import atomic_path
 from cosmos_nemo.io.video import list_videos
 
 
@@ -25,9 +26,8 @@ class PromptsReport:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def create_prompts(dataset_path: Path, prompt: str, overwrite: bool = False, jsonl: bool = False) -> PromptsReport:

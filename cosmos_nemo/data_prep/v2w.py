@@ -18,40 +18,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cosmos_nemo.data_prep.ar_tokens import run_prepare
-from cosmos_nemo.data_prep.engine import EngineSettings, PrepareError, Report, SourceItem, tokenizer_identity
+from cosmos_nemo.data_prep.engine import PrepareError, Report, SourceItem, tokenizer_identity
+from cosmos_nemo.data_prep.settings import V2WConfig
 
 TEXT_CACHE = "text_embeddings.cache.safetensors"
-
-
-@dataclass
-class V2WConfig:
-    input_jsonl: Path
-    output_dir: Path
-    encoder_path: str = "nvidia/Cosmos-1.0-Tokenizer-DV8x16x16"
-    width: int = 1024
-    height: int = 640
-    num_context_frames: int = 33
-    tokenizer_compression_factor: str | None = None
-    text_encoder: str = "t5-11b"
-    prompt_length: int | None = None
-    text_batch_size: int = 8
-    stride: int | None = None
-    resize_mode: str = "crop"
-    allow_upscale: bool = False
-    workers: int = 1
-    batch_size: int = 4
-    device: str = "cpu"
-    dtype: str = "float32"
-    threads_per_worker: int = 1
-    decode_threads: int | None = None
-    overwrite: bool = False
-    progress: bool = True
 
 
 def read_jsonl(path: Path) -> list[tuple[str, Path]]:
@@ -93,7 +68,7 @@ def build_items(path: Path) -> tuple[list[SourceItem], list[str]]:
     return items, list(prompts)
 
 
-def _embedder(prompts: list[str], cfg: V2WConfig):
+def _embedder(prompts: list[str], cfg: V2WConfig, device: str):
     def compute(parts: Path):
         from cosmos_nemo.io.tensors import load_tensors, save_tensors
 
@@ -104,7 +79,7 @@ def _embedder(prompts: list[str], cfg: V2WConfig):
         from cosmos_nemo.tokenizers.text import TextEncoderNotAvailableError, load_text_encoder
 
         try:
-            encoder = load_text_encoder(cfg.text_encoder, device=cfg.device, max_length=cfg.prompt_length)
+            encoder = load_text_encoder(cfg.text_encoder, device=device, max_length=cfg.prompt_length)
         except TextEncoderNotAvailableError as e:
             raise PrepareError(str(e)) from None
         embs, masks = [], []
@@ -126,25 +101,12 @@ def _embedder(prompts: list[str], cfg: V2WConfig):
 
 
 def prepare_v2w(cfg: V2WConfig) -> Report:
-    settings = EngineSettings(
-        tokenizer=str(cfg.encoder_path),
-        frames=int(cfg.num_context_frames),
-        height=int(cfg.height),
-        width=int(cfg.width),
-        stride=int(cfg.stride or cfg.num_context_frames),
-        resize_mode=cfg.resize_mode,
-        allow_upscale=bool(cfg.allow_upscale),
-        batch_size=int(cfg.batch_size),
-        device=cfg.device,
-        dtype=cfg.dtype,
-        threads_per_worker=int(cfg.threads_per_worker),
-        decode_threads=int(cfg.decode_threads if cfg.decode_threads is not None else (0 if cfg.workers <= 1 else 1)),
-    )
+    settings = cfg.settings()
     items, prompts = build_items(Path(cfg.input_jsonl))
     return run_prepare(
         items, settings, Path(cfg.output_dir), workers=int(cfg.workers), overwrite=cfg.overwrite,
         compression_flag=cfg.tokenizer_compression_factor, task="video2world", progress=cfg.progress,
-        text_embeddings=_embedder(prompts, cfg),
+        text_embeddings=_embedder(prompts, cfg, settings.device),
         extra_fingerprint={"text_encoder": tokenizer_identity(cfg.text_encoder), "prompt_length": cfg.prompt_length, "prompts": prompts},
     )
 
