@@ -32,13 +32,13 @@ def golden_config(folder: Path):
 
 def _build_loaded(folder: Path, tp: int = 1, pp: int = 1):
     from cosmos_nemo import parallel
-    from cosmos_nemo.checkpoint.cosmos_ar import load_cosmos_checkpoint
+    from cosmos_nemo.models.ar.convert import load_released
     from cosmos_nemo.models.ar.model import build_ar_model
 
     parallel.setup(tensor_parallel=tp, pipeline_parallel=pp)
     cfg = golden_config(folder)
     model = build_ar_model(cfg)
-    load_cosmos_checkpoint(model, folder / "weights.safetensors")
+    load_released(model, folder / "weights.safetensors")
     model.eval()
     return cfg, model
 
@@ -128,9 +128,9 @@ def _pp2_losses(folder: Path) -> list:
             forward_step_func=forward_step, data_iterator=iter([{"tokens": tokens, "labels": labels}]), model=[model],
             num_microbatches=1, seq_length=tokens.shape[1], micro_batch_size=tokens.shape[0], forward_only=True,
         )
-    from cosmos_nemo.checkpoint.cosmos_ar import export_cosmos_state_dict
+    from cosmos_nemo.models.ar.convert import export_released
 
-    exported = {k: v.numpy() for k, v in export_cosmos_state_dict(model, prefix="").items()}
+    exported = {k: v.numpy() for k, v in export_released(model, prefix="").items()}
     parallel.teardown()
     # numpy, not tensors: torch's shared-memory handles would not outlive this worker
     return [r["per_token"].numpy() for r in results], exported
@@ -142,7 +142,7 @@ def test_golden_pp2_pipeline_schedule(golden):
     (first, stage0), (last, stage1) = run_in_processes(_pp2_losses, 2, folder)
     assert first == []  # only the last stage computes the loss
     # each stage exports its own layers under global indices; merged, they are the golden weights
-    from cosmos_nemo.checkpoint.cosmos_ar import merge_pipeline_exports
+    from cosmos_nemo.models.ar.convert import merge_pipeline_exports
 
     weights = load_file(str(folder / "weights.safetensors"))
     assert "layers.1.attention.wq.weight" in stage1 and "layers.1.attention.wq.weight" not in stage0

@@ -121,11 +121,11 @@ def reference_forward(sd, tokens, grid, *, layers, heads, kv_heads, hd, theta=50
 
 def random_cosmos_state(cfg, seed=0):
     """Random weights in the released layout, scaled so activations stay O(1)."""
-    from cosmos_nemo.checkpoint.cosmos_ar import cosmos_expected_shapes
+    from cosmos_nemo.models.ar.convert import expected_released_shapes
 
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for k, shape in sorted(cosmos_expected_shapes(cfg).items()):
+    for k, shape in sorted(expected_released_shapes(cfg).items()):
         if len(shape) == 1:
             out[k] = 1.0 + 0.1 * torch.randn(shape, generator=g)
         else:
@@ -147,11 +147,11 @@ def test_reference_transcription_matches_golden(golden):
 
 
 def _load_model(cfg, sd):
-    from cosmos_nemo.checkpoint.cosmos_ar import load_cosmos_checkpoint
+    from cosmos_nemo.models.ar.convert import load_released
     from cosmos_nemo.models.ar.model import build_ar_model
 
     model = build_ar_model(cfg)
-    load_cosmos_checkpoint(model, sd)
+    load_released(model, sd)
     return model.eval()
 
 

@@ -7,22 +7,22 @@ GRID = (2, 3, 5)
 
 
 def _state(name):
-    from cosmos_nemo.checkpoint.cosmos_ar import cosmos_expected_shapes
+    from cosmos_nemo.models.ar.convert import expected_released_shapes
     from cosmos_nemo.models.ar.config import ar_config
 
     g = torch.Generator().manual_seed(1)
-    shapes = cosmos_expected_shapes(ar_config(name, num_layers=2))
+    shapes = expected_released_shapes(ar_config(name, num_layers=2))
     return {k: torch.randn(s, generator=g) * (0.05 if len(s) > 1 else 1.0) for k, s in shapes.items()}
 
 
 def _grads(name, recompute, state):
-    from cosmos_nemo.checkpoint.cosmos_ar import load_cosmos_checkpoint
+    from cosmos_nemo.models.ar.convert import load_released
     from cosmos_nemo.models.ar.config import ar_config
     from cosmos_nemo.models.ar.model import build_ar_model
 
     cfg = ar_config(name, num_layers=2, recompute_granularity=recompute)
     model = build_ar_model(cfg)
-    load_cosmos_checkpoint(model, state)
+    load_released(model, state)
     model.train()
     layout = cfg.layout(GRID)
     g = torch.Generator().manual_seed(0)
@@ -63,12 +63,12 @@ def test_full_recompute_gives_same_gradients(single_process, name):
 def test_labels_loss_is_the_per_token_cross_entropy_of_the_logits(single_process):
     """`forward(labels=)` (at TP=1 the fused projection + cross-entropy, models/common/linear_ce.py) gives, per token,
     −log softmax(logits)[label] of the same forward without labels."""
-    from cosmos_nemo.checkpoint.cosmos_ar import load_cosmos_checkpoint
+    from cosmos_nemo.models.ar.convert import load_released
     from cosmos_nemo.models.ar.config import ar_config
     from cosmos_nemo.models.ar.model import build_ar_model
 
     model = build_ar_model(ar_config("tiny", num_layers=2)).eval()
-    load_cosmos_checkpoint(model, _state("tiny"))
+    load_released(model, _state("tiny"))
     g = torch.Generator().manual_seed(3)
     n = GRID[0] * GRID[1] * GRID[2]
     inputs, labels = torch.randint(0, 64000, (2, n), generator=g), torch.randint(0, 64000, (2, n), generator=g)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cosmos_nemo.checkpoint.cosmos_ar import cosmos_expected_shapes
+from cosmos_nemo.models.ar.convert import expected_released_shapes
 from cosmos_nemo.cli import main
 from cosmos_nemo.models.ar.config import ar_config
 
@@ -13,7 +13,7 @@ def test_cli_round_trip_through_dist_ckpt(tmp_path, capsys):
     torch.set_num_threads(2)
     cfg = ar_config("tiny_v2w", num_layers=2)
     g = torch.Generator().manual_seed(0)
-    state = {"model." + k: torch.randn(s, generator=g) for k, s in cosmos_expected_shapes(cfg).items()}
+    state = {"model." + k: torch.randn(s, generator=g) for k, s in expected_released_shapes(cfg).items()}
     torch.save(state, tmp_path / "model.pt")
     ckpt = tmp_path / "run" / "checkpoints" / "iter_000000000" / "model"
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
@@ -29,6 +29,13 @@ def test_cli_round_trip_through_dist_ckpt(tmp_path, capsys):
     back = load_file(str(out))
     assert back.keys() == state.keys()
     assert all(torch.equal(back[k], state[k]) for k in state)
+    # without the prefix, cast, as a torch file
+    bare = tmp_path / "bare.pt"
+    assert main(["convert", "ar-export", "--checkpoint", str(ckpt), "--model", "tiny_v2w", "--set", "num_layers=2",
+                 "--output", str(bare), "--no-prefix", "--dtype", "bfloat16"]) == 0
+    back = torch.load(bare, weights_only=True)
+    assert back.keys() == {k[len("model."):] for k in state}
+    assert all(torch.equal(back[k[len("model."):]], v.to(torch.bfloat16)) for k, v in state.items())
 
     # strict: a checkpoint of another architecture is refused with the key list, nothing written
     bad = dict(state)

@@ -1,4 +1,9 @@
-"""`cosmos-nemo convert {ar-import, ar-export}`: released Cosmos AR `model.pt` ⇄ megatron dist-ckpt."""
+"""`cosmos-nemo convert`: released Cosmos AR `model.pt` ⇄ megatron dist-ckpt (`ar-import`, `ar-export`), and
+tensor-parallel shard/merge of released checkpoints (`shard-tp`, `merge-tp`, the equivalents of
+cosmos-predict1's `shard_autoregressive_base_checkpoints.py` / `merge_autoregressive_tp_checkpoints.py`).
+
+The conversions themselves are family-generic (checkpoint/convert.py); the AR family's declarative key
+map (models/ar/convert.py) decides every key name and split."""
 
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ def register(subparsers) -> None:
                    help="cast the written tensors (default: as stored in the checkpoint)")
     e.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     e.set_defaults(func=_run_export)
+    _register_tp(sub)
     convert.set_defaults(func=lambda args: (convert.print_help(), 2)[1])
 
 
@@ -81,13 +87,12 @@ def _config(args):
 
 
 def _run_import(args) -> int:
-    from cosmos_nemo.checkpoint.ar_convert import import_to_dist_ckpt
-    from cosmos_nemo.checkpoint.cosmos_ar import CheckpointMismatchError
+    from cosmos_nemo.checkpoint.convert import import_released
 
     try:
-        out = import_to_dist_ckpt(args.checkpoint_path, _config(args), args.output, overwrite=args.overwrite,
-                                  resize_vocab=args.resize_vocab)
-    except (CheckpointMismatchError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+        out = import_released(_config(args), args.checkpoint_path, args.output, overwrite=args.overwrite,
+                              resize_vocab=args.resize_vocab)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:  # incl. CheckpointMismatchError
         print(f"error: {err}")
         return 2
     print(f"wrote dist-ckpt model folder {out}")
@@ -97,15 +102,132 @@ def _run_import(args) -> int:
 def _run_export(args) -> int:
     import torch
 
-    from cosmos_nemo.checkpoint.ar_convert import export_from_dist_ckpt
-    from cosmos_nemo.checkpoint.cosmos_ar import PREFIX, CheckpointMismatchError
+    from cosmos_nemo.checkpoint.convert import export_released
 
     try:
-        out = export_from_dist_ckpt(
-            args.checkpoint, _config(args), args.output, prefix="" if args.no_prefix else PREFIX,
+        out = export_released(
+            args.checkpoint, _config(args), args.output, prefix="" if args.no_prefix else None,
             dtype=getattr(torch, args.dtype) if args.dtype else None, overwrite=args.overwrite,
         )
-    except (CheckpointMismatchError, ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+        print(f"error: {err}")
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tensor-parallel shard / merge of released checkpoints (cosmos-predict1's scripts)
+
+_SIZES = "4b, 12b, 5b_v2w, 13b_v2w, tiny, tiny_v2w"
+
+
+def _register_tp(sub) -> None:
+    common = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s = sub.add_parser(
+        "shard-tp",
+        help="split a released Cosmos AR model.pt into tensor-parallel shards X_model_mp_{rank}.pt",
+        description="The equivalent of cosmos-predict1's scripts/shard_autoregressive_base_checkpoints.py, for every "
+        "named AR size. Reads --checkpoint_path X.pt (weights-only) and writes X_model_mp_{rank}.pt beside it for rank "
+        "0..N-1: flat tensor dicts (torch.save) with the released key names, the 'model.' prefix kept as found. The "
+        "split rules are the reference's: wq by attention head, wk/wv by KV head, w1/w3 along dim 0, wo/w2 along dim 1, "
+        "tok_embeddings/output along dim 0, norms replicated. The checkpoint must match the named architecture "
+        "exactly (every key used, every shape right), and N must divide the heads, KV groups, FFN width and "
+        "vocabulary rows.",
+        **common,
+    )
+    s.add_argument("--checkpoint_path", "--checkpoint-path", dest="checkpoint_path", required=True,
+                   help="released model.pt / .pth / .safetensors to shard; shards are written beside it")
+    _tp_flags(s)
+    s.add_argument("--target_backend", "--target-backend", dest="target_backend", choices=["pytorch"], default="pytorch",
+                   help="the reference's flag: only the PyTorch (unfused q/k/v, w1/w3) layout is written; Transformer "
+                        "Engine layouts are megatron's, reached through ar-import")
+    s.add_argument("--overwrite", action="store_true", help="replace shard files that exist")
+    s.set_defaults(func=_run_shard)
+
+    m = sub.add_parser(
+        "merge-tp",
+        help="merge tensor-parallel shards X_model_mp_{rank}.pt into one released model.pt",
+        description="The equivalent of cosmos-predict1's scripts/merge_autoregressive_tp_checkpoints.py, for every named "
+        "AR size. Reads X_model_mp_{rank}.pt for rank 0..N-1 next to --checkpoint_path X.pt (the file X.pt itself is "
+        "not read; weights-only loads; a shard nested under 'model' or 'state_dict' is accepted) and writes "
+        "--output_path. The inverse of shard-tp: split tensors are concatenated; replicated norms must be identical "
+        "on every shard (the reference averages them; here a difference is an error naming the tensors).",
+        **common,
+    )
+    m.add_argument("--checkpoint_path", "--checkpoint-path", dest="checkpoint_path", required=True,
+                   help="X.pt whose shards X_model_mp_{rank}.pt are merged (e.g. a reference training run's "
+                        "checkpoints/iter_000001000.pt)")
+    _tp_flags(m)
+    m.add_argument("--output_path", "--output-path", dest="output_path", required=True,
+                   help="merged checkpoint to write: .pt/.pth (torch.save of a flat tensor dict) or .safetensors")
+    m.add_argument("--overwrite", action="store_true", help="replace --output_path if it exists")
+    m.set_defaults(func=_run_merge)
+
+
+def _tp_flags(p) -> None:
+    p.add_argument("--model_size", "--model-size", dest="model_size", required=True,
+                   help=f"named AR config whose key map drives the split: {_SIZES} (the reference accepts only 4b)")
+    p.add_argument("--tensor_parallel_size", "--tensor-parallel-size", dest="tensor_parallel_size", type=int, required=True,
+                   help="number of shards N (the reference's TP degree; 1, 2, 4 or 8 for the released models)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a model config field, e.g. --set vocab_size=64064 (repeatable)")
+
+
+def shard_paths(checkpoint_path, tp: int) -> list:
+    """`X_model_mp_{rank}.pt` beside `X.pt` for every rank, as the reference scripts name them."""
+    from pathlib import Path
+
+    p = Path(checkpoint_path)
+    return [p.with_name(f"{p.stem}_model_mp_{rank}.pt") for rank in range(tp)]
+
+
+def _run_shard(args) -> int:
+    import contextlib
+
+    import torch
+
+    from cosmos_nemo.io.atomic import atomic_path
+    from cosmos_nemo.io.tensors import read_state_dict
+    from cosmos_nemo.models.ar.convert import shard_released_tp
+
+    args.model = args.model_size
+    try:
+        if args.tensor_parallel_size < 1:
+            raise ValueError(f"--tensor_parallel_size must be >= 1, got {args.tensor_parallel_size}")
+        state = read_state_dict(args.checkpoint_path)
+        parts = shard_released_tp(state, _config(args), args.tensor_parallel_size)
+        paths = shard_paths(args.checkpoint_path, args.tensor_parallel_size)
+        existing = [str(p) for p in paths if p.exists()]
+        if existing and not args.overwrite:
+            raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite to replace them")
+        with contextlib.ExitStack() as stack:  # every shard renamed into place only once all are written
+            for path, part in zip(paths, parts):
+                torch.save(part, stack.enter_context(atomic_path(path, suffix=".pt")))
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+        print(f"error: {err}")
+        return 2
+    for path in shard_paths(args.checkpoint_path, args.tensor_parallel_size):
+        print(f"wrote {path}")
+    return 0
+
+
+def _run_merge(args) -> int:
+    from cosmos_nemo.checkpoint.convert import save_released
+    from cosmos_nemo.io.tensors import read_state_dict
+    from cosmos_nemo.models.ar.convert import merge_released_tp
+
+    args.model = args.model_size
+    try:
+        if args.tensor_parallel_size < 1:
+            raise ValueError(f"--tensor_parallel_size must be >= 1, got {args.tensor_parallel_size}")
+        paths = shard_paths(args.checkpoint_path, args.tensor_parallel_size)
+        absent = [str(p) for p in paths if not p.is_file()]
+        if absent:
+            raise FileNotFoundError(f"shard files not found: {', '.join(absent)}")
+        merged = merge_released_tp([read_state_dict(p) for p in paths], _config(args))
+        out = save_released(merged, args.output_path, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"error: {err}")
         return 2
     print(f"wrote {out}")
