@@ -14,7 +14,7 @@ import ast
 def register(subparsers) -> None:
     convert = subparsers.add_parser(
         "convert",
-        help="convert checkpoints between the released Cosmos layout and megatron dist-ckpt",
+        help="convert checkpoints: released Cosmos layout ⇄ megatron dist-ckpt, tensor-parallel shard/merge",
         description="Checkpoint conversions. Every conversion is strict: each source key is used and each "
         "target parameter filled, or the command stops with the list of mismatched keys and shapes.",
     )
