@@ -1,27 +1,28 @@
-"""Training-step throughput on the CPU: our Cosmos AR model against `transformers`' LlamaForCausalLM.
+"""Training-step throughput on the CPU: our Cosmos AR training step against `transformers`' LlamaForCausalLM.
 
 Both models have the same dimensions (layers, hidden, heads / KV groups, head dim, SwiGLU width, a
 64,000-row untied vocabulary), SDPA attention, the same batch, sequence length, dtype and thread count,
-and are timed in the same process, alternating steps so that machine noise hits both alike (the best step
-of each is reported, with the median). One step is forward + cross-entropy + backward + one AdamW step
-(torch's fused kernel on both sides). Our step is, by default, the trainer's real one:
+and are timed in the same process, alternating steps so that machine noise hits all alike (the best step
+of each is reported, with the median). One step is forward + cross-entropy + backward + one AdamW step.
 
-- ours, `--ours-step harness` (default): `training.harness` as `cosmos-nemo train` runs it: megatron DDP
-  with its persistent gradient buffers, `get_forward_backward_func`, the trainer's `ARStep` loss (the
-  model's fused output projection + cross-entropy, models/common/linear_ce.py), megatron's optimizer with
-  gradient clipping at 1.0 (the peer does no clipping);
-- ours, `--ours-step direct`: the bare model (`forward(labels=)`, the same fused loss) + `torch.optim.AdamW`,
-  exactly the peer's loop;
-- peer: `LlamaForCausalLM(LlamaConfig(..., attn_implementation="sdpa", tie_word_embeddings=False))` with
-  `labels=` (its own shifted cross-entropy on materialised logits).
+Our step is the trainer's real one (`training.harness`: megatron DDP with its persistent gradient
+buffers, `get_forward_backward_func`, the trainer's `ARStep` loss, megatron's optimizer with gradient
+clipping at 1.0; the peer does no clipping), in one or more *variants* of the CPU adapter's accelerations
+(parallel/cpu_adapter.py, `ACCELERATIONS`), each a value of COSMOS_NEMO_CPU_ACCELERATIONS:
 
-Our blocks also apply the QK RMSNorm of the Cosmos architecture (the peer has none) and 3D RoPE.
-Printed: tokens/s for each, the ratio (ours / peer; the target is >= 1.1), and the achieved model
-FLOP/s (6 x non-embedding parameters x tokens + 12 x layers x hidden x sequence x tokens) as a fraction
-of the matmul peak measured here, for the same dtype and threads.
+- `plain` (= "0"): megatron's own path, what a GPU runs: its embedding, output layer, vocab-parallel
+  cross-entropy, gradient-buffer zeroing and optimizer step (megatron's torch AdamW fallback);
+- `adapter` (= "1"): every CPU acceleration on (the default on a CPU);
+- `-NAME`: every acceleration but NAME (`--variants adapter,-fused_loss` measures what fused_loss saves).
 
-    python benchmarks/train_throughput.py                     # ~136 M parameters, fp32, 2 threads
-    python benchmarks/train_throughput.py --threads 1 --steps 3 --dtype bf16 --ours-step direct
+The peer is `LlamaForCausalLM(LlamaConfig(..., attn_implementation="sdpa", tie_word_embeddings=False))`
+with `labels=` and torch's fused AdamW. Our blocks also apply the QK RMSNorm of the Cosmos architecture
+(the peer has none) and 3D RoPE. Printed per variant: tokens/s, the ratio to the peer (the target for the
+adapter path is >= 1.1), and the achieved model FLOP/s (6 x non-embedding parameters x tokens + 12 x layers
+x hidden x sequence x tokens) as a fraction of the matmul peak measured here, same dtype and threads.
+
+    python benchmarks/train_throughput.py                       # ~136 M parameters, fp32, 2 threads
+    python benchmarks/train_throughput.py --threads 1 --variants adapter,-fused_adamw,-lazy_grad_zeroing
 """
 
 from __future__ import annotations
@@ -62,19 +63,28 @@ def model_flops_per_step(args, tokens: int) -> float:
     return (6 * weights + attention) * tokens
 
 
-def build_ours(args, dtype: torch.dtype):
-    from cosmos_nemo import parallel
-    from cosmos_nemo.models.ar.config import ARModelConfig
-    from cosmos_nemo.models.ar.model import build_ar_model
+VARIANT_SPECS = {"plain": "0", "adapter": "1"}
 
-    parallel.setup()
-    cfg = ARModelConfig(
+
+def variant_spec(name: str) -> str:
+    """The COSMOS_NEMO_CPU_ACCELERATIONS value of a variant name (plain, adapter, -NAME)."""
+    from cosmos_nemo.parallel import cpu_adapter
+
+    if name in VARIANT_SPECS:
+        return VARIANT_SPECS[name]
+    if name.startswith("-") and name[1:] in cpu_adapter.ACCELERATIONS:
+        return name
+    raise SystemExit(f"unknown variant {name!r}: plain, adapter or -NAME with NAME in {sorted(cpu_adapter.ACCELERATIONS)}")
+
+
+def ours_config(args):
+    from cosmos_nemo.models.ar.config import ARModelConfig
+
+    return ARModelConfig(
         name="bench", num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
         num_query_groups=args.groups, kv_channels=args.head_dim, ffn_hidden_size=args.ffn, vocab_size=args.vocab,
         max_grid=tuple(args.grid), use_te=False,
     )
-    build_ours.last_config = cfg
-    return build_ar_model(cfg, dtype=dtype)
 
 
 def build_peer(args, dtype: torch.dtype):
@@ -92,17 +102,21 @@ def build_peer(args, dtype: torch.dtype):
     return LlamaForCausalLM(config).to(dtype)
 
 
-def harness_step(args, dtype: torch.dtype, tokens: torch.Tensor, labels: torch.Tensor):
-    """Our training step as the trainer runs it: a fresh model wrapped by `training.harness`, one global
-    batch of one micro-batch through megatron's schedule, the megatron optimizer step."""
+def harness_step(args, dtype: torch.dtype, tokens: torch.Tensor, labels: torch.Tensor, spec: str):
+    """Our training step as the trainer runs it, with the CPU accelerations `spec` allows: a fresh model
+    wrapped by `training.harness`, one global batch of one micro-batch through megatron's schedule, the
+    megatron optimizer step. The variable is set around building and around every step (some accelerations
+    are chosen at build time, others at each step)."""
     import itertools
 
     from cosmos_nemo.models.ar.model import build_ar_model
     from cosmos_nemo.models.ar.step import ARStep
+    from cosmos_nemo.parallel import cpu_adapter
     from cosmos_nemo.training import harness
     from cosmos_nemo.training.config import OptimizerConfig
 
-    cfg = build_ours.last_config
+    cfg = ours_config(args)
+    os.environ[cpu_adapter.ENV_VAR] = spec
     chunks = harness.wrap_model(lambda pre, post: build_ar_model(cfg, pre, post, dtype=dtype))
     optimizer = harness.build_optimizer(chunks, OptimizerConfig(lr=1e-4), bf16=dtype == torch.bfloat16)
     batch = {"tokens": tokens, "labels": labels, "loss_mask": torch.ones(tokens.shape), "grid": tuple(args.grid)}
@@ -110,9 +124,11 @@ def harness_step(args, dtype: torch.dtype, tokens: torch.Tensor, labels: torch.T
     step_fn = ARStep()
 
     def step():
+        os.environ[cpu_adapter.ENV_VAR] = spec
         out = harness.train_step(step_fn, batches, chunks, optimizer, 1, args.seq, args.batch)
         return out["loss"]
 
+    step.params = sum(p.numel() for p in chunks[0].parameters())
     return step
 
 
@@ -132,12 +148,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=2, help="sequences per step (default 2)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model (default 2)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per model (default 5)")
-    p.add_argument("--optimizer", choices=("fused", "foreach"), default="fused",
-                   help="torch.optim.AdamW implementation, the same for both models (default fused)")
-    p.add_argument("--ours-step", "--ours_step", choices=("direct", "harness"), default="harness",
-                   help="harness (default): our real training step, training.harness (megatron DDP gradient buffers, "
-                   "megatron optimizer with clipping, get_forward_backward_func) with the trainer's ARStep loss; "
-                   "direct: our model + the same torch AdamW loop as the peer")
+    p.add_argument("--variants", default="plain,adapter",
+                   help="comma-separated variants of our step: plain (megatron's own path, as on a GPU), adapter "
+                   "(every CPU acceleration), -NAME (every acceleration but NAME); default plain,adapter")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     args.seq = args.grid[0] * args.grid[1] * args.grid[2]
@@ -145,25 +158,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = DTYPES[args.dtype]
-    ours, peer = build_ours(args, dtype), build_peer(args, dtype)
-    n_ours = sum(p.numel() for p in ours.parameters())
-    n_peer = sum(p.numel() for p in peer.parameters())
-    impl = {args.optimizer: True}
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, **impl)
-    opt_peer = torch.optim.AdamW(peer.parameters(), lr=1e-4, **impl)
+    from cosmos_nemo import parallel
+
+    parallel.setup()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq))
     labels = torch.roll(tokens, -1, dims=1)
-    grid = tuple(args.grid)
-
-    def step_ours():
-        loss = ours(tokens, grid=grid, labels=labels).float().mean()
-        loss.backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
-        return loss.item()
-
-    if args.ours_step == "harness":
-        step_ours = harness_step(args, dtype, tokens, labels)
+    steps = {f"ours[{v}]": harness_step(args, dtype, tokens, labels, variant_spec(v)) for v in variants}
+    peer = build_peer(args, dtype)
+    opt_peer = torch.optim.AdamW(peer.parameters(), lr=1e-4, fused=True)
 
     def step_peer():
         loss = peer(input_ids=tokens, labels=tokens).loss
@@ -172,19 +175,23 @@ def main(argv=None) -> int:
         opt_peer.zero_grad(set_to_none=True)
         return loss.item()
 
+    steps["peer"] = step_peer
+    n_ours = next(iter(steps.values())).params
+    n_peer = sum(p.numel() for p in peer.parameters())
     print(f"threads {args.threads}, dtype {args.dtype}, batch {args.batch} x seq {args.seq}; params ours "
           f"{n_ours / 1e6:.1f} M, transformers Llama {n_peer / 1e6:.1f} M", flush=True)
     for _ in range(args.warmup):
-        step_ours()
-        step_peer()
-    times = {"ours": [], "peer": []}
-    cpu = {"ours": [], "peer": []}
+        for fn in steps.values():
+            fn()
+    times = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
     peaks = [matmul_peak(dtype)]
+    names = list(steps)
     for i in range(args.steps):
         peaks.append(matmul_peak(dtype, repeats=2))  # sampled through the run: the load changes under us
-        for name, fn in (("ours", step_ours), ("peer", step_peer)) if i % 2 == 0 else (("peer", step_peer), ("ours", step_ours)):
+        for name in names[i % len(names):] + names[: i % len(names)]:  # rotate the order every round
             start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
+            steps[name]()
             times[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - start_cpu)
     peak = max(peaks)
@@ -192,32 +199,31 @@ def main(argv=None) -> int:
     n_tok = args.batch * args.seq
     flops = model_flops_per_step(args, n_tok)
     result = {"threads": args.threads, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
-              "params_ours": n_ours, "params_peer": n_peer, "matmul_peak_flops": peak, "flops_per_step": flops}
+              "params_ours": n_ours, "params_peer": n_peer, "matmul_peak_flops": peak, "flops_per_step": flops,
+              "variants": variants, "load_average": os.getloadavg()}
     # On a shared machine the fastest step is the least disturbed one; the median is printed beside it.
-    for name in ("ours", "peer"):
+    for name in steps:
         t = min(times[name])
         result[name] = {"step_s": t, "median_step_s": statistics.median(times[name]), "tokens_per_s": n_tok / t,
                         "flops_per_s": flops / t, "peak_fraction": flops / t / peak, "all_step_s": times[name],
                         "cpu_s_per_step": statistics.median(cpu[name])}
-    result["ratio"] = result["ours"]["tokens_per_s"] / result["peer"]["tokens_per_s"]
-    result["ratio_median"] = result["peer"]["median_step_s"] / result["ours"]["median_step_s"]
-    result["load_average"] = os.getloadavg()
-    result["ours_step"] = args.ours_step
-    label = {"ours": f"cosmos_nemo AR ({args.ours_step})", "peer": "transformers LlamaForCausalLM"}
+    for name in steps:
+        if name != "peer":
+            result[name]["ratio"] = result[name]["tokens_per_s"] / result["peer"]["tokens_per_s"]
+            result[name]["ratio_median"] = result["peer"]["median_step_s"] / result[name]["median_step_s"]
     print(f"matmul peak ({args.dtype}, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step "
           f"{flops / 1e9:.1f} G; load average {result['load_average'][0]:.1f} on {os.cpu_count()} CPUs")
-    for name in ("ours", "peer"):
+    for name in steps:
         r = result[name]
-        print(f"{label[name]:32s} best {r['step_s']:.3f} s/step (median {r['median_step_s']:.3f}, CPU "
+        label = "transformers LlamaForCausalLM" if name == "peer" else f"cosmos_nemo AR {name[5:-1]}"
+        ratio = "" if name == "peer" else f"  ratio {r['ratio']:.2f}x best, {r['ratio_median']:.2f}x median"
+        print(f"{label:32s} best {r['step_s']:.3f} s/step (median {r['median_step_s']:.3f}, CPU "
               f"{r['cpu_s_per_step']:.2f} s)  {r['tokens_per_s']:8.1f} tokens/s  "
-              f"{r['flops_per_s'] / 1e9:6.1f} GFLOP/s = {r['peak_fraction']:.1%} of peak")
-    print(f"ratio ours / transformers: {result['ratio']:.2f}x best step, {result['ratio_median']:.2f}x median "
-          "(target >= 1.1x)")
+              f"{r['flops_per_s'] / 1e9:6.1f} GFLOP/s = {r['peak_fraction']:.1%} of peak{ratio}")
+    print("ratios are ours / transformers (target for the adapter path: >= 1.1x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
-    from cosmos_nemo import parallel
-
     parallel.teardown()
     return 0
 

@@ -38,14 +38,15 @@ def test_flop_count_matches_the_peer_weights():
 def test_benchmark_runs_both_models_with_the_same_dimensions(tmp_path):
     out = tmp_path / "result.json"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    for mode in ("direct", "harness"):
-        result = subprocess.run([sys.executable, str(BENCH), *TINY, "--warmup", "0", "--steps", "1", "--ours-step", mode,
-                                 "--json", str(out)], capture_output=True, text=True, timeout=300, env=env,
-                                stdin=subprocess.DEVNULL)
-        assert result.returncode == 0, result.stderr[-3000:]
-        data = json.loads(out.read_text())
-        # ours = Llama + the QK RMSNorm gains (one head_dim vector for q and one for k per layer)
-        assert data["params_ours"] == data["params_peer"] + 2 * 16 * 2
-        assert data["ours"]["tokens_per_s"] > 0 and data["peer"]["tokens_per_s"] > 0
-        assert 0 < data["ours"]["peak_fraction"] and data["ours_step"] == mode
-        assert "ratio ours / transformers" in result.stdout
+    result = subprocess.run([sys.executable, str(BENCH), *TINY, "--warmup", "0", "--steps", "1",
+                             "--variants", "plain,adapter,-fused_loss", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    # ours = Llama + the QK RMSNorm gains (one head_dim vector for q and one for k per layer)
+    assert data["params_ours"] == data["params_peer"] + 2 * 16 * 2
+    assert data["variants"] == ["plain", "adapter", "-fused_loss"]
+    for name in ("ours[plain]", "ours[adapter]", "ours[-fused_loss]"):
+        assert data[name]["tokens_per_s"] > 0 and 0 < data[name]["peak_fraction"] and data[name]["ratio"] > 0
+    assert data["peer"]["tokens_per_s"] > 0
+    assert "cosmos_nemo AR plain" in result.stdout and "cosmos_nemo AR adapter" in result.stdout

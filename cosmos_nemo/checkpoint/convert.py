@@ -17,7 +17,8 @@ from typing import Optional
 import torch
 
 from cosmos_nemo.io.atomic import atomic_dir, atomic_path
-from cosmos_nemo.models.family import get_family
+from cosmos_nemo.checkpoint.run import resolve_model_folder
+from cosmos_nemo.models.family import family_of
 
 RELEASED_SUFFIXES = (".pt", ".pth", ".safetensors")
 
@@ -25,25 +26,12 @@ RELEASED_SUFFIXES = (".pt", ".pth", ".safetensors")
 def resolve_model_checkpoint(path: str | os.PathLike) -> Path:
     """The dist-ckpt model folder for a path that is one, an `iter_*` folder, a run's `checkpoints/`
     folder or a run folder (the last two follow `latest_checkpoint.txt`)."""
-    p = Path(path)
-    candidates = [p, p / "model"]
-    for root in (p, p / "checkpoints"):
-        latest = root / "latest_checkpoint.txt"
-        if latest.is_file():
-            name = latest.read_text().strip()
-            candidates += [root / name / "model", root / name]
-    for c in candidates:
-        if (c / ".metadata").is_file():
-            return c
-    raise FileNotFoundError(
-        f"no megatron dist-ckpt model folder (with a .metadata file) at {p}; give a run folder, its "
-        "checkpoints/ folder, an iter_* folder or the model/ folder inside it"
-    )
-
-
-def family_for(cfg):
-    """The provider of `cfg`'s model family (configs that name none are AR configs)."""
-    return get_family(getattr(cfg, "family", "ar"))
+    folder = resolve_model_folder(path)
+    if folder is None:
+        raise FileNotFoundError(
+            f"no megatron dist-ckpt model folder (with a .metadata file) at {path}; give a run folder, its "
+            "checkpoints/ folder, an iter_* folder or the model/ folder inside it")
+    return folder
 
 
 def _single_process() -> bool:
@@ -73,7 +61,7 @@ def import_released(cfg, source: str | os.PathLike, output: str | os.PathLike, d
     filled). `resize_vocab` lets a family resize vocabulary rows to the config (its `resize_vocab` field)."""
     from megatron.core import dist_checkpointing
 
-    family = family_for(cfg)
+    family = family_of(cfg)
     if resize_vocab:
         if not (dataclasses.is_dataclass(cfg) and any(f.name == "resize_vocab" for f in dataclasses.fields(cfg))):
             raise ValueError(f"the {family.name!r} family's config has no resize_vocab field: its vocabulary cannot be resized")
@@ -92,14 +80,9 @@ def import_released(cfg, source: str | os.PathLike, output: str | os.PathLike, d
     return out
 
 
-def _released_prefix(family, state: dict) -> str:
-    """The key prefix a family's released files carry: the family's `released_prefix` when it declares
-    one, else the first key component when every key shares it (Cosmos' `model.`)."""
-    declared = getattr(family, "released_prefix", None)
-    if declared is not None:
-        return declared
-    heads = {k.split(".", 1)[0] for k in state if "." in k}
-    return f"{heads.pop()}." if len(heads) == 1 and all("." in k for k in state) and len(state) > 1 else ""
+def _released_prefix(family) -> str:
+    """The key prefix a family's released files carry (its provider's `released_prefix`, e.g. "model.")."""
+    return getattr(family, "released_prefix", "")
 
 
 def export_released(checkpoint: str | os.PathLike, cfg, output: str | os.PathLike, prefix: Optional[str] = None,
@@ -111,7 +94,7 @@ def export_released(checkpoint: str | os.PathLike, cfg, output: str | os.PathLik
     writes keys without Cosmos' `model.`). `dtype` casts every tensor (default: as the model holds them)."""
     from megatron.core import dist_checkpointing
 
-    family = family_for(cfg)
+    family = family_of(cfg)
     src = resolve_model_checkpoint(checkpoint)
     out = Path(output)
     if out.suffix not in RELEASED_SUFFIXES:
@@ -127,7 +110,7 @@ def export_released(checkpoint: str | os.PathLike, cfg, output: str | os.PathLik
     finally:
         _teardown(own)
     if prefix is not None:
-        old = _released_prefix(family, exported)
+        old = _released_prefix(family)
         exported = {prefix + k[len(old):]: v for k, v in exported.items()}
     if dtype is not None:
         exported = {k: v.to(dtype) for k, v in exported.items()}

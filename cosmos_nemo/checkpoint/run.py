@@ -206,14 +206,22 @@ def load_checkpoint(folder: Path, model_chunks, optimizer, ema=None) -> dict:
 
 
 def resolve_model_folder(source) -> Path | None:
-    """The dist-ckpt model folder `source` names: a run folder (its latest complete checkpoint), an
-    `iter_*` folder, or a `model/` / `ema/` folder itself; None when `source` is not one of these."""
+    """The dist-ckpt model folder `source` names: a run folder or its `checkpoints/` folder (the latest
+    complete checkpoint), an `iter_*` folder, or a `model/` / `ema/` folder itself; None when `source` is
+    none of these."""
     path = Path(source)
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        latest = latest_checkpoint(path / "checkpoints")
-        if latest is None:
-            raise FileNotFoundError(f"run folder {path} has no complete checkpoint under checkpoints/")
-        return latest / "model"
+    for checkpoints in (path / "checkpoints", path):  # a run folder, or its checkpoints/ folder
+        if checkpoints.is_dir() and (checkpoints.name == "checkpoints" or (checkpoints / POINTER).is_file()):
+            # Only the weights are read: the folder the pointer names needs its model/ part alone (a
+            # converted checkpoint has nothing else), else the newest complete checkpoint.
+            pointer = checkpoints / POINTER
+            named = checkpoints / pointer.read_text().strip() / "model" if pointer.is_file() else None
+            if named is not None and (named / ".metadata").is_file():
+                return named
+            latest = latest_checkpoint(checkpoints)
+            if latest is None:
+                raise FileNotFoundError(f"{checkpoints} holds no complete checkpoint")
+            return latest / "model"
     if path.is_dir() and (path / "model" / ".metadata").is_file():
         return path / "model"
     if path.is_dir() and (path / ".metadata").is_file():

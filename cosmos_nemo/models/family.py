@@ -5,7 +5,9 @@ The trainer (`training/trainer.py`), the checkpoint room and inference call only
 new family (the DiT) is a new provider, not a second trainer:
 
 - `build_model(cfg, pre_process, post_process, dtype)`: this rank's model chunk, a megatron module with
-  `config` (a `TransformerConfig`), `set_input_tensor` (pipeline stages) and `sharded_state_dict()`;
+  `config` (a `TransformerConfig`), `model_type`, `share_embeddings_and_output_weights`,
+  `set_input_tensor` (pipeline stages) and `sharded_state_dict()` (what megatron's DDP, schedules,
+  gradient finalisation and dist-ckpt use; a megatron `GPTModel` has them all);
 - `forward_step(cfg, trainer)`: the step function megatron's schedules call,
   `forward_step(data_iterator, model) -> (output, loss_fn)`, where `loss_fn(output) -> (loss, metrics)`
   and `metrics` holds a detached value for every key of `metric_keys`;
@@ -15,6 +17,10 @@ new family (the DiT) is a new provider, not a second trainer:
   `export_released(model, cfg)`: the released layout of this rank's chunk (a collective over TP);
 - `flops_per_token(cfg)`: training FLOPs per sample position, for the throughput log;
 - `config_from_dict(fields)`: the model config back from a run folder's `config.yaml`.
+
+Optional: `released_prefix` (the key prefix of the family's released files, e.g. "model."), and
+`check_dist_ckpt_start(cfg, path)` (raise when a run may not start from a dist-ckpt, e.g. a vocabulary
+resize that only a released file can do).
 
 A loader is an iterator of micro-batches with `num_micro_batches`, `seq_length()` (the sequence length
 of the next global batch, what megatron's pipeline schedule sizes its messages by), `state_dict()` and

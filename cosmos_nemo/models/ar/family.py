@@ -15,6 +15,7 @@ from cosmos_nemo.models.ar.config import ARModelConfig, ar_config_from_dict
 class ARFamily:
     name = "ar"
     metric_keys = ("loss", "accuracy")
+    released_prefix = "model."  # NVIDIA's model.pt keys: model.layers.0.attention.wq.weight
 
     def build_model(self, cfg: ARModelConfig, pre_process: bool, post_process: bool, dtype: torch.dtype):
         from cosmos_nemo.models.ar.model import build_ar_model
