@@ -54,7 +54,7 @@ class TrainTokenizerConfig:
     seed: int = 0
     time_limit_s: float | None = None  # stop early (still evaluating and saving) after this many seconds
     threads: int | None = None
-    augment: bool = False  # colour permutation/inversion and flips (measured on the sample data: held-out PSNR 2.6 dB lower)
+    augment: bool = False  # colour permutation/inversion and flips; off by default (see augment_clip)
     overwrite: bool = False
     progress: bool = True
 
@@ -159,7 +159,7 @@ def augment_clip(clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """Random RGB permutation, colour inversion (x → −x in [-1, 1]) and horizontal/vertical flips of one clip
     `[3, T, H, W]`. With only a handful of training videos the tokenizer otherwise memorises their colours
     instead of learning to transmit colour. Off by default: with the orthonormal-Haar training below it
-    cost 2.6 dB of held-out PSNR on the sample data (600 steps)."""
+    lowered the held-out PSNR on the sample data (benchmarks/README.md, "Measurements behind code choices")."""
     clip = clip[torch.as_tensor(rng.permutation(3))]
     if rng.random() < 0.5:
         clip = -clip
@@ -176,9 +176,9 @@ def orthonormal_haar(model: CausalVideoTokenizer, convert_in: bool = True):
 
     The reference patcher divides every wavelet round by 2·√2 and the unpatcher multiplies by it, so with
     patch size p the network sees its input shrunk by g = (2·√2)^log2(p) (8 for p = 4) and its output is
-    blown up by g. From a standard init, Adam then spends its steps on that mismatch: measured on one
-    64×64 sample clip, a tiny tokenizer stayed at the background-only PSNR (~19.7 dB) for 300+ steps,
-    while with an orthonormal Haar it reproduced the balls (26.9 dB at 400 steps). Both parametrizations compute the same function when
+    blown up by g. From a standard init, Adam then spends its steps on that mismatch: a tiny tokenizer
+    stays at the background-only PSNR for hundreds of steps where the orthonormal form already reproduces
+    the balls (benchmarks/README.md, "Measurements behind code choices"). Both parametrizations compute the same function when
     the first encoder convolution's weights are divided by g and the last decoder convolution's weights and
     bias are multiplied by g, since both layers are linear in the transform's output/input. Inside this
     context the model is in the orthonormal form; on exit it is converted back, so saved weights are always
