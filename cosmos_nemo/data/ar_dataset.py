@@ -45,6 +45,7 @@ from cosmos_nemo.data.layout import (
     frame_document,
     latent_grid_tuple,
 )
+from cosmos_nemo.io.atomic import atomic_path, atomic_write_bytes, is_temporary
 
 FORMAT_NAME = "cosmos_nemo.ar_token_dataset"
 FORMAT_VERSION = 1
@@ -374,7 +375,8 @@ def _new_tmp_dir(out_dir: Path) -> Path:
 
 
 def _remove_stale_tmp(out_dir: Path) -> None:
-    """Temp folders of writers that died (one writer per directory is the contract)."""
+    """Staging folders of writers that died (one writer per directory is the contract), and the
+    temporaries a killed `atomic_path` write left (dataset.json, text embeddings)."""
     for stale in out_dir.glob(f"{_TMP_PREFIX}*"):
         try:
             pid = int(stale.name[len(_TMP_PREFIX):].split(".")[0])
@@ -385,6 +387,9 @@ def _remove_stale_tmp(out_dir: Path) -> None:
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
+            stale.unlink(missing_ok=True)
+    for stale in out_dir.iterdir():
+        if is_temporary(stale) and stale.is_file():
             stale.unlink(missing_ok=True)
 
 
@@ -467,40 +472,40 @@ def read_text_embedding_shape(path: Path) -> tuple[int, int, int]:
     return int(shape[0]), int(shape[1]), int(shape[2])
 
 
+class _Unchanged(Exception):
+    """Ends an atomic write early when the target already holds the same bytes."""
+
+
 def write_text_embeddings(out_dir: str | os.PathLike, embeddings: Any, mask: Any, overwrite: bool = False) -> Path:
     """Write ``DIR/text_embeddings.safetensors`` (bf16 ``embeddings [N, L, D]``, bool ``mask [N, L]``),
     one row per distinct prompt; documents refer to rows by ``prompt_id``.
 
     Call it before `write_ar_dataset` for a Video2World dataset (or pass ``text_embeddings=`` to that
     function instead): the dataset's content hash covers this file. Written under a temporary name and
-    renamed. Identical content is a no-op. If a complete dataset already uses a different embeddings
-    file, this refuses unless ``overwrite=True``, which also removes ``dataset.json`` so the directory
-    reads as incomplete until `write_ar_dataset` finishes again.
+    renamed (`io.atomic`). Identical content is a no-op. If a complete dataset already uses a different
+    embeddings file, this refuses unless ``overwrite=True``, which also removes ``dataset.json`` so the
+    directory reads as incomplete until `write_ar_dataset` finishes again.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     final = out / TEXT_EMB_NAME
-    tmp = out / f"{_TMP_PREFIX}{os.getpid()}.{uuid.uuid4().hex[:8]}.{TEXT_EMB_NAME}"
     try:
-        _save_text_embeddings(tmp, embeddings, mask)
-        _fsync_file(tmp)
-        if final.is_file() and _sha256_file(final) == _sha256_file(tmp):
-            tmp.unlink()
-            return final
-        existing = _read_existing_meta(out)
-        if existing is not None and TEXT_EMB_NAME in (existing.get("files") or {}):
-            if not overwrite:
-                raise DatasetExistsError(
-                    f"{out} holds a complete dataset whose {TEXT_EMB_NAME} differs from the new embeddings; pass "
-                    "overwrite=True (--overwrite) to replace it, or write to a new directory"
-                )
-            (out / META_NAME).unlink()
-        os.replace(tmp, final)
-        _fsync_dir(out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        with atomic_path(final) as tmp:
+            _save_text_embeddings(tmp, embeddings, mask)
+            if final.is_file() and _sha256_file(final) == _sha256_file(tmp):
+                raise _Unchanged  # leaves the file as it is (not even renamed over): the temporary is dropped
+            existing = _read_existing_meta(out)
+            if existing is not None and TEXT_EMB_NAME in (existing.get("files") or {}):
+                if not overwrite:
+                    raise DatasetExistsError(
+                        f"{out} holds a complete dataset whose {TEXT_EMB_NAME} differs from the new embeddings; pass "
+                        "overwrite=True (--overwrite) to replace it, or write to a new directory"
+                    )
+                (out / META_NAME).unlink()
+    except _Unchanged:
+        return final
+    _fsync_dir(out)
     return final
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -686,10 +691,7 @@ def write_ar_dataset(
             if src[name] != out / name:
                 os.replace(src[name], out / name)
         _fsync_dir(out)
-        meta_tmp = tmp / META_NAME
-        meta_tmp.write_bytes(info_bytes)
-        _fsync_file(meta_tmp)
-        os.replace(meta_tmp, out / META_NAME)
+        atomic_write_bytes(out / META_NAME, info_bytes)
         _fsync_dir(out)
         return out
     finally:

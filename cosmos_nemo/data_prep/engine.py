@@ -38,12 +38,14 @@ import numpy as np
 import torch
 
 from cosmos_nemo.data_prep.clips import RESIZE_MODES, frames_to_tokenizer_input, geometry, iter_windows
+from cosmos_nemo.io.atomic import atomic_path, atomic_write_bytes, is_temporary
 from cosmos_nemo.io.video import VideoDecodeError, probe
 
 PARTS_DIR = ".parts"
 PREPARE_RECORD = ".prepare.json"
 FINGERPRINT = "fingerprint.json"
-# Files the contract puts in DIR plus our own bookkeeping; anything else means DIR is not ours.
+# Files the contract puts in DIR plus our own bookkeeping (and the temporaries of an interrupted write:
+# the dataset writer's staging folder, `io.atomic` temporaries); anything else means DIR is not ours.
 _OWN_NAMES = {"tokens.bin", "tokens.idx", "manifest.jsonl", "dataset.json", "text_embeddings.safetensors", PARTS_DIR, PREPARE_RECORD}
 _OWN_PREFIXES = (".ar_write.",)
 
@@ -175,7 +177,10 @@ def check_output_dir(out: Path) -> None:
         raise PrepareError(f"--output_prefix {out} exists and is a file; give a directory path")
     if not out.is_dir():
         return
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_NAMES and not p.name.startswith(_OWN_PREFIXES))
+    foreign = sorted(
+        p.name for p in out.iterdir()
+        if p.name not in _OWN_NAMES and not p.name.startswith(_OWN_PREFIXES) and not is_temporary(p)
+    )
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise PrepareError(
@@ -191,15 +196,6 @@ def read_prepare_record(out: Path) -> dict | None:
         return None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def prepare_parts_dir(out: Path, fp: str) -> tuple[Path, bool]:
     """`DIR/.parts` for fingerprint `fp`; stale parts of other settings/inputs are removed. Returns (dir, reused)."""
     parts = out / PARTS_DIR
@@ -213,10 +209,11 @@ def prepare_parts_dir(out: Path, fp: str) -> tuple[Path, bool]:
             shutil.rmtree(parts)
     reused = parts.is_dir()
     parts.mkdir(parents=True, exist_ok=True)
-    for stale in parts.glob(".*.tmp*"):
-        stale.unlink(missing_ok=True)  # a killed worker's half-written file
+    for stale in parts.iterdir():
+        if is_temporary(stale):
+            stale.unlink(missing_ok=True)  # a killed worker's half-written file
     if not marker.is_file():
-        _atomic_write(marker, json.dumps({"fingerprint": fp}).encode())
+        atomic_write_bytes(marker, json.dumps({"fingerprint": fp}).encode())
     return parts, reused
 
 
@@ -242,7 +239,7 @@ def process_source(index: int, item: SourceItem, settings: EngineSettings, token
     result.update({"index": index, "source": item.source})
     if result["status"] != "ok":
         tokens_path.unlink(missing_ok=True)
-    _atomic_write(meta_path, json.dumps(result, sort_keys=True).encode())
+    atomic_write_bytes(meta_path, json.dumps(result, sort_keys=True).encode())
     return result
 
 
@@ -261,37 +258,28 @@ def _tokenize_source(item: SourceItem, settings: EngineSettings, tokenizer, toke
             f"smaller than the target: {info.width}x{info.height} would be upscaled x{geo.scale:.2f} to fill "
             f"{settings.width}x{settings.height} ({settings.resize_mode}); pass --allow-upscale to use it",
         )
-    tmp = tokens_path.with_name(f".{tokens_path.name}.tmp{os.getpid()}")
     starts: list[int] = []
     vocab = int(tokenizer.vocab_size)
-    try:
-        with open(tmp, "wb") as sink:
-            batch: list[np.ndarray] = []
+    with atomic_path(tokens_path) as tmp, open(tmp, "wb") as sink:
+        batch: list[np.ndarray] = []
 
-            def flush() -> None:
-                x = frames_to_tokenizer_input(batch, dtype=settings.torch_dtype, device=settings.device)
-                ids = tokenizer.encode(x).reshape(len(batch), -1).cpu().numpy()
-                if ids.min() < 0 or ids.max() >= vocab:
-                    raise RuntimeError(f"tokenizer returned ids outside [0, {vocab}): [{ids.min()}, {ids.max()}]")
-                sink.write(ids.astype("<i4").tobytes())
-                batch.clear()
+        def flush() -> None:
+            x = frames_to_tokenizer_input(batch, dtype=settings.torch_dtype, device=settings.device)
+            ids = tokenizer.encode(x).reshape(len(batch), -1).cpu().numpy()
+            if ids.min() < 0 or ids.max() >= vocab:
+                raise RuntimeError(f"tokenizer returned ids outside [0, {vocab}): [{ids.min()}, {ids.max()}]")
+            sink.write(ids.astype("<i4").tobytes())
+            batch.clear()
 
-            for start, clip in iter_windows(item.path, geo, settings.frames, settings.stride, settings.decode_threads):
-                starts.append(start)
-                batch.append(clip)
-                if len(batch) == settings.batch_size:
-                    flush()
-            if batch:
+        for start, clip in iter_windows(item.path, geo, settings.frames, settings.stride, settings.decode_threads):
+            starts.append(start)
+            batch.append(clip)
+            if len(batch) == settings.batch_size:
                 flush()
-            sink.flush()
-            os.fsync(sink.fileno())
-        if not starts:
-            tmp.unlink(missing_ok=True)
-            return _skip(item.source, f"fewer frames than one window of {settings.frames} (decoded fewer)")
-        os.replace(tmp, tokens_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        if batch:
+            flush()
+    if not starts:  # the empty file is not a part: process_source removes it and records the skip
+        return _skip(item.source, f"fewer frames than one window of {settings.frames} (decoded fewer)")
     fps = info.fps
     if fps <= 0:  # no average rate in the container: frames per second of the declared duration, else 24
         fps = info.num_frames / info.duration if info.num_frames and info.duration else 24.0
@@ -431,7 +419,7 @@ def finish(out: Path, fp: str, report: Report) -> None:
     """Record what made the dataset and drop the parts (the dataset holds everything they held)."""
     # Only what depends on the inputs and settings, so this file too is identical across reruns/workers.
     stable = {k: v for k, v in asdict(report).items() if k not in ("output_dir", "seconds", "resumed_parts", "already_complete")}
-    _atomic_write(out / PREPARE_RECORD, json.dumps({"fingerprint": fp, "report": stable}, sort_keys=True, indent=1).encode())
+    atomic_write_bytes(out / PREPARE_RECORD, json.dumps({"fingerprint": fp, "report": stable}, sort_keys=True, indent=1).encode())
     shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
 
 

@@ -6,11 +6,12 @@ no second decode and no full-size frames are held.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from cosmos_nemo.io.atomic import atomic_path
 
 THUMB_HEIGHT = 144
 DIFF_GAIN = 4  # |reference - generated| is small; scale it to be visible
@@ -59,7 +60,6 @@ def write_contact_sheet(path: Path, rows: list[tuple[str, WorstFrame]]) -> Path:
             sheet.paste(Image.fromarray(img), (x, y + label_h + pad))
             x += img.shape[1] + pad
         y += h
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
     return path

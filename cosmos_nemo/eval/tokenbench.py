@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import os
 import tempfile
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from cosmos_nemo.eval.fvd import FVD_MAX_FRAMES, FVDAccumulator, i3d_features, i
 from cosmos_nemo.eval.lpips import load_lpips, lpips_per_frame
 from cosmos_nemo.eval.metrics import FrameTooSmallError, PairAccumulator, check_frame_size
 from cosmos_nemo.eval.sources import Preprocess, pair_videos, prefetch, subset_of, video_chunks
+from cosmos_nemo.io.atomic import atomic_write_text
 from cosmos_nemo.io.video import VideoDecodeError
 
 METRICS = ("psnr", "ssim", "lpips", "fvd")
@@ -197,10 +197,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 def _atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     # allow_nan=False: a NaN reaching a report is a bug, and must fail loudly rather than be written.
-    tmp.write_text(json.dumps(obj, indent=None if isinstance(obj, list) else 2, allow_nan=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=None if isinstance(obj, list) else 2, allow_nan=False))
 
 
 class _single_threaded_torch:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cosmos_nemo.io.atomic import atomic_path
+
 
 def contact_sheet(rows: dict[str, np.ndarray], path: str | os.PathLike, max_frames: int = 9) -> Path:
     """One row per named clip (uint8 [T, H, W, 3]), up to `max_frames` evenly spaced frames each, with a
@@ -26,8 +28,6 @@ def contact_sheet(rows: dict[str, np.ndarray], path: str | os.PathLike, max_fram
         for c, i in enumerate(idx):
             sheet[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = clip[i]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    Image.fromarray(sheet).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:  # PIL picks the format from the suffix
+        Image.fromarray(sheet).save(tmp)
     return path

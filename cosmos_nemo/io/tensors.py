@@ -17,6 +17,8 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
+from cosmos_nemo.io.atomic import atomic_path
+
 
 class TensorFileError(ValueError):
     """A tensor file is missing, unreadable, or does not hold the expected keys."""
@@ -26,17 +28,9 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata=dict(metadata) if metadata else None)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

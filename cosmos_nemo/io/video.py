@@ -33,6 +33,8 @@ import av
 from av.video.reformatter import VideoReformatter
 import numpy as np
 
+from cosmos_nemo.io.atomic import atomic_path
+
 VIDEO_EXTENSIONS = (
     ".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4v", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".3gp",
     ".ogv", ".mxf", ".y4m",
@@ -347,55 +349,53 @@ def write_mp4(
     small generated sets). `faststart` puts the index at the front so players can start before the download ends.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.mp4")
     chunks = [frames] if isinstance(frames, np.ndarray) else frames
-    container = av.open(str(tmp), mode="w", options={"movflags": "+faststart"} if faststart else {})
-    stream = None
-    written = 0
-    try:
-        for chunk in chunks:
-            chunk = np.asarray(chunk)
-            if chunk.ndim == 3:
-                chunk = chunk[None]
-            if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[-1] != 3:
-                raise ValueError(f"frames must be uint8 [T,H,W,3], got {chunk.dtype} {tuple(chunk.shape)}")
-            if stream is None:
-                h, w = chunk.shape[1:3]
-                stream = container.add_stream(codec, rate=_fps_fraction(fps))
-                stream.width, stream.height = w, h
-                stream.pix_fmt = pix_fmt or ("yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p")
-                options = {"crf": str(crf)} if codec in ("libx264", "libx265") else {}
-                if deterministic:
-                    stream.thread_count = 1
-                    if codec == "libx264":
-                        # x264's SIMD routines make the bytes vary between identical runs (measured: 59 of
-                        # 150 encodes of one clip differed with asm on, 0 of 150 with asm off), presumably
-                        # by reading the uninitialised row padding of the input frames. The C paths only
-                        # read the picture, so the output depends on the frames alone.
-                        options["threads"] = "1"
-                        options["x264-params"] = "asm=0"
-                stream.options = options
-            elif chunk.shape[1:3] != (stream.height, stream.width):
-                raise ValueError(f"frame size changed mid-video: {chunk.shape[1:3]} vs {(stream.height, stream.width)}")
-            for f in chunk:
-                frame = av.VideoFrame.from_ndarray(f, format="rgb24")
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-                written += 1
-        if stream is None or written == 0:
-            raise ValueError("write_mp4 got zero frames")
-        for packet in stream.encode():
-            container.mux(packet)
-        container.close()
-        os.replace(tmp, path)
-    except BaseException:
+    # The temporary name keeps the .mp4 suffix: the muxer picks the container format from it.
+    with atomic_path(path, suffix=".mp4") as tmp:
+        container = av.open(str(tmp), mode="w", options={"movflags": "+faststart"} if faststart else {})
+        stream = None
+        written = 0
         try:
-            container.close()
-        except Exception:
-            pass
-        tmp.unlink(missing_ok=True)
-        raise
+            for chunk in chunks:
+                chunk = np.asarray(chunk)
+                if chunk.ndim == 3:
+                    chunk = chunk[None]
+                if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[-1] != 3:
+                    raise ValueError(f"frames must be uint8 [T,H,W,3], got {chunk.dtype} {tuple(chunk.shape)}")
+                if stream is None:
+                    h, w = chunk.shape[1:3]
+                    stream = container.add_stream(codec, rate=_fps_fraction(fps))
+                    stream.width, stream.height = w, h
+                    stream.pix_fmt = pix_fmt or ("yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p")
+                    options = {"crf": str(crf)} if codec in ("libx264", "libx265") else {}
+                    if deterministic:
+                        stream.thread_count = 1
+                        if codec == "libx264":
+                            # x264's SIMD routines make the bytes vary between identical runs (benchmarks/README.md,
+                            # "Measurements behind code choices"), presumably by reading the uninitialised row padding
+                            # of the input frames. The C paths only read the picture, so the output depends on the
+                            # frames alone.
+                            options["threads"] = "1"
+                            options["x264-params"] = "asm=0"
+                    stream.options = options
+                elif chunk.shape[1:3] != (stream.height, stream.width):
+                    raise ValueError(f"frame size changed mid-video: {chunk.shape[1:3]} vs {(stream.height, stream.width)}")
+                for f in chunk:
+                    frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+                    for packet in stream.encode(frame):
+                        container.mux(packet)
+                    written += 1
+            if stream is None or written == 0:
+                raise ValueError("write_mp4 got zero frames")
+            for packet in stream.encode():
+                container.mux(packet)
+        except BaseException:
+            try:
+                container.close()
+            except Exception:
+                pass
+            raise
+        container.close()
     return path
 
 

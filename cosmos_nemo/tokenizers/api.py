@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
+
+from cosmos_nemo.io.atomic import atomic_path
+from cosmos_nemo.io.tensors import save_tensors
 
 from .configs import REGISTRY, TokenizerConfig, resolve_name
 from .loading import (
@@ -245,17 +246,9 @@ class CausalVideoTokenizer(nn.Module):
             (SAFETENSORS_FILES[1], self.decoder.state_dict()),
         ]
         for name, sd in items:
-            tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", delete=False) as tmp:
-                tmp_path = Path(tmp.name)
-            try:
-                save_file(tensors, str(tmp_path), metadata={"format": "pt", "tokenizer": self.name})
-                os.replace(tmp_path, folder / name)
-            finally:
-                tmp_path.unlink(missing_ok=True)
-        cfg_tmp = folder / f".{CONFIG_FILE}.tmp"
-        self.config.to_json(cfg_tmp)
-        os.replace(cfg_tmp, folder / CONFIG_FILE)
+            save_tensors(folder / name, sd, metadata={"format": "pt", "tokenizer": self.name})
+        with atomic_path(folder / CONFIG_FILE) as tmp:
+            self.config.to_json(tmp)
         return folder
 
 

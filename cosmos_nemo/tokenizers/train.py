@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cosmos_nemo.io.atomic import atomic_dir
 from cosmos_nemo.io.video import VideoDecodeError, list_videos, read_frames
 
 from .api import CausalVideoTokenizer, load_video_tokenizer
@@ -208,18 +208,6 @@ def orthonormal_haar(model: CausalVideoTokenizer, convert_in: bool = True):
         convert(1.0 / gain)
 
 
-def _finalize(tmp: Path, output: Path, overwrite: bool) -> None:
-    if output.exists():
-        if not overwrite and any(output.iterdir()):
-            raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
-        backup = output.with_name(f".{output.name}.old{os.getpid()}")
-        os.replace(output, backup)
-        os.replace(tmp, output)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, output)
-
-
 def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainTokenizerResult:
     start = time.monotonic()
     output = Path(cfg.output)
@@ -302,14 +290,10 @@ def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainTokenizerResult:
         final_loss=loss_value,
         skipped=skipped,
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    # An empty folder is replaced as with --overwrite; a non-empty one without it was refused at the start.
+    replace = cfg.overwrite or (output.is_dir() and not any(output.iterdir()))
+    with atomic_dir(output, overwrite=replace) as tmp:
         model.eval().save(tmp)
         report = {"result": asdict(result), "config": asdict(cfg), "compression": [t, s, s]}
         (tmp / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        _finalize(tmp, output, cfg.overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return result
