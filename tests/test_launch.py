@@ -54,24 +54,29 @@ def test_nccl_with_more_ranks_than_gpus_is_refused_before_spawning():
     assert "backend='gloo'" in str(info.value)  # the message says what to do instead
 
 
-def _setup_with(backend, env_value):
-    if env_value is not None:
-        os.environ[parallel.BACKEND_ENV] = env_value
-    parallel.setup(backend=backend)
-    return "initialised"
+def _nccl_requests() -> dict:
+    """parallel.setup asked for NCCL by argument, then by $COSMOS_NEMO_BACKEND: the error of each."""
+    messages = {}
+    for source, request in (("argument", lambda: parallel.setup(backend="nccl")),
+                            ("environment", lambda: (os.environ.__setitem__(parallel.BACKEND_ENV, "nccl"),
+                                                     parallel.setup()))):
+        try:
+            request()
+            messages[source] = "initialised"
+        except RuntimeError as err:
+            messages[source] = str(err)
+    return messages
 
 
 @pytest.mark.cpu_only
-@pytest.mark.parametrize("backend,env_value,source", [("nccl", None, "backend argument"),
-                                                      (None, "nccl", "$COSMOS_NEMO_BACKEND")])
-def test_setup_refuses_nccl_without_cuda(backend, env_value, source):
+def test_setup_refuses_nccl_without_cuda():
     # In a fresh gloo worker (no CUDA there on any machine): the request comes from the argument or from
-    # the environment variable the launcher and the trainer read.
-    with pytest.raises(RuntimeError) as info:
-        run_in_processes(_setup_with, 1, backend, env_value)
-    message = str(info.value)
-    assert "NCCL was requested" in message and source in message and "CUDA is not available" in message
-    assert "use the gloo backend" in message
+    # the environment variable the launcher sets and the trainer's setup() reads.
+    messages = run_in_processes(_nccl_requests, 1)[0]
+    for source, where in (("argument", "backend argument"), ("environment", "$COSMOS_NEMO_BACKEND")):
+        message = messages[source]
+        assert "NCCL was requested" in message and where in message and "CUDA is not available" in message, message
+        assert "use the gloo backend" in message
 
 
 @pytest.mark.cpu_only
