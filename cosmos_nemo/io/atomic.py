@@ -81,8 +81,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder; it replaces `path` (a folder) when the block succeeds.
 
-    With `overwrite=False` an existing `path` is an error; with True the old folder is removed just
-    before the rename (a crash in between leaves the complete new folder under the temporary name)."""
+    With `overwrite=False` an existing `path` is an error; with True the old folder is first renamed
+    aside, the new one renamed in, and only then the old one removed: a crash at any point leaves the old
+    or the new folder complete (under its own or a temporary name), never neither."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
@@ -91,11 +92,15 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     tmp.mkdir()
     try:
         yield tmp
+        old = None
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} appeared while it was being written")
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            old = temporary_name(path)
+            os.replace(path, old)
         os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
