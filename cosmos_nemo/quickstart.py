@@ -139,7 +139,8 @@ def generate_heldout(run_dir: Path, tokens: Path, tok_dir: Path, out: Path, args
     from cosmos_nemo import parallel
     from cosmos_nemo.data import ARTokenDataset, split_ranges
     from cosmos_nemo.data_prep.clips import apply_geometry, geometry
-    from cosmos_nemo.inference.ar import SamplingConfig, continue_clip, load_trained_model
+    from cosmos_nemo.inference.ar import SamplingConfig, continue_clip
+    from cosmos_nemo.inference.loading import load_trained_model
     from cosmos_nemo.inference.media import contact_sheet
     from cosmos_nemo.io.video import read_frames, write_mp4
     from cosmos_nemo.tokenizers import load_video_tokenizer

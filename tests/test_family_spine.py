@@ -55,7 +55,7 @@ def _final_weights(run_dir: str) -> dict:
     """The run's latest weights, loaded through the family-generic inference loader (bare model)."""
     torch.set_num_threads(1)
     from cosmos_nemo import parallel
-    from cosmos_nemo.inference.ar import load_trained_model
+    from cosmos_nemo.inference.loading import load_trained_model
 
     parallel.setup()
     model, cfg, ckpt = load_trained_model(run_dir)
@@ -63,6 +63,9 @@ def _final_weights(run_dir: str) -> dict:
     with torch.no_grad():
         out["_prediction"] = model(torch.ones(2, cfg.in_features))
     out["_is_bare"] = torch.tensor(type(model).__name__ == "RegressionModel")
+    half, _, _ = load_trained_model(run_dir, dtype=torch.bfloat16)  # bf16 for inference when asked
+    out["_bf16_equal"] = torch.tensor(all(
+        p.dtype == torch.bfloat16 and torch.equal(p, out[name].to(torch.bfloat16)) for name, p in half.named_parameters()))
     parallel.teardown()
     return out
 
@@ -92,7 +95,7 @@ def test_trains_logs_and_rebuilds_from_its_run_folder(reference):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert "family: family_regression" in (run / "config.yaml").read_text()
     weights = run_in_processes(_final_weights, 1, str(run))[0]
-    assert bool(weights["_is_bare"]) and weights["_prediction"].shape == (2, 3)
+    assert bool(weights["_is_bare"]) and weights["_prediction"].shape == (2, 3) and bool(weights["_bf16_equal"])
     assert "layer1.fc2.weight" in weights
 
 
