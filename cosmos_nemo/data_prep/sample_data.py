@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cosmos_nemo.io.atomic import atomic_write_text
 from cosmos_nemo.io.video import write_mp4
 
 # Ball colours (RGB) with the names used in captions. Backgrounds are chosen so every ball contrasts.
@@ -281,12 +282,6 @@ def make_clip(seed: int, index: int, num_frames: int, height: int, width: int, f
     return frames, caption_for(balls, background, positions, vel, log, height, width)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def generate_sample_dataset(
     out_dir: str | os.PathLike,
     num_videos: int = 8,
@@ -324,8 +319,8 @@ def generate_sample_dataset(
         frames, caption = make_clip(seed, i, num_frames, height, width, fps)
         stem = f"sample_{i:04d}"
         video = write_mp4(out / "videos" / f"{stem}.mp4", frames, fps=fps, crf=18, deterministic=True)
-        _atomic_write_text(out / "metas" / f"{stem}.txt", caption + "\n")
+        atomic_write_text(out / "metas" / f"{stem}.txt", caption + "\n")
         paths.append(video)
         records.append({"prompt": caption, "visual_input": f"videos/{stem}.mp4"})
-    _atomic_write_text(out / "prompts.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(out / "prompts.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return paths
