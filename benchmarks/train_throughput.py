@@ -13,7 +13,8 @@ clipping at 1.0; the peer does no clipping), in one or more *variants* of the CP
 - `plain` (= "0"): megatron's own path, what a GPU runs: its embedding, output layer, vocab-parallel
   cross-entropy, gradient-buffer zeroing and optimizer step (megatron's torch AdamW fallback);
 - `adapter` (= "1"): every CPU acceleration on (the default on a CPU);
-- `-NAME`: every acceleration but NAME (`--variants adapter,-fused_loss` measures what fused_loss saves).
+- `-NAME`: every acceleration but NAME (`--variants adapter,-fused_loss` measures what fused_loss saves);
+- `NAME+NAME...`: only those accelerations.
 
 The peer is `LlamaForCausalLM(LlamaConfig(..., attn_implementation="sdpa", tie_word_embeddings=False))`
 with `labels=` and torch's fused AdamW. Our blocks also apply the QK RMSNorm of the Cosmos architecture
@@ -22,7 +23,7 @@ adapter path is >= 1.1), and the achieved model FLOP/s (6 x non-embedding parame
 x hidden x sequence x tokens) as a fraction of the matmul peak measured here, same dtype and threads.
 
     python benchmarks/train_throughput.py                       # ~136 M parameters, fp32, 2 threads
-    python benchmarks/train_throughput.py --threads 1 --variants adapter,-fused_adamw,-lazy_grad_zeroing
+    python benchmarks/train_throughput.py --threads 1 --variants adapter,-fused_loss,fused_adamw
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ def variant_spec(name: str) -> str:
         return VARIANT_SPECS[name]
     if name.startswith("-") and name[1:] in cpu_adapter.ACCELERATIONS:
         return name
-    raise SystemExit(f"unknown variant {name!r}: plain, adapter or -NAME with NAME in {sorted(cpu_adapter.ACCELERATIONS)}")
+    kept = name.split("+")
+    if all(k in cpu_adapter.ACCELERATIONS for k in kept):
+        return ",".join(kept)
+    raise SystemExit(f"unknown variant {name!r}: plain, adapter, -NAME or NAME+NAME... with NAME in "
+                     f"{sorted(cpu_adapter.ACCELERATIONS)}")
 
 
 def ours_config(args):
@@ -150,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per model (default 5)")
     p.add_argument("--variants", default="plain,adapter",
                    help="comma-separated variants of our step: plain (megatron's own path, as on a GPU), adapter "
-                   "(every CPU acceleration), -NAME (every acceleration but NAME); default plain,adapter")
+                   "(every CPU acceleration), -NAME (every acceleration but NAME), NAME+NAME (only those); default plain,adapter")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     args.seq = args.grid[0] * args.grid[1] * args.grid[2]

@@ -41,21 +41,11 @@ What is adapted, and why:
    `random._get_cuda_rng_state` / `_set_cuda_rng_state`, besides the CPU state and the tracker states it
    handles itself. With no CUDA generator, the getter returns the CPU state (a placeholder the setter
    ignores) and the setter does nothing: the CPU state is already restored by the checkpoint function.
-11. Gradient-accumulation fusion: megatron's parallel linears can add their weight gradient straight into
-   DDP's persistent buffer (`weight.main_grad`) through the CUDA extension `fused_weight_gradient_mlp_cuda`,
-   instead of producing a fresh `weight.grad` that DDP's hook adds in and drops. `CpuWgradAccumulation`
-   provides the extension's two functions with the same arithmetic (main_grad += grad_output^T @ input over
-   the flattened token dimensions) and megatron's layers module is told the extension is available. The
-   fusion itself stays off until `training.harness.wrap_model` turns it on for a DDP-wrapped model (it
-   needs `main_grad`). Into a buffer `parallel.grad_buffers` left unfilled, the step's first write
-   overwrites (`beta = 0`).
-12. The global gradient norm (`get_grad_norm_fp32`, for clipping and logging): without Apex/TE megatron
-   takes `torch.norm` of each gradient and the norm of those, on one thread and accumulating in float32.
-   `cpu_multi_tensor_l2norm` sums per-tensor dot products (BLAS, threaded) in float64 instead.
 
-Items 1-10 are what megatron needs to run at all on a CPU. Items 11-12 and the others listed in
-`ACCELERATIONS` are speed-ups: they compute what megatron's own path computes (each has a test against
-that path), and they are on only where this adapter is installed (never with CUDA). One switch turns them
+Items 1-10 are what megatron needs to run at all on a CPU. The speed-ups listed in `ACCELERATIONS` are
+different: they compute what megatron's own path computes (each has a test against that path), and they
+are on only where this adapter is installed (never with CUDA). Each was kept because it saves at least 3 %
+of a CPU training step (benchmarks/README.md has the measurements and the ones removed for saving less). One switch turns them
 all off: `trainer.cpu_accelerations=false` (`configure_accelerations(False)`) or the environment variable
 `COSMOS_NEMO_CPU_ACCELERATIONS=0`; the variable may also name the ones to keep (`fused_loss,fused_adamw`)
 or drop (`-fused_loss`), which is how `benchmarks/train_throughput.py` measures each one. The variable
@@ -70,21 +60,17 @@ import types
 
 import torch
 
-from cosmos_nemo.parallel.grad_buffers import prepare_write
 
 _INSTALLED = False
 
 # The CPU speed-ups, by name: each one is on only while this adapter is installed and the switch allows it.
 ACCELERATIONS = {
-    "fused_loss": "output projection + cross-entropy in one function (models/common/linear_ce.py)",
-    "embedding_main_grad": "embedding/output weight gradients written straight into DDP's buffers "
+    "fused_loss": "output projection + cross-entropy in one function, its weight gradient written straight "
+                  "into DDP's buffer (models/common/linear_ce.py)",
+    "embedding_main_grad": "the embedding's weight gradient written straight into DDP's buffer "
                            "(models/common/main_grad.py)",
-    "wgrad_fusion": "megatron's gradient-accumulation fusion with a CPU kernel (item 11)",
-    "lazy_grad_zeroing": "gradient buffers overwritten instead of zero-filled (parallel/grad_buffers.py)",
     "fused_adamw": "torch's fused AdamW instead of megatron's per-parameter fallback, clipping folded into "
                    "its grad_scale (training/harness.py)",
-    "grad_norm": "threaded float64 gradient norm (item 12)",
-    "rmsnorm_backward": "RMSNorm with a hand-written backward (models/common/norm.py)",
 }
 ENV_VAR = "COSMOS_NEMO_CPU_ACCELERATIONS"
 _CONFIGURED = True
@@ -241,41 +227,6 @@ def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decouple
         torch._foreach_mul_(grads, clip_coeff)
 
 
-class CpuWgradAccumulation:
-    """CPU stand-in for the `fused_weight_gradient_mlp_cuda` extension (item 11): the same accumulation,
-    `main_grad += grad_output^T @ input`, with torch's matmul; into a buffer that `parallel.grad_buffers`
-    left unfilled (stale) the step's first write overwrites instead."""
-
-    @staticmethod
-    def _accumulate(total_input: torch.Tensor, grad_output: torch.Tensor, main_grad: torch.Tensor) -> None:
-        x = total_input.reshape(-1, total_input.shape[-1])
-        g = grad_output.reshape(-1, grad_output.shape[-1])
-        first = prepare_write(main_grad)  # the step's first write into a buffer left unfilled: overwrite
-        if x.dtype == g.dtype == main_grad.dtype:
-            main_grad.addmm_(g.t(), x, beta=0.0 if first else 1.0)
-        elif first:  # e.g. bf16 activations into an fp32 buffer: as the unfused path, matmul then add
-            main_grad.copy_(g.t() @ x)
-        else:
-            main_grad.add_(g.t() @ x)
-
-    wgrad_gemm_accum_fp32 = _accumulate
-    wgrad_gemm_accum_fp16 = _accumulate
-
-
-def cpu_multi_tensor_l2norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):
-    """`amp_C.multi_tensor_l2norm`'s contract (item 12): the L2 norm over all tensors of `tensor_lists[0]`
-    as a one-element float32 tensor, and the per-tensor norms when `per_tensor` (else None)."""
-    squares = []
-    for tensor in tensor_lists[0]:
-        flat = tensor.reshape(-1)
-        if flat.dtype not in (torch.float32, torch.float64):
-            flat = flat.float()
-        squares.append(torch.dot(flat, flat).double())
-    squares = torch.stack(squares) if squares else torch.zeros(0, dtype=torch.float64)
-    total = squares.sum().sqrt().float().reshape(1)
-    return total, (squares.sqrt().float() if per_tensor else None)
-
-
 def _with_cuda_type_names(init):
     def wrapped(self, *args, **kwargs):
         original = torch.Tensor.type
@@ -324,23 +275,9 @@ def install(force: bool = False) -> bool:
     from megatron.core.optimizer import clip_grads, optimizer
 
     clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
-    from megatron.core import utils as mcore_utils
-
-    if clip_grads.multi_tensor_applier is mcore_utils.local_multi_tensor_applier:  # no Apex/TE kernels
-        megatron_l2norm = clip_grads.l2_norm_impl
-
-        def l2norm(*args):
-            return (cpu_multi_tensor_l2norm if acceleration("grad_norm") else megatron_l2norm)(*args)
-
-        clip_grads.l2_norm_impl = l2norm
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
     fp16_opt = optimizer.Float16OptimizerWithFloat16Params
     fp16_opt.__init__ = _with_cuda_type_names(fp16_opt.__init__)
-
-    from megatron.core.tensor_parallel import layers as mp_layers
-
-    mp_layers.fused_weight_gradient_mlp_cuda = CpuWgradAccumulation
-    mp_layers._grad_accum_fusion_available = True
 
     from megatron.core.tensor_parallel import random as mp_random
 

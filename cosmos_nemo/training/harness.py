@@ -1,4 +1,4 @@
-"""The megatron-core training harness: model wrapping, optimizer, one train step, dist-ckpt save/load.
+"""The megatron-core training harness: model wrapping, optimizer, one train step.
 
 These few functions are all the trainer needs from megatron-core, and they run the same code on a
 2-core CPU (gloo, with `parallel.cpu_adapter` installed) as on GPUs (NCCL):
@@ -10,9 +10,8 @@ These few functions are all the trainer needs from megatron-core, and they run t
 - `train_step` / `eval_step`: one global batch through megatron's `get_forward_backward_func` (no
   pipelining, or the 1F1B pipeline schedule when PP > 1), gradient accumulation over micro-batches,
   then one optimizer step. The model-specific part is the `forward_step` function the caller passes.
-  On the CPU the gradient buffers are overwritten rather than zero-filled first
-  (`parallel/grad_buffers.py`, bit-identical), and `optimizer_step` folds the clipping into torch's fused
-  AdamW (one pass over the gradients less).
+  With the CPU adapter's `fused_adamw` acceleration, `optimizer_step` folds the clipping into torch's
+  fused AdamW (one pass over the gradients less).
 
 Checkpoint I/O (megatron dist-ckpt) lives in the checkpoint room (`checkpoint/dist.py`).
 """
@@ -29,7 +28,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from cosmos_nemo.models.family import ForwardStep
-from cosmos_nemo.parallel import cpu_adapter, grad_buffers
+from cosmos_nemo.parallel import cpu_adapter
 from cosmos_nemo.training.config import OptimizerConfig as TrainOptimizerConfig
 
 
@@ -50,28 +49,12 @@ def wrap_model(model_provider: Callable[[bool, bool], torch.nn.Module], overlap_
         check_for_nan_in_grad=False,
     )
     ddp = DistributedDataParallel(model.config, ddp_config, model)
-    _fuse_weight_grad_accumulation(model)
     # The schedules call these hooks: finalize_model_grads finishes DDP's gradient all-reduce over DP and
     # all-reduces the gradients of TP-replicated parameters that see different heads on each rank
     # (QK-layernorm weights), and no_sync defers DP reduction to the last micro-batch.
-    model.config.finalize_model_grads_func = grad_buffers.finalize_with_settle(finalize_model_grads)
+    model.config.finalize_model_grads_func = finalize_model_grads
     model.config.no_sync_func = ddp.no_sync
     return [ddp]
-
-
-def _fuse_weight_grad_accumulation(model: torch.nn.Module) -> None:
-    """On the CPU, let megatron's parallel linears add their weight gradients straight into DDP's
-    `main_grad` (megatron's gradient-accumulation fusion, with the CPU kernel of
-    `parallel.cpu_adapter`): no fresh weight-sized gradient per layer per step and no hook pass adding it.
-    On a GPU megatron's own setting (`gradient_accumulation_fusion`, needing its CUDA extension or TE)
-    is left as configured."""
-    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
-
-    if not cpu_adapter.acceleration("wgrad_fusion"):
-        return
-    for module in model.modules():
-        if isinstance(module, (ColumnParallelLinear, RowParallelLinear)) and hasattr(module.weight, "main_grad"):
-            module.gradient_accumulation_fusion = True
 
 
 def build_optimizer(model_chunks, cfg: TrainOptimizerConfig, bf16: bool = False):
@@ -205,7 +188,7 @@ def train_step(
     `pre_step(model_chunks)`, if given, runs on the reduced gradients just before the optimizer step.
     """
     for chunk in model_chunks:
-        grad_buffers.zero_grad_buffer(chunk)  # megatron's zero_grad_buffer, minus fills the backward overwrites
+        chunk.zero_grad_buffer()
     optimizer.zero_grad()
     metrics = _schedule(forward_step, data_iterator, model_chunks, num_microbatches, seq_length, micro_batch_size, False)
     if pre_step is not None:

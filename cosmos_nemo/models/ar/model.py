@@ -34,7 +34,6 @@ from cosmos_nemo.models.ar.spec import ar_layer_spec
 from cosmos_nemo.models.common.embeddings import abs_pos_emb_3d
 from cosmos_nemo.models.common.linear_ce import TokenLoss, linear_cross_entropy
 from cosmos_nemo.models.common.main_grad import MainGradVocabEmbedding
-from cosmos_nemo.models.common.norm import RMSNorm
 from cosmos_nemo.models.common.rope import rope_3d_angles
 from cosmos_nemo.parallel import cpu_adapter
 from cosmos_nemo.tokenizers.grid import LatentGrid
@@ -118,10 +117,6 @@ class CosmosARModel(GPTModel):
             # CPU speed-up: the same module with a lookup whose gradient goes straight into megatron DDP's
             # buffer (models/common/main_grad.py); no new state, so the class is swapped in place.
             self.embedding.word_embeddings.__class__ = MainGradVocabEmbedding
-        final_norm = getattr(self.decoder, "final_layernorm", None)
-        if type(final_norm) is torch.nn.RMSNorm and cpu_adapter.acceleration("rmsnorm_backward"):
-            # megatron builds the final norm outside the layer spec: the spec's swap, done here
-            final_norm.__class__ = RMSNorm  # (models/common/norm.py: a subclass with no new state)
         self._table_cache: dict = {}
 
     # ----------------------------------------------------------------------------------------------

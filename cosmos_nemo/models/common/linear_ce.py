@@ -130,10 +130,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         d_hidden = g @ weight if ctx.needs_input_grad[0] else None
         d_weight = None
         if ctx.needs_input_grad[1]:
-            def add_into(main, overwrite):
-                main.addmm_(g.t(), hidden, beta=0.0 if overwrite else 1.0)
+            def add_into(main):
+                if main.dtype == g.dtype:
+                    main.addmm_(g.t(), hidden)
+                else:  # e.g. bf16 activations into an fp32 buffer: as the unfused path, matmul then add
+                    main.add_(g.t() @ hidden)
 
-            d_weight = accumulate_weight_grad(weight, add_into, lambda: g.t() @ hidden, g.dtype)
+            d_weight = accumulate_weight_grad(weight, add_into, lambda: g.t() @ hidden)
         del g, grad
         _give_back(work)
         return d_hidden, d_weight, None, None

@@ -7,7 +7,9 @@ on any device, for the two largest weights of a video-token model: the `[64000, 
 and output layer. For each, the round trip is a gradient the size of the weight, zero-filled or written
 fresh every step, plus a pass adding it into the buffer.
 
-Without megatron's DDP (no `main_grad`) they return ordinary gradients.
+Without megatron's DDP (no `main_grad`) they return ordinary gradients. Both are CPU-adapter
+accelerations (parallel/cpu_adapter.py): with CUDA, or with the switch off, megatron's own embedding and
+output layer run.
 """
 
 from __future__ import annotations
@@ -15,11 +17,9 @@ from __future__ import annotations
 import torch
 from megatron.core.tensor_parallel.layers import VocabParallelEmbedding
 
-from cosmos_nemo.parallel.grad_buffers import prepare_write
 
 
-def accumulate_weight_grad(weight: torch.Tensor, add_into, compute, dtype: torch.dtype | None,
-                           rows: torch.Tensor | None = None):
+def accumulate_weight_grad(weight: torch.Tensor, add_into, compute):
     """The weight gradient of a custom backward, following megatron's gradient-accumulation fusion.
 
     Under megatron's DDP (the parameter has `main_grad`, its persistent gradient buffer, and the
@@ -27,21 +27,11 @@ def accumulate_weight_grad(weight: torch.Tensor, add_into, compute, dtype: torch
     tells DDP's hook not to add again, and an unfilled placeholder is returned for autograd (a zero one
     when megatron asks for `zero_out_wgrad`), as megatron's own linear layers do. This skips a fresh
     gradient the size of the weight and a pass adding it into the buffer. Elsewhere `compute()` is the
-    gradient, returned as usual. `add_into(main_grad, overwrite)` runs when `dtype` is None or the buffer's
-    dtype, otherwise the computed gradient is added; `overwrite` is True for the step's first write into a
-    buffer `parallel.grad_buffers` left unfilled: its old values must be replaced, not added to. `rows`: the
-    write touches only these rows (dim 0) of the buffer; a stale buffer is then zeroed before `add_into`
-    (only last step's rows when known) and `overwrite` is False."""
+    gradient, returned as usual."""
     main = getattr(weight, "main_grad", None)
     if main is None or not hasattr(weight, "grad_added_to_main_grad"):
         return compute()
-    first = prepare_write(main, rows)  # True: the step's first write into a buffer left unfilled
-    if dtype is None or main.dtype == dtype:
-        add_into(main, first)
-    elif first:
-        main.copy_(compute())
-    else:
-        main.add_(compute())
+    add_into(main)
     weight.grad_added_to_main_grad = True
     if getattr(weight, "zero_out_wgrad", False):
         return torch.zeros_like(weight)
@@ -70,10 +60,10 @@ class _EmbeddingLookup(torch.autograd.Function):
         def dense():
             return torch.zeros_like(weight, dtype=grad.dtype).index_add_(0, index, rows)
 
-        def add_into(main, overwrite):  # overwrite is never asked of a row writer (rows= below)
+        def add_into(main):
             main.index_add_(0, index, rows.to(main.dtype))
 
-        return None, accumulate_weight_grad(weight, add_into, dense, None, rows=index)
+        return None, accumulate_weight_grad(weight, add_into, dense)
 
 
 class MainGradVocabEmbedding(VocabParallelEmbedding):

@@ -1,8 +1,7 @@
 """Layer specs: Transformer Engine on GPU when it is installed, megatron's local modules elsewhere.
 
 The local spec is megatron's own `get_gpt_layer_local_spec` with RMSNorm, with its core attention
-replaced by `SDPACoreAttention` (megatron's local `DotProductAttention` hard-codes CUDA buffers) and its
-layer norms by `norm.LocalNorm` (torch's RMSNorm module with a hand-written backward).
+replaced by `SDPACoreAttention` (megatron's local `DotProductAttention` hard-codes CUDA buffers).
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import torch
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from cosmos_nemo.models.common.attention import SDPACoreAttention
-from cosmos_nemo.models.common.norm import LocalNorm
 
 
 def transformer_engine_available() -> bool:
@@ -38,13 +36,6 @@ def gpt_layer_spec(qk_layernorm: bool = False, use_te: bool | None = None) -> Mo
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    from megatron.core.transformer.torch_norm import WrappedTorchNorm
-
     spec = get_gpt_layer_local_spec(qk_layernorm=qk_layernorm, normalization="RMSNorm")
-    attention = spec.submodules.self_attention.submodules
-    attention.core_attention = SDPACoreAttention
-    for holder, name in ((spec.submodules, "input_layernorm"), (spec.submodules, "pre_mlp_layernorm"),
-                         (attention, "q_layernorm"), (attention, "k_layernorm")):
-        if getattr(holder, name, None) is WrappedTorchNorm:
-            setattr(holder, name, LocalNorm)
+    spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
     return spec
