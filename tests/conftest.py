@@ -80,10 +80,17 @@ def golden():
 
 @pytest.fixture(scope="module")
 def single_process():
-    """megatron's parallel state for one process (TP=PP=DP=1, gloo on CPU) around a test module."""
+    """megatron's parallel state for one process (TP=PP=DP=1, gloo on CPU) around a test module.
+
+    The tests that use it build megatron models in the pytest process and feed them CPU tensors; where
+    CUDA is visible megatron would place the models on the GPU, so they skip there (the multi-process tests
+    run their workers on the CPU on any machine, and tests/test_gpu.py covers the GPU)."""
     import torch
 
     from cosmos_nemo import parallel
+
+    if torch.cuda.is_available():
+        pytest.skip("cpu_only: builds megatron models on the CPU in the pytest process, and CUDA is present")
 
     torch.set_num_threads(2)
     parallel.setup()

@@ -96,9 +96,10 @@ def _check(errors: dict) -> None:
 
 
 def test_golden_tp1(golden):
-    _check(_max_errors(golden("ar", "ar4b_base"), tp=1))
+    _check(run_in_processes(_max_errors, 1, golden("ar", "ar4b_base"), 1)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_golden_tp2(golden):
     results = run_in_processes(_max_errors, 2, golden("ar", "ar4b_base"), 2)
@@ -136,6 +137,7 @@ def _pp2_losses(folder: Path) -> list:
     return [r["per_token"].numpy() for r in results], exported
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_golden_pp2_pipeline_schedule(golden):
     folder = golden("ar", "ar4b_base")

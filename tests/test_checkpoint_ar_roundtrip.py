@@ -178,6 +178,7 @@ def _v2w_inputs():
     return tokens, torch.randn(2, 6, 384, generator=g)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_tp2_load_export_bit_exact_and_v2w_forward():
     from test_ar_reference_parity import random_cosmos_state  # O(1) activations, so 1e-5 is meaningful

@@ -111,6 +111,7 @@ def _train_both(data_dir: str, out_root: str):
     return out
 
 
+@pytest.mark.slow
 def test_training_with_and_without_accelerations_agrees(tmp_path):
     from cosmos_nemo.data import write_pattern_dataset
 

@@ -73,8 +73,9 @@ def inputs(tmp_path_factory) -> Path:
 
 
 def _cfg(inputs: Path, out: Path, **kw) -> ARTokensConfig:
+    # On the CPU in float32 on any machine: the tests compare against encodes made here on the CPU.
     base = dict(input_videos_dir=inputs, output_prefix=out, encoder_path="tiny", width=W, height=H,
-                num_context_frames=FRAMES, progress=False, decode_threads=1)
+                num_context_frames=FRAMES, progress=False, decode_threads=1, device="cpu", dtype="float32")
     base.update(kw)
     return ARTokensConfig(**base)
 

@@ -99,6 +99,7 @@ def test_trains_logs_and_rebuilds_from_its_run_folder(reference):
     assert "layer1.fc2.weight" in weights
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(reference):
     root, init, ref = reference
     first = run_in_processes(_train, 1, str(root / "runs"), "resumed", 3, init)[0]
@@ -106,6 +107,7 @@ def test_resume_is_bit_identical(reference):
     assert first["losses"] + second["losses"] == ref["losses"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tp,pp,nproc", [(2, 1, 2), (1, 2, 2), (1, 1, 2)], ids=["tp2", "pp2", "dp2"])
 def test_parallel_layouts_match_one_process(reference, tp, pp, nproc):
     root, init, ref = reference

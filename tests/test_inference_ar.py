@@ -55,6 +55,7 @@ def _greedy(tp: int):
     return cached.tolist(), seq.tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tp", [1, 2])
 def test_kv_cached_greedy_equals_recomputation(tp):
     for cached, recomputed in run_in_processes(_greedy, tp, tp):

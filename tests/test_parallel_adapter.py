@@ -86,6 +86,7 @@ def test_adapter_redirects_on_cpu_and_keeps_values():
     assert out == "ok"
 
 
+@pytest.mark.cpu_only  # a 1-process gloo group; with CUDA, setup() picks NCCL, which cannot reduce CPU tensors
 def test_lone_process_setup_takes_no_port_and_leaves_the_environment_alone():
     """Outside torchrun, setup() forms its 1-process group on an in-memory store: no MASTER_PORT (or other
     rendezvous variable) is left in os.environ for subprocesses to inherit, and collectives still work."""

@@ -3,6 +3,8 @@ dimensions, and its model-FLOP count matches the peer's weights counted independ
 
 from __future__ import annotations
 
+import pytest
+
 import importlib.util
 import json
 import os
@@ -35,6 +37,7 @@ def test_flop_count_matches_the_peer_weights():
     assert bench.model_flops_per_step(args, tokens) == 6 * weights * tokens + attention
 
 
+@pytest.mark.slow
 def test_benchmark_runs_both_models_with_the_same_dimensions(tmp_path):
     out = tmp_path / "result.json"
     env = dict(os.environ, PYTHONWARNINGS="ignore")

@@ -12,7 +12,7 @@ import torch
 
 from cosmos_nemo.parallel.launch import run_in_processes
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy_run_166aa3d"
 

@@ -78,6 +78,7 @@ def _loss_check(tp: int):
     return float(loss), float(metrics["loss"]), float(metrics["accuracy"]), local.grad.numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tp", [1, 2])
 def test_ar_loss_matches_direct_formula(tp):
     results = run_in_processes(_loss_check, tp, tp)
@@ -141,6 +142,7 @@ def _read_ckpt(folder: str) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_ema_follows_its_recurrence_and_wandb_offline_logs(data_dir):
     out = run_in_processes(_ema_and_wandb_run, 1, str(data_dir / "data"), str(data_dir / "runs"))[0]
     run = Path(out["run_dir"])
@@ -160,6 +162,7 @@ def test_ema_follows_its_recurrence_and_wandb_offline_logs(data_dir):
     assert (ckpts / "latest_checkpoint.txt").read_text().strip() == "iter_000000003"
 
 
+@pytest.mark.slow
 def test_finetune_from_run_folder_starts_from_its_weights(data_dir):
     base = run_in_processes(_train_kw, 1, (str(data_dir / "data"), str(data_dir / "runs"), "base", 2), {})[0]
     # lr=0: one fine-tuning step leaves the weights exactly as loaded.
@@ -229,6 +232,7 @@ def _bf16_vs_fp32(data_dir: str, out_root: str):
     return out
 
 
+@pytest.mark.slow
 def test_bf16_training_tracks_fp32(data_dir):
     out = run_in_processes(_bf16_vs_fp32, 1, str(data_dir / "data"), str(data_dir / "runs"))[0]
     assert out["fp32"] != out["bf16"]  # bf16 compute really ran

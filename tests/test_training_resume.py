@@ -19,7 +19,7 @@ from cosmos_nemo.parallel.launch import run_in_processes
 from cosmos_nemo.checkpoint import run as checkpointing
 from cosmos_nemo.training.config import CheckpointConfig, LogConfig, OptimizerConfig, ParallelConfig, TrainerConfig
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 VOCAB = 64
 

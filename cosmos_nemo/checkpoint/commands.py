@@ -2,8 +2,8 @@
 tensor-parallel shard/merge of released checkpoints (`shard-tp`, `merge-tp`, the equivalents of
 cosmos-predict1's `shard_autoregressive_base_checkpoints.py` / `merge_autoregressive_tp_checkpoints.py`).
 
-The conversions themselves are family-generic (checkpoint/convert.py); the AR family's declarative key
-map (models/ar/convert.py) decides every key name and split."""
+The conversions themselves are family-generic (checkpoint/convert.py); these commands reach the AR family
+through its provider (`get_family("ar")`), whose declarative key map decides every key name and split."""
 
 from __future__ import annotations
 
@@ -61,6 +61,13 @@ def register(subparsers) -> None:
     convert.set_defaults(func=lambda args: (convert.print_help(), 2)[1])
 
 
+def _AR():
+    """The AR family's provider: these commands convert its released files (the `ar-` commands)."""
+    from cosmos_nemo.models.family import get_family
+
+    return get_family("ar")
+
+
 def _model_flags(p) -> None:
     p.add_argument("--model", required=True,
                    help="named AR config: 4b, 12b, 5b_v2w, 13b_v2w, tiny, tiny_v2w (never guessed from the path)")
@@ -69,8 +76,6 @@ def _model_flags(p) -> None:
 
 
 def _config(args):
-    from cosmos_nemo.models.ar.config import ar_config
-
     overrides = {}
     for item in args.overrides:
         if "=" not in item:
@@ -81,7 +86,7 @@ def _config(args):
         except (ValueError, SyntaxError):
             overrides[key.strip()] = value
     try:
-        return ar_config(args.model, **overrides)
+        return _AR().named_config(args.model, **overrides)
     except TypeError as err:
         raise ValueError(f"unknown model config field in --set: {err}") from err
 
@@ -189,14 +194,12 @@ def _run_shard(args) -> int:
 
     from cosmos_nemo.io.atomic import atomic_path
     from cosmos_nemo.io.tensors import read_state_dict
-    from cosmos_nemo.models.ar.convert import shard_released_tp
-
     args.model = args.model_size
     try:
         if args.tensor_parallel_size < 1:
             raise ValueError(f"--tensor_parallel_size must be >= 1, got {args.tensor_parallel_size}")
         state = read_state_dict(args.checkpoint_path)
-        parts = shard_released_tp(state, _config(args), args.tensor_parallel_size)
+        parts = _AR().shard_released(state, _config(args), args.tensor_parallel_size)
         paths = shard_paths(args.checkpoint_path, args.tensor_parallel_size)
         existing = [str(p) for p in paths if p.exists()]
         if existing and not args.overwrite:
@@ -215,8 +218,6 @@ def _run_shard(args) -> int:
 def _run_merge(args) -> int:
     from cosmos_nemo.checkpoint.convert import save_released
     from cosmos_nemo.io.tensors import read_state_dict
-    from cosmos_nemo.models.ar.convert import merge_released_tp
-
     args.model = args.model_size
     try:
         if args.tensor_parallel_size < 1:
@@ -225,7 +226,7 @@ def _run_merge(args) -> int:
         absent = [str(p) for p in paths if not p.is_file()]
         if absent:
             raise FileNotFoundError(f"shard files not found: {', '.join(absent)}")
-        merged = merge_released_tp([read_state_dict(p) for p in paths], _config(args))
+        merged = _AR().merge_released([read_state_dict(p) for p in paths], _config(args))
         out = save_released(merged, args.output_path, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         print(f"error: {err}")

@@ -78,5 +78,23 @@ class ARFamily:
     def config_from_dict(self, fields: dict) -> ARModelConfig:
         return ar_config_from_dict(fields)
 
+    def named_config(self, name: str, **overrides) -> ARModelConfig:
+        """A released (or tiny) architecture by name: 4b, 12b, 5b_v2w, 13b_v2w, tiny, tiny_v2w."""
+        from cosmos_nemo.models.ar.config import ar_config
+
+        return ar_config(name, **overrides)
+
+    def shard_released(self, state: dict, cfg: ARModelConfig, tp: int) -> list[dict]:
+        """A released checkpoint split into `tp` tensor-parallel shards by the reference split rules."""
+        from cosmos_nemo.models.ar.convert import shard_released_tp
+
+        return shard_released_tp(state, cfg, tp)
+
+    def merge_released(self, shards: list[dict], cfg: ARModelConfig) -> dict:
+        """The inverse of `shard_released`."""
+        from cosmos_nemo.models.ar.convert import merge_released_tp
+
+        return merge_released_tp(shards, cfg)
+
 
 FAMILY = ARFamily()
