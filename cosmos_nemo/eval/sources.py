@@ -32,8 +32,7 @@ import av
 from av.video.reformatter import VideoReformatter
 import numpy as np
 
-from cosmos_nemo.io.atomic import atomic_path
-from cosmos_nemo.io.video import iter_frames, list_videos, probe
+from cosmos_nemo.io.video import iter_frames, list_videos, mp4_container, probe
 
 # Filename prefixes of the TokenBench subsets (`video/preprocessing_script.py`).
 TOKENBENCH_PREFIXES = ("bdd_100_", "egoexo4D_", "panda_", "bridgev2_")
@@ -125,36 +124,26 @@ def encode_like_mediapy(path: Path, chunks: Iterator[np.ndarray], fps: float) ->
     The RGB->YUV conversion uses bicubic swscale, the ffmpeg command line's default for its automatic
     format conversion. Files are written under a temporary name and renamed when complete.
     """
-    # The temporary name keeps the .mp4 suffix: the muxer picks the container format from it.
-    with atomic_path(path, suffix=".mp4") as tmp:
-        container = av.open(str(tmp), mode="w")
+    with mp4_container(path) as container:
         stream = None
         reformatter = VideoReformatter()  # one swscale context for the file, single-threaded (see io.video._rgb24)
-        try:
-            for chunk in chunks:
-                if stream is None:
-                    h, w = chunk.shape[1:3]
-                    rate = Fraction(fps if fps > 0 else 30.0).limit_denominator(1001)
-                    stream = container.add_stream("libx264", rate=rate)
-                    stream.width, stream.height = w, h
-                    stream.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
-                    stream.options = {"qp": str(mediapy_qp(h, w))}
-                for frame in chunk:
-                    vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-                    vf = reformatter.reformat(vf, format=stream.pix_fmt, interpolation="BICUBIC", threads=1)
-                    for packet in stream.encode(vf):
-                        container.mux(packet)
+        for chunk in chunks:
             if stream is None:
-                raise ValueError(f"no frames to encode into {path}")
-            for packet in stream.encode():
-                container.mux(packet)
-        except BaseException:
-            try:
-                container.close()
-            except Exception:
-                pass
-            raise
-        container.close()
+                h, w = chunk.shape[1:3]
+                rate = Fraction(fps if fps > 0 else 30.0).limit_denominator(1001)
+                stream = container.add_stream("libx264", rate=rate)
+                stream.width, stream.height = w, h
+                stream.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
+                stream.options = {"qp": str(mediapy_qp(h, w))}
+            for frame in chunk:
+                vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                vf = reformatter.reformat(vf, format=stream.pix_fmt, interpolation="BICUBIC", threads=1)
+                for packet in stream.encode(vf):
+                    container.mux(packet)
+        if stream is None:
+            raise ValueError(f"no frames to encode into {path}")
+        for packet in stream.encode():
+            container.mux(packet)
     return path
 
 

@@ -22,6 +22,8 @@ from real content by any reader; such files decode "successfully" here as with t
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import os
 from dataclasses import dataclass
@@ -330,6 +332,24 @@ def count_frames(path: str | os.PathLike) -> int:
 # Encoding
 
 
+@contextlib.contextmanager
+def mp4_container(path: Path, options: dict | None = None):
+    """An open PyAV output container whose file appears at `path` only once the block completes; on any
+    error the container is closed and nothing is left under `path` (io/atomic.py)."""
+    # The temporary name keeps the .mp4 suffix: the muxer picks the container format from it.
+    with atomic_path(path, suffix=".mp4") as tmp:
+        container = av.open(str(tmp), mode="w", options=options or {})
+        try:
+            yield container
+        except BaseException:
+            try:
+                container.close()
+            except Exception:
+                pass
+            raise
+        container.close()
+
+
 def write_mp4(
     path: str | os.PathLike,
     frames: np.ndarray | Iterator[np.ndarray],
@@ -350,52 +370,42 @@ def write_mp4(
     """
     path = Path(path)
     chunks = [frames] if isinstance(frames, np.ndarray) else frames
-    # The temporary name keeps the .mp4 suffix: the muxer picks the container format from it.
-    with atomic_path(path, suffix=".mp4") as tmp:
-        container = av.open(str(tmp), mode="w", options={"movflags": "+faststart"} if faststart else {})
+    with mp4_container(path, {"movflags": "+faststart"} if faststart else {}) as container:
         stream = None
         written = 0
-        try:
-            for chunk in chunks:
-                chunk = np.asarray(chunk)
-                if chunk.ndim == 3:
-                    chunk = chunk[None]
-                if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[-1] != 3:
-                    raise ValueError(f"frames must be uint8 [T,H,W,3], got {chunk.dtype} {tuple(chunk.shape)}")
-                if stream is None:
-                    h, w = chunk.shape[1:3]
-                    stream = container.add_stream(codec, rate=_fps_fraction(fps))
-                    stream.width, stream.height = w, h
-                    stream.pix_fmt = pix_fmt or ("yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p")
-                    options = {"crf": str(crf)} if codec in ("libx264", "libx265") else {}
-                    if deterministic:
-                        stream.thread_count = 1
-                        if codec == "libx264":
-                            # x264's SIMD routines make the bytes vary between identical runs (benchmarks/README.md,
-                            # "Measurements behind code choices"), presumably by reading the uninitialised row padding
-                            # of the input frames. The C paths only read the picture, so the output depends on the
-                            # frames alone.
-                            options["threads"] = "1"
-                            options["x264-params"] = "asm=0"
-                    stream.options = options
-                elif chunk.shape[1:3] != (stream.height, stream.width):
-                    raise ValueError(f"frame size changed mid-video: {chunk.shape[1:3]} vs {(stream.height, stream.width)}")
-                for f in chunk:
-                    frame = av.VideoFrame.from_ndarray(f, format="rgb24")
-                    for packet in stream.encode(frame):
-                        container.mux(packet)
-                    written += 1
-            if stream is None or written == 0:
-                raise ValueError("write_mp4 got zero frames")
-            for packet in stream.encode():
-                container.mux(packet)
-        except BaseException:
-            try:
-                container.close()
-            except Exception:
-                pass
-            raise
-        container.close()
+        for chunk in chunks:
+            chunk = np.asarray(chunk)
+            if chunk.ndim == 3:
+                chunk = chunk[None]
+            if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[-1] != 3:
+                raise ValueError(f"frames must be uint8 [T,H,W,3], got {chunk.dtype} {tuple(chunk.shape)}")
+            if stream is None:
+                h, w = chunk.shape[1:3]
+                stream = container.add_stream(codec, rate=_fps_fraction(fps))
+                stream.width, stream.height = w, h
+                stream.pix_fmt = pix_fmt or ("yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p")
+                options = {"crf": str(crf)} if codec in ("libx264", "libx265") else {}
+                if deterministic:
+                    stream.thread_count = 1
+                    if codec == "libx264":
+                        # x264's SIMD routines make the bytes vary between identical runs (benchmarks/README.md,
+                        # "Measurements behind code choices"), presumably by reading the uninitialised row padding
+                        # of the input frames. The C paths only read the picture, so the output depends on the
+                        # frames alone.
+                        options["threads"] = "1"
+                        options["x264-params"] = "asm=0"
+                stream.options = options
+            elif chunk.shape[1:3] != (stream.height, stream.width):
+                raise ValueError(f"frame size changed mid-video: {chunk.shape[1:3]} vs {(stream.height, stream.width)}")
+            for f in chunk:
+                frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+                written += 1
+        if stream is None or written == 0:
+            raise ValueError("write_mp4 got zero frames")
+        for packet in stream.encode():
+            container.mux(packet)
     return path
 
 
