@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from cosmos_nemo.models.common import linear_ce
 from cosmos_nemo.models.common.linear_ce import linear_cross_entropy
-from cosmos_nemo.models.common.main_grad import _EmbeddingLookup
+from cosmos_nemo.parallel.main_grad import _EmbeddingLookup
 
 
 def _inputs(dtype, rows=40, hidden=16, vocab=300, seed=0):

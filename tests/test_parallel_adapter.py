@@ -49,7 +49,6 @@ def test_adapter_redirects_on_cpu_and_keeps_values():
     out = _run(
         """
         import torch
-        assert not torch.cuda.is_available()
         from cosmos_nemo.parallel import cpu_adapter
         assert cpu_adapter.install() is True
         import megatron.core.pipeline_parallel.schedules as schedules

@@ -68,7 +68,7 @@ ACCELERATIONS = {
     "fused_loss": "output projection + cross-entropy in one function, its weight gradient written straight "
                   "into DDP's buffer (models/common/linear_ce.py)",
     "embedding_main_grad": "the embedding's weight gradient written straight into DDP's buffer "
-                           "(models/common/main_grad.py)",
+                           "(parallel/main_grad.py)",
     "fused_adamw": "torch's fused AdamW instead of megatron's per-parameter fallback, clipping folded into "
                    "its grad_scale (training/harness.py)",
 }
@@ -103,6 +103,22 @@ def enabled_accelerations() -> frozenset[str]:
     if any(n.startswith("-") for n in names):
         raise ValueError(f"{ENV_VAR}: either name the accelerations to keep or the ones to drop (-name), not both")
     return frozenset(names)
+
+
+def accelerate_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Apply the module-level CPU speed-ups to a freshly built model, before DDP wraps it (the training
+    harness calls this; inference never does): with `embedding_main_grad`, megatron's vocab-parallel
+    embeddings get the lookup of `parallel/main_grad.py`, a subclass with no new state (same parameters,
+    same state dict), so the class is swapped in place. Returns the model."""
+    if acceleration("embedding_main_grad"):
+        from megatron.core.tensor_parallel.layers import VocabParallelEmbedding
+
+        from cosmos_nemo.parallel.main_grad import MainGradVocabEmbedding
+
+        for module in model.modules():
+            if type(module) is VocabParallelEmbedding:
+                module.__class__ = MainGradVocabEmbedding
+    return model
 
 
 def acceleration(name: str) -> bool:

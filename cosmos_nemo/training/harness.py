@@ -39,7 +39,7 @@ def wrap_model(model_provider: Callable[[bool, bool], torch.nn.Module], overlap_
     """
     pre = parallel_state.is_pipeline_first_stage()
     post = parallel_state.is_pipeline_last_stage()
-    model = model_provider(pre, post)
+    model = cpu_adapter.accelerate_model(model_provider(pre, post))
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     ddp_config = DistributedDataParallelConfig(

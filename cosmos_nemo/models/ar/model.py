@@ -33,7 +33,6 @@ from cosmos_nemo.models.ar.config import ARModelConfig
 from cosmos_nemo.models.ar.spec import ar_layer_spec
 from cosmos_nemo.models.common.embeddings import abs_pos_emb_3d
 from cosmos_nemo.models.common.linear_ce import TokenLoss, linear_cross_entropy
-from cosmos_nemo.models.common.main_grad import MainGradVocabEmbedding
 from cosmos_nemo.models.common.rope import rope_3d_angles
 from cosmos_nemo.parallel import cpu_adapter
 from cosmos_nemo.tokenizers.grid import LatentGrid
@@ -113,10 +112,6 @@ class CosmosARModel(GPTModel):
                 position_embedding_type="none",
                 tp_group=self.pg_collection.tp,
             )
-        if pre_process and cpu_adapter.acceleration("embedding_main_grad"):
-            # CPU speed-up: the same module with a lookup whose gradient goes straight into megatron DDP's
-            # buffer (models/common/main_grad.py); no new state, so the class is swapped in place.
-            self.embedding.word_embeddings.__class__ = MainGradVocabEmbedding
         self._table_cache: dict = {}
 
     # ----------------------------------------------------------------------------------------------

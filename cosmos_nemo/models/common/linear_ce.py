@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from cosmos_nemo.models.common.main_grad import accumulate_weight_grad
+from cosmos_nemo.parallel.main_grad import accumulate_weight_grad
 
 _POOL: dict[tuple, list[torch.Tensor]] = {}
 _POOL_MAX = 2

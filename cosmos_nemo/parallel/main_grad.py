@@ -3,13 +3,13 @@
 megatron's DDP keeps each parameter's gradient in a persistent buffer (`param.main_grad`); autograd
 produces a fresh `param.grad` that a hook adds into the buffer and drops. megatron's own linear layers can
 skip that round trip (gradient-accumulation fusion, a CUDA kernel); these are the same idea, in plain torch
-on any device, for the two largest weights of a video-token model: the `[64000, hidden]` input embedding
-and output layer. For each, the round trip is a gradient the size of the weight, zero-filled or written
-fresh every step, plus a pass adding it into the buffer.
+for the two largest weights of a video-token model: the `[64000, hidden]` input embedding (here) and output
+layer (`models/common/linear_ce.py` uses `accumulate_weight_grad`). For each, the round trip is a gradient
+the size of the weight, allocated every step, plus a pass adding it into the buffer.
 
 Without megatron's DDP (no `main_grad`) they return ordinary gradients. Both are CPU-adapter
-accelerations (parallel/cpu_adapter.py): with CUDA, or with the switch off, megatron's own embedding and
-output layer run.
+accelerations (`cpu_adapter.accelerate_model` swaps the embedding class before DDP wraps a model): with
+CUDA, or with the switch off, megatron's own embedding and output layer run.
 """
 
 from __future__ import annotations
