@@ -71,8 +71,7 @@ def _AR():
 def _model_flags(p) -> None:
     p.add_argument("--model", required=True,
                    help="named AR config: 4b, 12b, 5b_v2w, 13b_v2w, tiny, tiny_v2w (never guessed from the path)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a model config field, e.g. --set vocab_size=64064 --set context_dim=384 (repeatable)")
+    _set_flag(p)
 
 
 def _config(args):
@@ -170,13 +169,17 @@ def _register_tp(sub) -> None:
     m.set_defaults(func=_run_merge)
 
 
+def _set_flag(p) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a model config field, e.g. --set vocab_size=64064 --set context_dim=384 (repeatable)")
+
+
 def _tp_flags(p) -> None:
     p.add_argument("--model_size", "--model-size", dest="model_size", required=True,
                    help=f"named AR config whose key map drives the split: {_SIZES} (the reference accepts only 4b)")
     p.add_argument("--tensor_parallel_size", "--tensor-parallel-size", dest="tensor_parallel_size", type=int, required=True,
                    help="number of shards N (the reference's TP degree; 1, 2, 4 or 8 for the released models)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a model config field, e.g. --set vocab_size=64064 (repeatable)")
+    _set_flag(p)
 
 
 def shard_paths(checkpoint_path, tp: int) -> list:
