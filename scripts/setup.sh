@@ -1,30 +1,105 @@
 #!/usr/bin/env bash
-# Create .venv and install cosmos-nemo with its pinned stack. Usage: bash scripts/setup.sh [--dev]
-# Where no NVIDIA GPU is present, torch's CPU build is installed first (pip install torch==2.13.0),
-# so that no other requirement pulls a multi-GB CUDA build.
+# Create a virtual environment and install cosmos-nemo with its tested stack.
+#
+# Usage: bash scripts/setup.sh [--dev] [--min]
+#   --dev   also the test/benchmark packages (requirements-dev.txt, the lpips/torchvision peers)
+#   --min   install every runtime dependency at its tested lower bound (requirements-min.txt): the
+#           secondary stack that CI runs
+# Environment:
+#   VENV=DIR        the environment to create or update (default .venv)
+#   PYTHON=EXE      use this interpreter instead of choosing one (a new environment only)
+#
+# The stack (README "Supported stacks"): Python 3.12 with the newest megatron-core 0.19.x where a working
+# Python 3.12 interpreter exists (the primary stack, what NGC PyTorch containers ship), otherwise Python
+# 3.11 with megatron-core 0.16.1 (the last release for 3.11). requirements.txt encodes the megatron-core
+# range per Python version; this script picks the interpreter and says which stack it chose. An existing
+# environment keeps its interpreter (remove it to switch stacks).
+#
+# torch: where no NVIDIA GPU is present, `pip install torch==2.13.0` runs first, so that no other
+# requirement pulls a newer build. On Python 3.11 that is the CPU build lying on these machines' disk; on
+# Python 3.12 PyPI's only Linux build is the CUDA one (about 3 GB with its NVIDIA libraries), which runs on
+# the CPU just as well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3.11}
-command -v "$PY" >/dev/null 2>&1 || PY=python3
-[ -d .venv ] || "$PY" -m venv .venv
-. .venv/bin/activate
-python -m pip install -q --upgrade pip
-if ! python -c "import torch" >/dev/null 2>&1; then
+VENV=${VENV:-.venv}
+DEV=0
+MIN=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) DEV=1 ;;
+    --min) MIN=1 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument $arg (use --dev, --min, --help)" >&2; exit 2 ;;
+  esac
+done
+
+# An interpreter that really runs (a pyenv shim for a version that is not selected exists on PATH but fails)
+# and has venv.
+works() { "$1" -c 'import sys, venv; sys.exit(0 if sys.version_info[:2] >= (3, 11) else 1)' >/dev/null 2>&1; }
+
+find_python() {  # $1: a minor version such as 3.12; prints the first working interpreter of that version
+  local candidates=("python$1")
+  if command -v pyenv >/dev/null 2>&1; then
+    local root
+    root=$(pyenv root 2>/dev/null || true)
+    [ -n "$root" ] && candidates+=("$root"/versions/"$1".*/bin/python"$1")
+  fi
+  candidates+=(/usr/local/bin/python"$1" /usr/bin/python"$1")
+  local c
+  for c in "${candidates[@]}"; do
+    if works "$c" && [ "$("$c" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$1" ]; then
+      command -v "$c" 2>/dev/null || echo "$c"
+      return 0
+    fi
+  done
+  return 1
+}
+
+if [ -x "$VENV/bin/python" ] && works "$VENV/bin/python"; then
+  PY="$VENV/bin/python"
+  WHY="existing environment $VENV (remove it to choose again)"
+elif [ -n "${PYTHON:-}" ]; then
+  works "$PYTHON" || { echo "setup.sh: PYTHON=$PYTHON does not run, or is older than 3.11" >&2; exit 1; }
+  PY="$PYTHON"
+  WHY="PYTHON=$PYTHON"
+elif PY=$(find_python 3.12); then
+  WHY="a Python 3.12 interpreter was found"
+elif PY=$(find_python 3.11); then
+  WHY="no working Python 3.12 interpreter was found"
+else
+  echo "setup.sh: needs Python 3.12 (primary stack) or 3.11; found neither (set PYTHON=/path/to/python3.12)" >&2
+  exit 1
+fi
+PYVER=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+case "$PYVER" in
+  3.12) STACK="Python 3.12 + the newest megatron-core 0.19.x (primary stack)" ;;
+  3.11) STACK="Python 3.11 + megatron-core 0.16.1, the last release for 3.11 (secondary stack)" ;;
+  *) echo "setup.sh: Python $PYVER is not supported (3.11 or 3.12)" >&2; exit 1 ;;
+esac
+[ "$MIN" = 1 ] && STACK="$STACK, every dependency at its tested lower bound (requirements-min.txt)"
+echo "cosmos-nemo setup: $STACK; interpreter $PY ($WHY); environment $VENV"
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+VPY="$VENV/bin/python"
+"$VPY" -m pip install -q --upgrade pip
+CONSTRAINTS=()
+[ "$MIN" = 1 ] && CONSTRAINTS=(-c requirements-min.txt)
+if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1; then
-    python -m pip install -q "torch>=2.6,<=2.14.1"
+    "$VPY" -m pip install -q "${CONSTRAINTS[@]}" "torch>=2.13,<=2.14.1"
   else
-    python -m pip install -q torch==2.13.0
+    "$VPY" -m pip install -q torch==2.13.0
   fi
 fi
-python -m pip install -q -r requirements.txt
-python -m pip install -q --no-deps -e .
-if [ "${1:-}" = "--dev" ]; then
+"$VPY" -m pip install -q "${CONSTRAINTS[@]}" -r requirements.txt
+"$VPY" -m pip install -q --no-deps -e .
+if [ "$DEV" = 1 ]; then
   # The test/benchmark-only packages (pytest, the imageio-ffmpeg decoder, scipy, scikit-image): none of
-  # them depends on torch, so the CPU torch build above stays (the rule in requirements-dev.txt).
-  python -m pip install -q -r requirements-dev.txt
+  # them depends on torch, so the torch build above stays (the rule in requirements-dev.txt).
+  "$VPY" -m pip install -q "${CONSTRAINTS[@]}" -r requirements-dev.txt
   # lpips is only the test peer for our LPIPS; --no-deps keeps it from pulling torchvision and CUDA torch.
-  python -m pip install -q --no-deps "lpips>=0.1.4"
+  "$VPY" -m pip install -q --no-deps "lpips>=0.1.4"
   # torchvision is imported only by that peer test, in a subprocess (see tests/test_eval_lpips.py).
-  python -m pip install -q --no-deps "torchvision==0.28.0" || echo "torchvision not installed: the LPIPS peer test will skip"
+  "$VPY" -m pip install -q --no-deps "torchvision==0.28.0" || echo "torchvision not installed: the LPIPS peer test will skip"
 fi
-python -c "import torch, megatron.core, av; print(f'cosmos-nemo ready: torch {torch.__version__}, megatron-core {megatron.core.__version__}, PyAV {av.__version__}')"
+"$VPY" -c "import sys, torch, megatron.core, av; print(f'cosmos-nemo ready in $VENV: Python {sys.version.split()[0]}, torch {torch.__version__}, megatron-core {megatron.core.__version__}, PyAV {av.__version__}')"

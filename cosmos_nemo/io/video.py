@@ -67,15 +67,15 @@ class VideoInfo:
 
 def _display_matrix(frame) -> np.ndarray | None:
     """The frame's 3x3 int32 DISPLAYMATRIX side data (FFmpeg layout), or None when absent."""
+    # `frame.side_data` is a mapping keyed by side-data type name in every PyAV this library supports (18, 19);
+    # iterating it yields the entries in PyAV 18 but their types in PyAV 19, so look the entry up by name.
     try:
-        entries = list(frame.side_data)
-    except Exception:  # pragma: no cover - very old PyAV
+        sd = frame.side_data["DISPLAYMATRIX"]
+    except KeyError:
         return None
-    for sd in entries:
-        if str(getattr(sd.type, "name", sd.type)).upper().endswith("DISPLAYMATRIX"):
-            raw = bytes(sd)
-            if len(raw) >= 36:
-                return np.frombuffer(raw[:36], dtype="<i4").reshape(3, 3)
+    raw = bytes(sd)
+    if len(raw) >= 36:
+        return np.frombuffer(raw[:36], dtype="<i4").reshape(3, 3)
     return None
 
 
