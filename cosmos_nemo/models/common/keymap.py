@@ -498,6 +498,15 @@ def _local_rules(kmap: KeyMap, layer_offset: int, num_layers: int, stages: Colle
     return by_layer
 
 
+def _model_tensors(model: torch.nn.Module, targets: Collection[str]) -> dict[str, torch.Tensor]:
+    """The model's parameters, plus the buffers a key map names (e.g. fixed random features saved in the
+    released file); other buffers (caches, constants rebuilt at run time) are not weights."""
+    tensors = dict(model.named_parameters())
+    wanted = set(targets)
+    tensors.update({k: v for k, v in model.named_buffers() if k in wanted and k not in tensors})
+    return tensors
+
+
 @torch.no_grad()
 def load_model(model: torch.nn.Module, state: Mapping[str, torch.Tensor], kmap: KeyMap, *, layer_offset: int = 0,
                num_layers: Optional[int] = None, stages: Collection[str] = ("first", "last")) -> dict:
@@ -512,10 +521,10 @@ def load_model(model: torch.nn.Module, state: Mapping[str, torch.Tensor], kmap: 
     num_layers = kmap.num_layers if num_layers is None else num_layers
     tp_rank, tp_size, _ = tensor_parallel_state()
     check_released(state, kmap)
-    params = dict(model.named_parameters())
     plan = _local_rules(kmap, layer_offset, num_layers, stages)
     targets = [r.megatron for rules in plan.values() for r in rules]
-    unfilled = sorted(set(params) - set(targets))
+    params = _model_tensors(model, targets)
+    unfilled = sorted(set(dict(model.named_parameters())) - set(targets))
     no_param = sorted(t for t in targets if t not in params)
     wrong = []
     for rules in plan.values():
@@ -557,9 +566,9 @@ def export_model(model: torch.nn.Module, kmap: KeyMap, *, layer_offset: int = 0,
 
     num_layers = kmap.num_layers if num_layers is None else num_layers
     tp_rank, tp_size, group = tensor_parallel_state()
-    params = dict(model.named_parameters())
     plan = _local_rules(kmap, layer_offset, num_layers, stages)
     targets = [r.megatron for rules in plan.values() for r in rules]
+    params = _model_tensors(model, targets)
     uncovered = sorted(set(params) - set(targets))
     no_param = sorted(t for t in targets if t not in params)
     if uncovered or no_param:
