@@ -50,13 +50,31 @@ all off: `trainer.cpu_accelerations=false` (`configure_accelerations(False)`) or
 `COSMOS_NEMO_CPU_ACCELERATIONS=0`; the variable may also name the ones to keep (`fused_loss,fused_adamw`)
 or drop (`-fused_loss`), which is how `benchmarks/train_throughput.py` measures each one. The variable
 wins over the config field, so a whole launch can be switched without editing a recipe.
+
+Supported megatron-core versions: 0.16.1 (Python 3.11) and 0.19.x (Python 3.12); the CI runs the
+adapter's tests and the equivalence tests on both. Every megatron-core name the adapter redirects or
+relies on is listed once, in `TARGETS`. A target that moved, vanished or changed its signature in another
+megatron-core release fails loudly, never silently (assigning a replacement to a name nobody reads any
+more would silently keep megatron's CUDA-only code):
+- at import of this module, from megatron's source files (parsed, not imported, so importing stays cheap):
+  an `AdapterTargetError` listing each target that is missing, where CUDA is absent (the adapter will be
+  needed); a warning with the same list where CUDA is present (the adapter is never installed there);
+- in `install()`, again on the imported modules, before anything is patched.
+`check_targets()` returns the problems (an empty list when all is in place).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
+import importlib.util
+import inspect
+import os
 import types
+import warnings
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -136,6 +154,168 @@ _CUDA_LITERAL_MODULES = (
     "megatron.core.distributed.param_and_grad_buffer",
     "megatron.core.utils",
 )
+
+
+# --------------------------------------------------------------------------------------------------
+# the megatron-core names the adapter redirects or relies on, checked before use
+
+
+class AdapterTargetError(ImportError):
+    """A megatron-core name that the CPU adapter redirects has moved or changed in the installed release."""
+
+
+@dataclass(frozen=True)
+class Target:
+    module: str  # a megatron.core module
+    name: str  # a top-level name in it; "torch" means the module must `import torch` (item 5's proxy)
+    why: str  # which item of the module docstring uses it
+    params: Optional[tuple[str, ...]] = None  # a function's parameter names, when our replacement mirrors it
+
+
+_CLIP_PARAMS = ("parameters", "max_norm", "total_norm", "use_decoupled_grad")
+
+TARGETS: tuple[Target, ...] = (
+    *(Target(m, "torch", "5: device='cuda' literals, via the torch proxy") for m in _CUDA_LITERAL_MODULES),
+    Target("megatron.core.optimizer.clip_grads", "clip_grad_by_total_norm_fp32", "8: clipping without the CUDA "
+           "type assertion", _CLIP_PARAMS),
+    Target("megatron.core.optimizer.optimizer", "clip_grad_by_total_norm_fp32", "8: imported there by name",
+           _CLIP_PARAMS),
+    Target("megatron.core.optimizer.optimizer", "Float16OptimizerWithFloat16Params", "10: bf16 main params"),
+    Target("megatron.core.tensor_parallel.random", "_get_cuda_rng_state", "9: recompute RNG state"),
+    Target("megatron.core.tensor_parallel.random", "_set_cuda_rng_state", "9: recompute RNG state"),
+    Target("megatron.core.tensor_parallel.random", "CudaRNGStatesTracker", "6: the tracker class replaced"),
+    Target("megatron.core.tensor_parallel.random", "initialize_rng_tracker", "6: builds the tracker by that name"),
+    Target("megatron.core.tensor_parallel.random", "_MODEL_PARALLEL_RNG_TRACKER_NAME", "6: fork()'s default name"),
+    Target("megatron.core.tensor_parallel.layers", "VocabParallelEmbedding", "acceleration embedding_main_grad"),
+)
+
+
+def _megatron_root() -> Optional[str]:
+    """The folder of the installed `megatron` package, found without importing it (None: not installed)."""
+    spec = importlib.util.find_spec("megatron")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def _top_level(tree: ast.Module) -> tuple[dict[str, ast.AST], set[str]]:
+    """Names bound at a module's top level (functions, classes, assignments, imports), and imported modules."""
+    names: dict[str, ast.AST] = {}
+    modules: set[str] = set()
+
+    def visit(body):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names[node.name] = node
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    for leaf in ast.walk(target):
+                        if isinstance(leaf, ast.Name):
+                            names[leaf.id] = node
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names[node.target.id] = node
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    names[alias.asname or alias.name.split(".")[0]] = node
+                    modules.add(alias.name)
+            elif isinstance(node, ast.ImportFrom):
+                for alias in node.names:
+                    names[alias.asname or alias.name] = node
+            elif isinstance(node, (ast.If, ast.Try)):  # `try: import x` / `if HAVE_TE:` blocks
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body)
+                visit(getattr(node, "finalbody", []))
+
+    visit(tree.body)
+    return names, modules
+
+
+def _static_problems(targets=TARGETS, root: Optional[str] = None) -> list[str]:
+    """Check `targets` against megatron's source files without importing megatron."""
+    root = root or _megatron_root()
+    if root is None:
+        return []  # megatron-core is not installed: install() fails with the ImportError itself
+    problems, parsed = [], {}
+    for t in targets:
+        rel = t.module.split(".")[1:]  # below "megatron"
+        path = os.path.join(root, *rel) + ".py"
+        if not os.path.isfile(path):
+            path = os.path.join(root, *rel, "__init__.py")
+        if t.module not in parsed:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    parsed[t.module] = _top_level(ast.parse(f.read(), filename=path))
+            except (OSError, SyntaxError) as err:
+                parsed[t.module] = None
+                problems.append(f"{t.module}: module not found or unreadable ({type(err).__name__}: {err}) [{t.why}]")
+        if parsed[t.module] is None:
+            continue
+        names, modules = parsed[t.module]
+        if t.name == "torch":
+            if "torch" not in modules:
+                problems.append(f"{t.module} no longer does `import torch` [{t.why}]")
+            continue
+        node = names.get(t.name)
+        if node is None:
+            problems.append(f"{t.module}.{t.name} is gone [{t.why}]")
+        elif t.params is not None and isinstance(node, ast.FunctionDef):
+            params = tuple(a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs)
+            if params != t.params:
+                problems.append(f"{t.module}.{t.name} takes {params}, the adapter's replacement {t.params} [{t.why}]")
+    return problems
+
+
+def _loaded_problems(targets=TARGETS) -> list[str]:
+    """Check `targets` on the imported modules (what install() is about to patch)."""
+    problems = []
+    for t in targets:
+        try:
+            module = importlib.import_module(t.module)
+        except ImportError as err:
+            problems.append(f"{t.module}: cannot be imported ({err}) [{t.why}]")
+            continue
+        if t.name == "torch":
+            if getattr(module, "torch", None) is not torch and not isinstance(getattr(module, "torch", None), _TorchOnCpu):
+                problems.append(f"{t.module}.torch is not the torch module [{t.why}]")
+            continue
+        if not hasattr(module, t.name):
+            problems.append(f"{t.module}.{t.name} is gone [{t.why}]")
+            continue
+        if t.params is not None:
+            value = getattr(module, t.name)
+            if value is _clip_grad_by_total_norm_fp32:
+                continue  # already replaced by ours
+            try:
+                params = tuple(inspect.signature(value).parameters)
+            except (TypeError, ValueError):
+                params = None
+            if params != t.params:
+                problems.append(f"{t.module}.{t.name} takes {params}, the adapter's replacement {t.params} [{t.why}]")
+    return problems
+
+
+def _megatron_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("megatron-core")
+    except Exception:
+        return "unknown"
+
+
+def _report(problems: list[str]) -> str:
+    return (f"cosmos_nemo.parallel.cpu_adapter: megatron-core {_megatron_version()} moved or changed names that the "
+            "CPU adapter redirects (supported: 0.16.1 and 0.19.x; see requirements.txt):\n  - "
+            + "\n  - ".join(problems)
+            + "\nUpdate TARGETS and the redirects in cosmos_nemo/parallel/cpu_adapter.py for this release, or install "
+            "a supported megatron-core.")
+
+
+def check_targets(targets=TARGETS) -> list[str]:
+    """Every problem with the adapter's targets in the installed megatron-core (empty: all in place)."""
+    return _static_problems(targets)
 
 _FACTORIES = ("zeros", "ones", "empty", "full", "tensor", "arange", "zeros_like", "ones_like", "empty_like")
 
@@ -272,6 +452,9 @@ def install(force: bool = False) -> bool:
         return False
     if _INSTALLED:
         return True
+    problems = _loaded_problems()
+    if problems:  # before anything is patched
+        raise AdapterTargetError(_report(problems))
 
     cpu = torch.device("cpu")
     torch.cuda.current_device = lambda: cpu
@@ -309,3 +492,17 @@ def install(force: bool = False) -> bool:
 
 def is_installed() -> bool:
     return _INSTALLED
+
+
+def _check_at_import() -> None:
+    problems = _static_problems()
+    if not problems:
+        return
+    if torch.cuda.is_available():  # the adapter is never installed here; say it, but let GPU runs go on
+        warnings.warn(_report(problems) + "\n(CUDA is present, so the adapter is not used in this process.)",
+                      RuntimeWarning, stacklevel=3)
+        return
+    raise AdapterTargetError(_report(problems))
+
+
+_check_at_import()
