@@ -1,5 +1,6 @@
 """Launch checks and dry runs: sizes validated against the world before anything starts, Slurm sbatch
-scripts for 1 and 4 nodes, the local torchrun command, and hub ids resolved or refused clearly."""
+scripts for 1, 2 and 8 nodes, the local torchrun command, and hub ids resolved or refused clearly
+(tests/test_recipes_slurm.py submits to a stand-in Slurm)."""
 
 from __future__ import annotations
 
@@ -80,9 +81,11 @@ def _sbatch(capsys, tmp_path, nodes, gpus, extra=()):
     return rc, out.out, out.err
 
 
-@pytest.mark.parametrize("nodes", [1, 4])
+@pytest.mark.parametrize("nodes", [1, 2, 8])
 def test_slurm_dryrun_script(capsys, tmp_path, nodes, stdin_devnull):
-    rc, out, err = _sbatch(capsys, tmp_path, nodes, 8)
+    # the 12B recipe: TP 8 inside each node, DP = nodes; a global batch of 64 = micro 2 x DP x accumulation
+    rc, out, err = _sbatch(capsys, tmp_path, nodes, 8, extra=["data.global_batch_size=64", "--env", "NCCL_SOCKET_IFNAME=ib0",
+                                                              "--env", "NCCL_DEBUG=INFO"])
     assert rc == 0, err
     assert f"#SBATCH --nodes={nodes}" in out
     assert "#SBATCH --gpus-per-node=8" in out
@@ -99,6 +102,14 @@ def test_slurm_dryrun_script(capsys, tmp_path, nodes, stdin_devnull):
         assert "--rdzv-backend c10d --rdzv-endpoint localhost:0" in srun and "--node-rank 0" in srun
     assert "-m nemo_run.core.runners.fdl_runner" in srun
     assert f"note: world {nodes * 8} = TP 8 x PP 1 x DP {nodes}" in out
+    assert f"global batch 64 = micro 2 x DP {nodes} x {64 // (2 * nodes)} accumulation steps" in out
+    # the NCCL environment every rank gets, with --env adding to it and overriding a default
+    exports = dict(re.findall(r"^export (\w+)=(.*)$", out, re.M))
+    assert exports["COSMOS_NEMO_BACKEND"] == "nccl" and exports["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+    assert exports["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"
+    assert exports["NCCL_SOCKET_IFNAME"] == "ib0" and exports["NCCL_DEBUG"] == "INFO"
+    # the job folder on the shared file system holds the sbatch output and the logs
+    assert f"#SBATCH --output={tmp_path}/jobs/experiments/" in out and f"--output {tmp_path}/jobs/experiments/" in srun
 
 
 def test_slurm_dryrun_refuses_invalid_parallel_sizes(capsys, tmp_path, stdin_devnull):
@@ -110,6 +121,11 @@ def test_slurm_dryrun_refuses_invalid_parallel_sizes(capsys, tmp_path, stdin_dev
     assert rc == 2 and "--account and --partition" in capsys.readouterr().err
     with pytest.raises(L.LaunchError, match="SRC:DST"):
         L.parse_mounts("/only/source")
+    # 2 nodes x 8 GPUs = 16: TP 8 x PP 4 = 32 does not divide it
+    rc, _, err = _sbatch(capsys, tmp_path, 2, 8, extra=["parallel.pipeline=4", "model.num_layers=40"])
+    assert rc == 2 and "world size 16 is not divisible by TP x PP x CP = 8 x 4 x 1 = 32" in err
+    rc, _, err = _sbatch(capsys, tmp_path, 2, 8, extra=["--env", "1BAD=x"])
+    assert rc == 2 and "--env takes KEY=VALUE" in err
 
 
 def test_local_dryrun_prints_the_torchrun_command(capsys, tiny_data, tmp_path):

@@ -1,4 +1,5 @@
-"""`cosmos-nemo train RECIPE [a.b=value ...]`: build a recipe, apply overrides, check it, launch it."""
+"""`cosmos-nemo train RECIPE [a.b=value ...]`: build a recipe, apply overrides, check it, launch it;
+`cosmos-nemo experiment status|logs|cancel FOLDER`: what became of a launch (nemo-run's experiment API)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ _EPILOG = """examples:
       --recipe-arg width=512 data.paths=[./my_4x8x8_tokens] --nproc 8 parallel.tensor=8
   cosmos-nemo train cosmos_ar_12b_finetune data.paths=[/data/tokens] --executor slurm --nodes 4 \\
       --gpus-per-node 8 --account ACCT --partition batch --time 04:00:00 \\
-      --container-image nvcr.io/ORG/cosmos-nemo:latest --mounts /lustre/data:/data --dryrun
+      --container-image nvcr.io/ORG/cosmos-nemo:latest --mounts /lustre/data:/data \\
+      --job-dir /lustre/jobs --env NCCL_SOCKET_IFNAME=ib0 --dryrun
+  cosmos-nemo experiment status /lustre/jobs      # then: experiment logs / experiment cancel
+
+Slurm: the parallel sizes and batch sizes are checked against nodes x gpus-per-node before anything is
+submitted; the job runs one torchrun per node (c10d rendezvous at the head node, port 29500) inside the
+container, with NCCL's environment (COSMOS_NEMO_BACKEND=nccl, TORCH_NCCL_ASYNC_ERROR_HANDLING=1,
+CUDA_DEVICE_MAX_CONNECTIONS=1, NCCL_DEBUG=WARN; --env adds or overrides). A submission returns at once.
 
 every field of a recipe is changed by a dotted override (or --toml); --recipe-arg is only for the
 tokenizer-swap recipes' tokenizer, frames, height, width, tokenizer_vocab_size and resize_vocab, from
@@ -56,18 +64,30 @@ def _train(args: argparse.Namespace) -> int:
             missing = [flag for flag, value in (("--account", args.account), ("--partition", args.partition)) if not value]
             if missing:
                 raise L.LaunchError(f"--executor slurm needs {' and '.join(missing)}")
-            job_dir = args.job_dir or str(L.run_dir_of(recipe) / "launches")
+            job_dir = str(Path(args.job_dir or (L.run_dir_of(recipe) / "launches")).absolute())
             executor = L.slurm_executor(
                 account=args.account, partition=args.partition, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                 time=args.time, container_image=args.container_image, mounts=L.parse_mounts(args.mounts),
-                job_dir=job_dir, ssh_host=args.ssh_host, ssh_user=args.ssh_user,
+                job_dir=job_dir, ssh_host=args.ssh_host, ssh_user=args.ssh_user, env=L.parse_env(args.env),
             )
             world = args.nodes * args.gpus_per_node
+            # where the experiment's record lives on this machine (`cosmos-nemo experiment ...` reads it)
+            if args.ssh_host:
+                from nemo_run.config import get_nemorun_home
+
+                base_dir = get_nemorun_home()
+            else:
+                base_dir = job_dir
+            if recipe.parallel.tensor > args.gpus_per_node:
+                print(f"note: parallel.tensor={recipe.parallel.tensor} spans {recipe.parallel.tensor // args.gpus_per_node} "
+                      f"nodes of {args.gpus_per_node} GPUs: tensor-parallel all-reduces then cross the network; "
+                      "keep TP within a node and use PP or DP across nodes")
         else:
             if args.nproc < 1:
                 raise L.LaunchError(f"--nproc must be >= 1, got {args.nproc}")
-            executor = L.local_executor(args.nproc)
+            executor = L.local_executor(args.nproc, env=L.parse_env(args.env))
             world = args.nproc
+            base_dir = None
         # Slurm data and weights usually live on the cluster: check them only when they are here.
         on_cluster = args.executor == "slurm"
         data_here = all(Path(p).exists() for p in recipe.data.paths)
@@ -104,7 +124,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"run folder: {summary['run_dir']}  step {summary['step']}  train loss {summary['train_loss']}")
         return 0
     print(f"run folder: {L.run_dir_of(recipe)}", flush=True)
-    result = L.launch(recipe, executor, name=args.name, tail_logs=not args.quiet)
+    result = L.launch(recipe, executor, name=args.name, tail_logs=not args.quiet, base_dir=base_dir)
     if not result.ok:
         print(f"error: training {result.text.lower() or 'failed'}; logs:", file=sys.stderr)
         for path in result.logs:
@@ -114,7 +134,8 @@ def _train(args: argparse.Namespace) -> int:
             print("last lines:\n" + tail, file=sys.stderr)
         return 1
     if args.executor == "slurm":
-        print(f"submitted; logs and the sbatch script are under {result.logs[0] if result.logs else args.job_dir}")
+        print(f"{result.text}\nsbatch script: {result.logs[0] if result.logs else base_dir}\n"
+              f"follow it with: cosmos-nemo experiment status {base_dir}  (or: logs, cancel)")
     else:
         print(f"\ndone: run folder {result.run_dir}")
     return 0
@@ -200,9 +221,75 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default <run folder>/launches)")
     p.add_argument("--ssh-host", "--ssh_host", help="slurm: submit through ssh to this login node (default: sbatch here)")
     p.add_argument("--ssh-user", "--ssh_user", help="slurm: ssh user (default $USER)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable for every rank (repeatable), e.g. NCCL_SOCKET_IFNAME=ib0 or "
+                   "NCCL_DEBUG=INFO; on Slurm it adds to or overrides the NCCL defaults listed below")
     p.add_argument("--name", help="experiment name (default checkpoint.name)")
     p.add_argument("--dryrun", action="store_true",
                    help="print the resolved recipe and the torchrun command or sbatch script; start nothing")
     p.add_argument("--quiet", action="store_true", help="local: do not stream rank 0's output")
     p.set_defaults(func=_train)
     p.__class__ = type("TrainArgumentParser", (_Intermixed, type(p)), {})
+    _register_experiment(sub)
+
+
+# --------------------------------------------------------------------------------------------------
+# cosmos-nemo experiment status|logs|cancel
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from cosmos_nemo.recipes import launch as L
+
+    try:
+        exp = L.load_experiment(args.folder, args.id)
+    except (L.LaunchError, AssertionError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    names = [job.id for job in exp.jobs]
+    if args.job and args.job not in names:
+        print(f"error: experiment {exp._id} has no job {args.job!r}; its jobs: {', '.join(names)}", file=sys.stderr)
+        return 2
+    chosen = [args.job] if args.job else names
+    if args.action == "status":
+        info = exp.status(return_dict=True) or {}
+        print(f"experiment {exp._id}")
+        for name in chosen:
+            job = info.get(name, {})
+            print(f"  job {name}: {job.get('status', 'UNKNOWN')}"
+                  + (f"  (Slurm job {job['job_id']})" if job.get("job_id") else "")
+                  + (f"\n    folder: {job['local_dir']}" if job.get("local_dir") else ""))
+        return 0
+    if args.action == "logs":
+        for name in chosen:
+            exp.logs(job_id=name, regex=args.regex)
+        return 0
+    # cancel
+    for name in chosen:
+        exp.cancel(name)
+    info = exp.status(return_dict=True) or {}
+    for name in chosen:
+        print(f"job {name}: cancel requested; now {info.get(name, {}).get('status', 'UNKNOWN')}")
+    return 0
+
+
+def _register_experiment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "experiment",
+        help="status, logs or cancel of a launched training (nemo-run experiments)",
+        description="Look after a `cosmos-nemo train` launch through nemo-run's experiment API: its state (Slurm: "
+        "through sacct), its logs, or cancel it (Slurm: scancel). FOLDER is where the launch recorded its experiment: "
+        "the Slurm --job-dir, or the run folder (its launches/ folder) for a local launch.",
+        epilog="examples:\n"
+        "  cosmos-nemo experiment status /lustre/jobs\n"
+        "  cosmos-nemo experiment logs /lustre/jobs --regex 'step|loss'\n"
+        "  cosmos-nemo experiment cancel /lustre/jobs\n"
+        "  cosmos-nemo experiment status runs/cosmos_nemo/autoregressive/cosmos_ar_tiny_finetune\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("action", choices=("status", "logs", "cancel"),
+                   help="status: each job's state and Slurm job id; logs: print the job's log; cancel: stop the job")
+    p.add_argument("folder", help="the Slurm --job-dir, a run folder, its launches/ folder, or one experiment's folder")
+    p.add_argument("--id", help="the experiment id (the folder name under experiments/<title>/); default the latest")
+    p.add_argument("--job", help="one job of the experiment by name (default every job; a train launch has one)")
+    p.add_argument("--regex", help="logs: print only the lines matching this regular expression")
+    p.set_defaults(func=_experiment)

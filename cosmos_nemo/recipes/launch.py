@@ -4,10 +4,14 @@
   the global batch against micro-batch x DP, the data against the model (when the data is on this
   machine), finetune weights present. Every problem is a `LaunchError` with the arithmetic.
 - `local_executor(nproc)`: nemo-run `LocalExecutor` with torchrun (CPU: gloo and one thread per rank).
-- `slurm_executor(...)`: nemo-run `SlurmExecutor` (pyxis container, torchrun rendezvous on the head node).
+- `slurm_executor(...)`: nemo-run `SlurmExecutor` (pyxis container, one torchrun per node meeting at the
+  head node's address through the c10d rendezvous, the NCCL environment of `NCCL_ENV`).
 - `launch(recipe, executor, ...)`: run it as a nemo-run experiment whose metadata and logs live in the
-  run folder (`<run>/launches/`), and report failures with the log paths; `dryrun=True` returns the
-  torchrun command or the sbatch script instead.
+  run folder (`<run>/launches/`, or the Slurm job folder), and report failures with the log paths; a
+  Slurm job is submitted and left running (detached); `dryrun=True` returns the torchrun command or the
+  sbatch script instead.
+- `find_experiments(folder)` / `load_experiment(folder, id)`: the experiments a launch recorded, for
+  `cosmos-nemo experiment status|logs|cancel` (nemo-run's experiment API).
 - `resolve_pretrained(path_or_hub_id)`: a hub id becomes the local path of its downloaded weights.
 """
 
@@ -191,6 +195,32 @@ def parse_mounts(text: Optional[str]) -> list[str]:
     return mounts
 
 
+# The environment every Slurm rank gets (before --env overrides): what a multi-node megatron run on NCCL needs.
+NCCL_ENV = {
+    # NCCL on the GPUs, never a silent fallback to gloo on a node whose CUDA is broken: parallel.setup()
+    # refuses with the reason instead (parallel.resolve_backend).
+    "COSMOS_NEMO_BACKEND": "nccl",
+    # a rank whose collective fails or times out ends the job instead of hanging every other rank
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    # megatron-core: kernels and communication issue in program order (required for TP communication overlap)
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+    # NCCL prints its warnings (network, topology) into the job log; set NCCL_DEBUG=INFO with --env to debug
+    "NCCL_DEBUG": "WARN",
+}
+
+
+def parse_env(items: Optional[list[str]]) -> dict[str, str]:
+    """`KEY=VALUE` items (the --env flag) as a dict; keys must be environment variable names."""
+    env = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise LaunchError(f"--env takes KEY=VALUE with KEY an environment variable name, got {item!r}")
+        env[key] = value
+    return env
+
+
 def slurm_executor(
     *,
     account: str,
@@ -207,15 +237,19 @@ def slurm_executor(
 ) -> run.SlurmExecutor:
     """One torchrun per node (`--ntasks-per-node=1`) that starts `gpus_per_node` ranks, rendezvous at the
     head node's address. `job_dir` must be on a file system the compute nodes see (sbatch script, logs,
-    serialised recipe). The container (pyxis) must be an image with cosmos_nemo installed."""
+    serialised recipe). The container (pyxis) must be an image with cosmos_nemo installed
+    (containers/Dockerfile). Every rank gets `NCCL_ENV`, then `env` (which wins)."""
     if nodes < 1 or gpus_per_node < 1:
         raise LaunchError(f"--nodes and --gpus-per-node must be >= 1, got {nodes} and {gpus_per_node}")
     if not account or not partition:
         raise LaunchError("a Slurm launch needs --account and --partition")
     if not re.match(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$", time):
         raise LaunchError(f"--time must be a Slurm time such as 04:00:00 or 1-00:00:00, got {time!r}")
+    # nemo-run puts each experiment in <tunnel job_dir>/<title>/<id>; a local tunnel's experiments must be the
+    # ones `launch(base_dir=job_dir)` writes (<job_dir>/experiments/<title>/<id>), or sbatch gets a script path
+    # that was never written. Over ssh, job_dir is the cluster's folder and nemo-run copies the experiment there.
     tunnel = (run.SSHTunnel(host=ssh_host, user=ssh_user or os.environ.get("USER", ""), job_dir=job_dir)
-              if ssh_host else run.LocalTunnel(job_dir=job_dir))
+              if ssh_host else run.LocalTunnel(job_dir=os.path.join(job_dir, "experiments")))
     return run.SlurmExecutor(
         account=account,
         partition=partition,
@@ -228,7 +262,7 @@ def slurm_executor(
         launcher="torchrun",
         tunnel=tunnel,
         packager=run.Packager(),  # the code comes from the container, not from a copy of this checkout
-        env_vars={"PYTHONUNBUFFERED": "1", **(env or {})},
+        env_vars={"PYTHONUNBUFFERED": "1", **NCCL_ENV, **(env or {})},
     )
 
 
@@ -284,12 +318,63 @@ def launch(recipe: run.Partial, executor, name: Optional[str] = None, dryrun: bo
         base_dir = str(run_dir / "launches")
     Path(base_dir).mkdir(parents=True, exist_ok=True)
     _interpreter_bin_on_path()
+    detach = isinstance(executor, run.SlurmExecutor)  # submitted, not waited for: `cosmos-nemo experiment ...`
     with run.Experiment(name, executor=executor, base_dir=base_dir, log_level="WARN",
                         enable_goodbye_message=False) as exp:
-        exp.add(recipe, name=name, tail_logs=tail_logs)
-        exp.run(sequential=True)
+        exp.add(recipe, name=name, tail_logs=tail_logs and not detach)
+        if detach:
+            exp.run(detach=True)
+        else:
+            exp.run(sequential=True)
     job = exp.jobs[0]
+    if detach:
+        _, _, app = job.handle.partition("://")
+        job_id = app.split("/")[1] if app.count("/") >= 1 else app
+        script = sorted(glob.glob(os.path.join(job.executor.experiment_dir, "*_sbatch.sh")))
+        return LaunchResult(ok=bool(job_id), run_dir=str(run_dir), logs=script,
+                            text=f"SUBMITTED as Slurm job {job_id} (experiment {exp._id} in {base_dir})")
     status = str(job.status(exp._runner))
     logs = sorted(glob.glob(os.path.join(job.executor.job_dir, "**", "*.log"), recursive=True))
     logs = [p for p in logs if p.endswith(("combined.log", "stderr.log"))] or logs
     return LaunchResult(ok=status.startswith("SUCCEEDED"), run_dir=str(run_dir), logs=logs, text=status)
+
+
+# --------------------------------------------------------------------------------------------------
+# experiments after the launch (nemo-run's experiment API)
+
+
+def find_experiments(folder: str) -> list[Path]:
+    """The experiment folders a launch recorded under `folder`, oldest first: `folder` is the `base_dir` of
+    `launch` (a run folder's `launches/`, or a Slurm --job-dir), a run folder (its `launches/` is used), or
+    one experiment's own folder."""
+    root = Path(folder)
+    if (root / "_CONFIG").is_file():
+        return [root]
+    for base in (root, root / "launches"):
+        found = [d for d in base.glob("experiments/*/*") if (d / "_CONFIG").is_file()]
+        if found:
+            return sorted(found, key=lambda d: (d.stat().st_mtime, d.name))
+    return []
+
+
+def load_experiment(folder: str, experiment_id: Optional[str] = None) -> run.Experiment:
+    """The latest experiment under `folder` (or the one named `experiment_id`), rebuilt by nemo-run."""
+    found = find_experiments(folder)
+    if not found:
+        raise LaunchError(f"no nemo-run experiment under {folder}: give the run folder, its launches/ folder or the "
+                          "Slurm --job-dir of a `cosmos-nemo train` launch")
+    if experiment_id:
+        chosen = [d for d in found if d.name == experiment_id]
+        if not chosen:
+            raise LaunchError(f"no experiment {experiment_id!r} under {folder}; found: {', '.join(d.name for d in found)}")
+        exp_dir = chosen[0]
+    else:
+        exp_dir = found[-1]
+    from nemo_run import config as nr_config
+
+    home = nr_config.get_nemorun_home()
+    nr_config.set_nemorun_home(str(exp_dir.parents[2]))  # from_id looks in <home>/experiments/<title>/<id>
+    try:
+        return run.Experiment.from_id(exp_dir.name)
+    finally:
+        nr_config.set_nemorun_home(home)
