@@ -7,7 +7,8 @@
 #           secondary stack that CI runs
 # Environment:
 #   VENV=DIR        the environment to create or update (default .venv)
-#   PYTHON=EXE      use this interpreter instead of choosing one (a new environment only)
+#   PYTHON=EXE|3.N  use this interpreter, or the first working one of that version, instead of choosing
+#                   (a new environment only)
 #
 # The stack (README "Supported stacks"): Python 3.12 with the newest megatron-core 0.19.x where a working
 # Python 3.12 interpreter exists (the primary stack, what NGC PyTorch containers ship), otherwise Python
@@ -28,7 +29,7 @@ for arg in "$@"; do
   case "$arg" in
     --dev) DEV=1 ;;
     --min) MIN=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n "2,22p" "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument $arg (use --dev, --min, --help)" >&2; exit 2 ;;
   esac
 done
@@ -58,6 +59,10 @@ find_python() {  # $1: a minor version such as 3.12; prints the first working in
 if [ -x "$VENV/bin/python" ] && works "$VENV/bin/python"; then
   PY="$VENV/bin/python"
   WHY="existing environment $VENV (remove it to choose again)"
+elif [[ "${PYTHON:-}" =~ ^3\.[0-9]+$ ]]; then
+  # exit status 3: no interpreter of that version (.ci/run skips the secondary stack on it)
+  PY=$(find_python "$PYTHON") || { echo "setup.sh: PYTHON=$PYTHON: no working Python $PYTHON interpreter found" >&2; exit 3; }
+  WHY="PYTHON=$PYTHON"
 elif [ -n "${PYTHON:-}" ]; then
   works "$PYTHON" || { echo "setup.sh: PYTHON=$PYTHON does not run, or is older than 3.11" >&2; exit 1; }
   PY="$PYTHON"
