@@ -32,11 +32,14 @@ _REFERENCE = textwrap.dedent(
     import json, sys, warnings
     import numpy as np, torch
     warnings.filterwarnings("ignore")
-    # TEST-ONLY SHIM: torchvision's C ops are missing from this CPU build, so its import dies registering
-    # fake kernels for nms/qnms. Declaring the two schemas lets `import torchvision` (and so `lpips`) work.
-    _tv = torch.library.Library("torchvision", "DEF")
-    _tv.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _tv.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    # TEST-ONLY SHIM: PyPI's torchvision is a CUDA build; beside a CPU-only torch build (Python 3.11's
+    # torch on these machines) its C ops do not load, so its import dies registering fake kernels for
+    # nms/qnms. Declaring the two schemas lets `import torchvision` (and so `lpips`) work. Beside a CUDA
+    # torch build (Python 3.12's, from PyPI) its C ops load and declare them themselves: no shim then.
+    if torch.version.cuda is None:
+        _tv = torch.library.Library("torchvision", "DEF")
+        _tv.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _tv.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     import lpips
     from safetensors.torch import save_file
 
