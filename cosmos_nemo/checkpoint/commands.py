@@ -1,4 +1,5 @@
-"""`cosmos-nemo convert`: released Cosmos AR `model.pt` ⇄ megatron dist-ckpt (`ar-import`, `ar-export`), and
+"""`cosmos-nemo convert`: released Cosmos AR `model.pt` ⇄ megatron dist-ckpt (`ar-import`, `ar-export`), the
+DiT's Cosmos / diffusers checkpoints ⇄ dist-ckpt (`dit-import`, `dit-export`, checkpoint/dit_commands.py), and
 tensor-parallel shard/merge of released checkpoints (`shard-tp`, `merge-tp`, the equivalents of
 cosmos-predict1's `shard_autoregressive_base_checkpoints.py` / `merge_autoregressive_tp_checkpoints.py`).
 
@@ -57,6 +58,9 @@ def register(subparsers) -> None:
                    help="cast the written tensors (default: as stored in the checkpoint)")
     e.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     e.set_defaults(func=_run_export)
+    from cosmos_nemo.checkpoint import dit_commands
+
+    dit_commands.register(sub)
     _register_tp(sub)
     convert.set_defaults(func=lambda args: (convert.print_help(), 2)[1])
 

@@ -56,9 +56,10 @@ def _teardown(own: bool) -> None:
 
 
 def import_released(cfg, source: str | os.PathLike, output: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                    overwrite: bool = False, resize_vocab: bool = False) -> Path:
+                    overwrite: bool = False, resize_vocab: bool = False, **load_options) -> Path:
     """Released checkpoint -> dist-ckpt model folder, strictly (every released key used, every parameter
-    filled). `resize_vocab` lets a family resize vocabulary rows to the config (its `resize_vocab` field)."""
+    filled). `resize_vocab` lets a family resize vocabulary rows to the config (its `resize_vocab` field);
+    `load_options` go to the family's `load_released` (e.g. the DiT's `ema=True`)."""
     from megatron.core import dist_checkpointing
 
     family = family_of(cfg)
@@ -72,7 +73,7 @@ def import_released(cfg, source: str | os.PathLike, output: str | os.PathLike, d
     own = _single_process()
     try:
         model = family.build_model(cfg, True, True, dtype)
-        family.load_released(model, cfg, str(source))
+        family.load_released(model, cfg, str(source), **load_options)
         with atomic_dir(out, overwrite=overwrite) as tmp:
             dist_checkpointing.save(model.sharded_state_dict(), str(tmp))
     finally:
@@ -111,7 +112,7 @@ def export_released(checkpoint: str | os.PathLike, cfg, output: str | os.PathLik
         _teardown(own)
     if prefix is not None:
         old = _released_prefix(family)
-        exported = {prefix + k[len(old):]: v for k, v in exported.items()}
+        exported = {(prefix + k[len(old):] if k.startswith(old) else k): v for k, v in exported.items()}
     if dtype is not None:
         exported = {k: v.to(dtype) for k, v in exported.items()}
     save_released(exported, out, overwrite=overwrite)
