@@ -51,6 +51,11 @@ def test_tiny_recipe_trains_with_nproc_2_at_tp_2(tiny_data, tmp_path):
     assert (info["world_size"], info["tensor_parallel"], info["data_parallel"]) == (2, 2, 1)
     # the nemo-run experiment (serialised recipe, torchrun logs) sits in the run folder
     assert list((run_dir / "launches").rglob("*_fn_or_script"))
+    # ... and `cosmos-nemo experiment status RUN_FOLDER` finds it through nemo-run's experiment API
+    status = subprocess.run([sys.executable, "-m", "cosmos_nemo", "experiment", "status", str(run_dir)],
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert status.returncode == 0 and "job cosmos_ar_tiny_finetune: SUCCEEDED" in status.stdout, status.stdout + status.stderr
 
     tp1 = _cli(*common, f"checkpoint.output_root={tmp_path / 'tp1'}", "--direct")
     assert tp1.returncode == 0, tp1.stderr[-3000:]

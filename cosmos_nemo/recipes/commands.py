@@ -256,7 +256,8 @@ def _experiment(args: argparse.Namespace) -> int:
         for name in chosen:
             job = info.get(name, {})
             print(f"  job {name}: {job.get('status', 'UNKNOWN')}"
-                  + (f"  (Slurm job {job['job_id']})" if job.get("job_id") else "")
+                  + (f"  ({'Slurm job' if 'Slurm' in str(job.get('executor', '')) else 'app'} {job['job_id']})"
+                     if job.get("job_id") else "")
                   + (f"\n    folder: {job['local_dir']}" if job.get("local_dir") else ""))
         return 0
     if args.action == "logs":
@@ -287,7 +288,7 @@ def _register_experiment(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("action", choices=("status", "logs", "cancel"),
-                   help="status: each job's state and Slurm job id; logs: print the job's log; cancel: stop the job")
+                   help="status: each job's state and Slurm job id; logs: print the job's log (a running job's log is followed until it ends; Ctrl-C stops following); cancel: stop the job")
     p.add_argument("folder", help="the Slurm --job-dir, a run folder, its launches/ folder, or one experiment's folder")
     p.add_argument("--id", help="the experiment id (the folder name under experiments/<title>/); default the latest")
     p.add_argument("--job", help="one job of the experiment by name (default every job; a train launch has one)")
