@@ -39,12 +39,11 @@ done
 works() { "$1" -c 'import sys, venv; sys.exit(0 if sys.version_info[:2] >= (3, 11) else 1)' >/dev/null 2>&1; }
 
 find_python() {  # $1: a minor version such as 3.12; prints the first working interpreter of that version
-  local candidates=("python$1")
-  if command -v pyenv >/dev/null 2>&1; then
-    local root
-    root=$(pyenv root 2>/dev/null || true)
-    [ -n "$root" ] && candidates+=("$root"/versions/"$1".*/bin/python"$1")
-  fi
+  local candidates=("python$1") root
+  # pyenv's interpreters, also where the pyenv command itself is not on PATH
+  for root in "$(pyenv root 2>/dev/null || true)" "${PYENV_ROOT:-}" "$HOME/.pyenv"; do
+    [ -n "$root" ] && [ -d "$root/versions" ] && candidates+=("$root"/versions/"$1".*/bin/python"$1")
+  done
   candidates+=(/usr/local/bin/python"$1" /usr/bin/python"$1")
   local c
   for c in "${candidates[@]}"; do
