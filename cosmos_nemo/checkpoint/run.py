@@ -233,13 +233,15 @@ def load_pretrained(model_chunks, family, model_cfg, source: str) -> str:
     """Fill the chunks with starting weights: a dist-ckpt (a run folder, an `iter_*` folder or a `model/`
     folder, at any TP/PP) or the family's released checkpoint file. Returns a note for the run log."""
     folder = resolve_model_folder(source)
+    if folder is not None and not (Path(folder) / "metadata.json").is_file():
+        folder = None  # a torch DCP folder without megatron's metadata.json: a released checkpoint (Predict2.5)
     if folder is not None:
         check = getattr(family, "check_dist_ckpt_start", None)
         if check is not None:
             check(model_cfg, str(folder))
         dist_ckpt.load_model(model_chunks, folder)
         return f"initialised from dist-ckpt {folder}"
-    if Path(source).is_file():
+    if Path(source).exists():  # a file, or a released folder (a DiT's diffusers or DCP folder)
         return family.load_released(dist_ckpt.bare_model(model_chunks[0]), model_cfg, str(source))
     raise FileNotFoundError(
         f"pretrained weights {source!r} not found: pass a released checkpoint file (.pt/.safetensors), a dist-ckpt "

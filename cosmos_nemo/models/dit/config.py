@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import torch
+
+from cosmos_nemo.models.dit.objectives import DiffusionObjective
 
 GENERATIONS = ("predict1", "predict2", "predict2.5")
 
@@ -70,8 +72,12 @@ class DiTModelConfig:
     recompute_granularity: Optional[str] = None  # None | "full"
     use_te: Optional[bool] = None  # None: Transformer Engine when TE and CUDA are present
     extra_transformer_config: dict = field(default_factory=dict)
+    # The training objective and frame-conditioning policy (models/dit/objectives.py); a dict is accepted.
+    objective: Union[DiffusionObjective, dict] = field(default_factory=DiffusionObjective)
 
     def __post_init__(self) -> None:
+        if isinstance(self.objective, dict):
+            self.objective = DiffusionObjective(**self.objective)
         if self.family != "dit":
             raise ValueError(f"DiTModelConfig.family must be 'dit', got {self.family!r}")
         if self.generation not in GENERATIONS:
@@ -175,28 +181,40 @@ class DiTModelConfig:
 # ---------------------------------------------------------------------------------------------------
 # Named configs (diffusion_models.md §1.1; the same numbers as diffusers' TRANSFORMER_CONFIGS)
 
+# Objectives (diffusion_models.md §3-4): Predict1 EDM + Kendall log-variance, sigma x sqrt(T) in the V2W and
+# 14B recipes (not in 7B T2W), 0-2 conditional frames uniformly for V2W; Predict2 rectified flow in EDM form
+# (lognormal sigma x sqrt(T), loss x 10, 1-2 conditional frames at sigma 1e-4); Predict2.5 flow matching
+# (logit-normal, shift 5, timesteps x 1000, 0/1/2 conditional frames 0.5/0.25/0.25).
+_EDM_T2W = dict(kind="edm", logvar=True, video_noise_multiplier="none")
+_EDM_V2W = dict(kind="edm", logvar=True, video_noise_multiplier="sqrt_t",
+                conditional_frames_probs={0: 1 / 3, 1: 1 / 3, 2: 1 / 3})
+_RF2 = dict(kind="rf", time_distribution="lognormal_sigma", video_noise_multiplier="sqrt_t", loss_scale=10.0,
+            timestep_input_scale=1.0, conditional_frames_probs={1: 0.5, 2: 0.5}, conditional_frame_timestep=1e-4)
+_RF25 = dict(kind="rf", time_distribution="logitnormal", shift=5.0, timestep_input_scale=1000.0,
+             conditional_frames_probs={0: 0.5, 1: 0.25, 2: 0.25})
 _P1 = dict(generation="predict1", rope_fps_modulation=True, extra_pos_emb=True, logvar_head=True)
 _P2 = dict(generation="predict2", rope_fps_modulation=False, extra_pos_emb=False, per_frame_timesteps=True,
-           video2world=True, in_channels=17)
+           video2world=True, in_channels=17, objective=_RF2)
 _P25 = dict(_P2, generation="predict2.5", timestep_scale=0.001, crossattn_proj_in=100_352,
-            fp32_time_and_final=True, qk_fp32_rope=True, rope_scale=(1.0, 3.0, 3.0))
+            fp32_time_and_final=True, qk_fp32_rope=True, rope_scale=(1.0, 3.0, 3.0), objective=_RF25)
 _7B = dict(hidden_size=4096, num_layers=28, num_attention_heads=32)
 _14B = dict(hidden_size=5120, num_layers=36, num_attention_heads=40)
 _2B = dict(hidden_size=2048, num_layers=28, num_attention_heads=16)
 _TINY = dict(hidden_size=256, num_layers=2, num_attention_heads=4, head_dim=64, adaln_lora_dim=64)
 
 NAMED_CONFIGS: dict[str, dict] = {
-    "predict1_7b_t2w": dict(_P1, **_7B, in_channels=16, video2world=False, rope_scale=(2.0, 1.0, 1.0)),
-    "predict1_7b_v2w": dict(_P1, **_7B, in_channels=17, video2world=True, rope_scale=(2.0, 1.0, 1.0)),
-    "predict1_14b_t2w": dict(_P1, **_14B, in_channels=16, video2world=False, rope_scale=(2.0, 2.0, 2.0)),
-    "predict1_14b_v2w": dict(_P1, **_14B, in_channels=17, video2world=True, rope_scale=(2.0, 2.0, 2.0)),
+    "predict1_7b_t2w": dict(_P1, **_7B, in_channels=16, video2world=False, rope_scale=(2.0, 1.0, 1.0), objective=_EDM_T2W),
+    "predict1_7b_v2w": dict(_P1, **_7B, in_channels=17, video2world=True, rope_scale=(2.0, 1.0, 1.0), objective=_EDM_V2W),
+    "predict1_14b_t2w": dict(_P1, **_14B, in_channels=16, video2world=False, rope_scale=(2.0, 2.0, 2.0),
+                             objective=dict(_EDM_T2W, video_noise_multiplier="sqrt_t")),
+    "predict1_14b_v2w": dict(_P1, **_14B, in_channels=17, video2world=True, rope_scale=(2.0, 2.0, 2.0), objective=_EDM_V2W),
     "predict2_2b": dict(_P2, **_2B, rope_scale=(1.0, 3.0, 3.0)),
     "predict2_14b": dict(_P2, **_14B, rope_scale=(20 / 24, 2.0, 2.0)),
     "predict25_2b": dict(_P25, **_2B),
     "predict25_14b": dict(_P25, **_14B),
     # Tiny models of the real block structure for CPU runs and tests (head dim 64: RoPE split 24/20/20).
-    "tiny_predict1_v2w": dict(_P1, **_TINY, in_channels=17, video2world=True, rope_scale=(2.0, 1.0, 1.0)),
-    "tiny_predict1_t2w": dict(_P1, **_TINY, in_channels=16, video2world=False, rope_scale=(2.0, 1.0, 1.0)),
+    "tiny_predict1_v2w": dict(_P1, **_TINY, in_channels=17, video2world=True, rope_scale=(2.0, 1.0, 1.0), objective=_EDM_V2W),
+    "tiny_predict1_t2w": dict(_P1, **_TINY, in_channels=16, video2world=False, rope_scale=(2.0, 1.0, 1.0), objective=_EDM_T2W),
     "tiny_predict2": dict(_P2, **_TINY, rope_scale=(1.0, 3.0, 3.0)),
     "tiny_predict25": dict(_P25, **_TINY, crossattn_proj_in=512),
 }
@@ -239,4 +257,6 @@ def dit_config_from_dict(fields: dict) -> DiTModelConfig:
     for key in ("rope_scale", "max_size"):
         if fields.get(key) is not None:
             fields[key] = tuple(fields[key])
+    if isinstance(fields.get("objective"), dict):
+        fields["objective"] = DiffusionObjective(**fields["objective"])
     return DiTModelConfig(**fields)

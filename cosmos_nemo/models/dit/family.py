@@ -1,10 +1,10 @@
 """The DiT family's provider: what the shared trainer, checkpointing and inference need from it
 (models/family.py).
 
-Built here: the model chunks, released-checkpoint import (Cosmos Predict1/2/2.5 files, DCP folders and
-diffusers folders, strictly) and export, the run-folder config, the FLOP count. The diffusion step function
-and the latent/text-embedding datasets are the diffusion post-training work (EDM and rectified flow); until
-they exist `forward_step` and `build_data` refuse with a message that says so, before any model is built.
+The model chunks, the diffusion step (models/dit/step.py: the config's EDM or rectified-flow objective and
+frame conditioning), the precomputed latent datasets (data/dit_dataset.py), released-checkpoint import
+(Cosmos Predict1/2/2.5 files, DCP folders and diffusers folders, strictly) and export, the run-folder
+config and the FLOP count.
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ from __future__ import annotations
 import torch
 
 from cosmos_nemo.models.dit.config import DiTModelConfig, dit_config, dit_config_from_dict
-
-_NO_TRAINING = ("training the DiT (the EDM / rectified-flow step and the latent + text-embedding datasets) is not "
-                "built yet; the DiT can be built, loaded from Cosmos or diffusers checkpoints, converted and exported")
-
 
 class DiTFamily:
     name = "dit"
@@ -28,10 +24,17 @@ class DiTFamily:
         return build_dit_model(cfg, pre_process, post_process, dtype=dtype)
 
     def forward_step(self, cfg: DiTModelConfig, trainer):
-        raise NotImplementedError(_NO_TRAINING)
+        from cosmos_nemo.models.dit.step import DiTStep
+        from cosmos_nemo.parallel import get_device
+
+        return DiTStep(cfg.objective, cfg.video2world, get_device())
 
     def build_data(self, cfg: DiTModelConfig, data, dp_rank: int, dp_size: int):
-        raise NotImplementedError(_NO_TRAINING)
+        from cosmos_nemo.data.dit_dataset import build_dit_dataloaders
+        from cosmos_nemo.models.family import FamilyData
+
+        train, valid, notes = build_dit_dataloaders(data, cfg, dp_rank, dp_size)
+        return FamilyData(train=train, valid=valid, notes=notes)
 
     def load_released(self, model, cfg: DiTModelConfig, path: str, ema: bool = False) -> str:
         from cosmos_nemo.models.dit.convert import load_released
