@@ -242,7 +242,7 @@ PINNED = {
 
 
 def test_every_recipe_has_pinned_values():
-    assert set(PINNED) == set(RECIPES)
+    assert set(PINNED) == {name for name in RECIPES if name.startswith("cosmos_ar_")}  # DiT: test_dit_recipes.py
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))

@@ -60,8 +60,6 @@ def preflight(recipe: run.Partial, world_size: int, check_data: bool = True) -> 
     tp, pp, cp = par.tensor, par.pipeline, par.context
     if min(tp, pp, cp) < 1:
         raise LaunchError(f"parallel sizes must be >= 1, got TP={tp} PP={pp} CP={cp}")
-    if cp != 1:
-        raise LaunchError("context parallelism is not supported by the AR models: set parallel.context=1")
     mp = tp * pp * cp
     if world_size % mp:
         raise LaunchError(
@@ -70,11 +68,16 @@ def preflight(recipe: run.Partial, world_size: int, check_data: bool = True) -> 
         )
     dp = world_size // mp
     built = fdl.build(model)  # the dataclass's own checks (heads vs groups, vocab) run here
-    for name, value in (("num_attention_heads", built.num_attention_heads), ("num_query_groups", built.num_query_groups)):
-        if value % tp:
-            raise LaunchError(f"parallel.tensor={tp} must divide model.{name}={value}")
-    if built.num_layers % pp:
-        raise LaunchError(f"parallel.pipeline={pp} must divide model.num_layers={built.num_layers}")
+    if getattr(built, "family", "ar") == "dit":
+        _check_dit_parallel(built, tp, pp, cp)
+    else:
+        if cp != 1:
+            raise LaunchError("context parallelism is not supported by the AR models: set parallel.context=1")
+        for name, value in (("num_attention_heads", built.num_attention_heads), ("num_query_groups", built.num_query_groups)):
+            if value % tp:
+                raise LaunchError(f"parallel.tensor={tp} must divide model.{name}={value}")
+        if built.num_layers % pp:
+            raise LaunchError(f"parallel.pipeline={pp} must divide model.num_layers={built.num_layers}")
     mbs, gbs = data.micro_batch_size, data.global_batch_size
     if mbs < 1 or gbs < 1:
         raise LaunchError(f"batch sizes must be >= 1, got micro {mbs}, global {gbs}")
@@ -96,7 +99,8 @@ def preflight(recipe: run.Partial, world_size: int, check_data: bool = True) -> 
         raise LaunchError(f"checkpoint.pretrained={recipe.checkpoint.pretrained!r} is ignored by checkpoint.mode=pretrain: "
                           "set checkpoint.mode=finetune to start from it, or checkpoint.pretrained=null")
     if not data.paths:
-        raise LaunchError("no training data: set data.paths=[DIR,...] (a `cosmos-nemo prepare ar-tokens` output)")
+        kind = "latent dataset" if getattr(built, "family", "ar") == "dit" else "`cosmos-nemo prepare ar-tokens` output"
+        raise LaunchError(f"no training data: set data.paths=[DIR,...] (a {kind})")
     if check_data:
         notes.extend(_check_data(recipe, built))
     return notes
@@ -106,7 +110,21 @@ def _nearest_multiple(value: int, multiple: int) -> int:
     return max(multiple, round(value / multiple) * multiple)
 
 
+def _check_dit_parallel(model, tp: int, pp: int, cp: int) -> None:
+    """The DiT's parallel layout: TP divides the heads, no pipeline stages, context parallelism on GPUs."""
+    if model.num_attention_heads % tp:
+        raise LaunchError(f"parallel.tensor={tp} must divide model.num_attention_heads={model.num_attention_heads}")
+    if pp != 1:
+        raise LaunchError("the DiT does not support pipeline parallelism (its timestep embedding modulates every "
+                          "block): set parallel.pipeline=1 and use parallel.tensor / parallel.context")
+    if cp != 1 and _cpu_only():
+        raise LaunchError("context parallelism of the DiT needs GPUs (Transformer Engine attention): set "
+                          "parallel.context=1 on a CPU")
+
+
 def _check_data(recipe: run.Partial, model) -> list[str]:
+    if getattr(model, "family", "ar") == "dit":
+        return _check_dit_data(recipe, model)
     from cosmos_nemo.data import DataModelMismatch, validate_for_model
     from cosmos_nemo.data.ar_dataset import ARDatasetError
     from cosmos_nemo.data.loader import resolve_dataset_paths
@@ -124,6 +142,19 @@ def _check_data(recipe: run.Partial, model) -> list[str]:
         )
     except (DataModelMismatch, ARDatasetError, ValueError) as err:
         raise LaunchError(f"the data does not fit the model: {err}") from None
+
+
+def _check_dit_data(recipe: run.Partial, model) -> list[str]:
+    from cosmos_nemo.data.dit_dataset import build_dit_dataloaders
+
+    missing = [p for p in recipe.data.paths if not Path(p).exists()]
+    if missing:
+        raise LaunchError(f"data path(s) not found: {', '.join(missing)}")
+    try:
+        _, _, notes = build_dit_dataloaders(fdl.build(recipe.data), model)
+    except ValueError as err:
+        raise LaunchError(f"the data does not fit the model: {err}") from None
+    return notes
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,144 @@
+"""Diffusion (Cosmos DiT) recipes: `nemo_run.Partial(train, model=DiTModelConfig, data=DiTDataConfig, ...)`, the
+same trainer, run folders and launchers as the AR recipes.
+
+- Predict1 7B/14B Video2World full fine-tune (seed 002, `video2world_7b_example_cosmos_nemo_assets`): EDM with the
+  Kendall log-variance, sigma x sqrt(T), 0-2 conditional latent frames; AdamW lr 2^-14.3, weight decay 0.1,
+  betas (0.9, 0.99), eps 1e-10, warm-up from 1e-6 over 2500 steps then constant, 2000 steps, a checkpoint every
+  200, bf16, gradient clipping 1.0, one clip per GPU on 8 GPUs.
+- Predict2.5 2B/14B post-training (seed 004's full-model half, `predict2_video2world_training_2b_cosmos_nemo_assets`):
+  rectified flow (logit-normal, shift 5), 0/1/2 conditional frames (T2W/I2W/V2W in one checkpoint); AdamW lr
+  2^-14.5, weight decay 1e-3, LambdaLinear warm-up 2000 to f_max 0.5 then down to f_min 0.2 over 100,000 steps,
+  1000 steps, a checkpoint every 200, bf16.
+- Tiny variants of both for CPU runs in seconds (fp32, random init unless `checkpoint.pretrained` is given).
+
+Data are precomputed latent datasets (data/dit_dataset.py): `data.paths=[DIR,...]`. Weights: the Predict1
+recipes start from NVIDIA's released `model.pt` (hub id; any Cosmos `.pt`, DCP or diffusers folder works as
+`checkpoint.pretrained=PATH`); the Predict2.5 ones need `checkpoint.pretrained=PATH` to the released
+`*_ema_bf16.pt` (or a diffusers folder), since that file sits under a run-specific name in the hub repository.
+Not yet part of these recipes: the power EMA (sigma_rel 0.1) of the references; `trainer.ema_decay` gives a
+constant-decay EMA.
+"""
+
+from __future__ import annotations
+
+import nemo_run as run
+
+from cosmos_nemo.data.dit_dataset import DiTDataConfig
+from cosmos_nemo.models.dit.config import NAMED_CONFIGS, DiTModelConfig
+from cosmos_nemo.models.dit.objectives import DiffusionObjective
+from cosmos_nemo.recipes.ar import RecipeError
+from cosmos_nemo.training.config import CheckpointConfig, LogConfig, OptimizerConfig, ParallelConfig, TrainerConfig
+from cosmos_nemo.training.trainer import train
+
+HUB_IDS = {"predict1_7b_v2w": "nvidia/Cosmos-Predict1-7B-Video2World",
+           "predict1_14b_v2w": "nvidia/Cosmos-Predict1-14B-Video2World"}
+
+
+def model_config(name: str, **overrides) -> run.Config:
+    """`run.Config(DiTModelConfig)` of a named architecture, its objective a `run.Config` too (every field is
+    overridable: `model.objective.shift=3`)."""
+    if name not in NAMED_CONFIGS:
+        raise RecipeError(f"unknown DiT model {name!r}; choose one of {sorted(NAMED_CONFIGS)}")
+    fields = {**NAMED_CONFIGS[name], **overrides}
+    objective = DiffusionObjective(**fields.pop("objective", {}))
+    obj = {f: getattr(objective, f) for f in DiffusionObjective.__dataclass_fields__}
+    obj["conditional_frames_probs"] = {int(k): float(v) for k, v in objective.conditional_frames_probs.items()}
+    fields["objective"] = run.Config(DiffusionObjective, **obj)
+    for key in ("rope_scale", "max_size"):
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    return run.Config(DiTModelConfig, **fields)
+
+
+def _common(model: str, name: str, group: str) -> run.Partial:
+    return run.Partial(
+        train,
+        model=model_config(model),
+        data=run.Config(DiTDataConfig, paths=[], split_string="98,1,1", micro_batch_size=1, global_batch_size=8),
+        optim=run.Config(OptimizerConfig),
+        trainer=run.Config(TrainerConfig, precision="bf16", val_interval=200),
+        checkpoint=run.Config(CheckpointConfig, output_root="runs", project="cosmos_nemo", group=group, name=name,
+                              save_interval=200, mode="finetune", pretrained=HUB_IDS.get(model)),
+        parallel=run.Config(ParallelConfig, tensor=1, pipeline=1, context=1),
+        log=run.Config(LogConfig, tensorboard=True),
+    )
+
+
+def predict1_v2w_common(model: str, name: str) -> run.Partial:
+    """Predict1 Video2World full fine-tune, seed 002's `video2world_7b_example_cosmos_nemo_assets` values."""
+    recipe = _common(model, name, "diffusion_video2world")
+    recipe.optim = run.Config(OptimizerConfig, lr=2**-14.3, weight_decay=0.1, beta1=0.9, beta2=0.99, eps=1e-10,
+                              clip_grad=1.0, schedule="cycle", warmup_steps=2500, f_start=1e-6, f_max=1.0, f_min=1.0,
+                              cycle_length=100_000)
+    recipe.trainer.max_steps = 2000
+    return recipe
+
+
+def predict25_common(model: str, name: str) -> run.Partial:
+    """Predict2.5 post-training, seed 004's full-model `predict2_video2world_training_2b_cosmos_nemo_assets` values."""
+    recipe = _common(model, name, "diffusion_predict25")
+    recipe.optim = run.Config(OptimizerConfig, lr=2**-14.5, weight_decay=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                              clip_grad=1.0, schedule="cycle", warmup_steps=2000, f_start=1e-6, f_max=0.5, f_min=0.2,
+                              cycle_length=100_000)
+    recipe.trainer.max_steps = 1000
+    return recipe
+
+
+def _tiny(recipe: run.Partial) -> run.Partial:
+    """CPU-sized: fp32, 20 steps, global batch 4 of micro 2, lr 2e-3 with a 2-step warm-up, a checkpoint and a
+    validation every 10 steps, random init, no TensorBoard."""
+    recipe.checkpoint.mode, recipe.checkpoint.pretrained, recipe.checkpoint.save_interval = "pretrain", None, 10
+    recipe.trainer.max_steps, recipe.trainer.precision, recipe.trainer.val_interval = 20, "fp32", 10
+    recipe.data.global_batch_size, recipe.data.micro_batch_size, recipe.data.split_string = 4, 2, "8,1,1"
+    recipe.optim = run.Config(OptimizerConfig, lr=2e-3, min_lr=2e-4, weight_decay=0.0, schedule="cosine",
+                              warmup_steps=2)
+    recipe.log.tensorboard = False
+    return recipe
+
+
+def cosmos_predict1_7b_v2w_finetune() -> run.Partial:
+    """Fine-tune Cosmos-Predict1-7B-Video2World (EDM) on a latent dataset, as seed 002's full post-training.
+
+    Starts from NVIDIA's released model.pt (hub id, or checkpoint.pretrained=PATH). Data: a CV8x8x8 latent
+    dataset with 1024-d T5 embeddings (data.paths=[DIR]).
+    """
+    return predict1_v2w_common("predict1_7b_v2w", "cosmos_predict1_7b_v2w_finetune")
+
+
+def cosmos_predict1_14b_v2w_finetune() -> run.Partial:
+    """Fine-tune Cosmos-Predict1-14B-Video2World (EDM) with the 7B recipe's values (seed 002)."""
+    return predict1_v2w_common("predict1_14b_v2w", "cosmos_predict1_14b_v2w_finetune")
+
+
+def cosmos_predict25_2b_finetune() -> run.Partial:
+    """Post-train Cosmos-Predict2.5-2B (rectified flow; one checkpoint for Text/Image/Video2World), seed 004.
+
+    Needs checkpoint.pretrained=PATH (the released *_ema_bf16.pt or a diffusers folder) and a Wan2.1 latent
+    dataset with 100352-d Reason1 text embeddings.
+    """
+    return predict25_common("predict25_2b", "cosmos_predict25_2b_finetune")
+
+
+def cosmos_predict25_14b_finetune() -> run.Partial:
+    """Post-train Cosmos-Predict2.5-14B with the 2B recipe's values (seed 004)."""
+    return predict25_common("predict25_14b", "cosmos_predict25_14b_finetune")
+
+
+def cosmos_predict1_tiny_v2w_finetune() -> run.Partial:
+    """A 2-block, 256-wide Predict1 Video2World DiT (EDM, conditional frames) that trains on a CPU in seconds.
+
+    The real block structure (adaLN-LoRA, 3D RoPE with fps modulation, learnable position embedding,
+    log-variance head) at the width of the golden reference net. Data: 16-channel latents with 1024-d text
+    embeddings and grids up to 128 x 120 x 120 tokens.
+    """
+    return _tiny(predict1_v2w_common("tiny_predict1_v2w", "cosmos_predict1_tiny_v2w_finetune"))
+
+
+def cosmos_predict25_tiny_finetune() -> run.Partial:
+    """A 2-block, 256-wide Predict2.5-style DiT (rectified flow, per-frame timesteps, text projection from
+    512-d embeddings) that trains on a CPU in seconds."""
+    return _tiny(predict25_common("tiny_predict25", "cosmos_predict25_tiny_finetune"))
+
+
+RECIPES = (cosmos_predict1_7b_v2w_finetune, cosmos_predict1_14b_v2w_finetune, cosmos_predict25_2b_finetune,
+           cosmos_predict25_14b_finetune, cosmos_predict1_tiny_v2w_finetune, cosmos_predict25_tiny_finetune)
