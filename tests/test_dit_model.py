@@ -234,3 +234,42 @@ def test_pipeline_and_cpu_context_parallel_are_refused():
         assert "does not support pipeline parallelism" in message
     for message in run_in_processes(_parallel_refusal, 2, dict(context_parallel=2)):
         assert "context parallelism of the DiT needs GPUs" in message
+
+
+# ---------------------------------------------------------------------------------------------------
+# Predict2.5's float32 paths in a bf16 model
+
+
+def _fp32_paths() -> dict:
+    from cosmos_nemo import parallel
+    from cosmos_nemo.models.dit.config import dit_config
+    from cosmos_nemo.models.dit.model import build_dit_model
+
+    parallel.setup()
+    torch.manual_seed(0)
+    cfg = dit_config("tiny_predict25")
+    ref = build_dit_model(cfg).eval()
+    with torch.no_grad():  # weights exactly representable in bf16, so both models hold the same numbers
+        for p in ref.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    half = build_dit_model(cfg, dtype=torch.bfloat16).eval()
+    half.load_state_dict({k: v.to(torch.bfloat16) if torch.is_tensor(v) else v for k, v in ref.state_dict().items()})
+    plain = build_dit_model(cfg.replace(fp32_time_and_final=False), dtype=torch.bfloat16).eval()
+    plain.load_state_dict(half.state_dict())
+    t = torch.tensor([[3.0, 500.0, 999.0]])
+    with torch.no_grad():
+        emb_ref, lora_ref = ref.time_embedding(t)
+        emb_half, lora_half = half.time_embedding(t)
+        emb_plain, lora_plain = plain.time_embedding(t)
+    parallel.teardown()
+    return {"half_equal": bool(torch.equal(emb_half, emb_ref.to(torch.bfloat16)) and
+                               torch.equal(lora_half, lora_ref.to(torch.bfloat16))),
+            "plain_err": float((lora_plain.float() - lora_ref).abs().max()),
+            "half_err": float((lora_half.float() - lora_ref).abs().max()), "dtype": str(emb_half.dtype)}
+
+
+def test_predict25_time_embedding_is_float32_in_a_bf16_model():
+    out = run_in_processes(_fp32_paths, 1)[0]
+    # computed in fp32 then rounded once: exactly the fp32 model's values in bf16; the all-bf16 path is not
+    assert out["half_equal"] and out["dtype"] == "torch.bfloat16", out
+    assert out["plain_err"] > out["half_err"], out

@@ -7,7 +7,9 @@ rank), so nothing from the CPU tests run in the pytest process (the CPU adapter,
   layouts by the AR key map; TE fuses the pre-norms into `linear_qkv`/`linear_fc1`);
 - a bf16 run of `train()` lowers the loss;
 - a dist-ckpt written on the GPU reloads bit-identically;
-- with two GPUs, TP=2 over NCCL matches one GPU's losses (local spec in strict fp32, and TE).
+- with two GPUs, TP=2 over NCCL matches one GPU's losses (local spec in strict fp32, and TE);
+- the DiT (local and TE specs) gives the golden reference output on the GPU, and with two GPUs context
+  parallelism (tokens split by latent frames, TE attention) matches one GPU.
 """
 
 from __future__ import annotations
@@ -253,3 +255,49 @@ def test_tp2_nccl_matches_one_gpu(dataset, use_te, rtol):
     assert ref["losses"][-1] < ref["losses"][0] - 0.5, ref["losses"]
     for step, (a, b) in enumerate(zip(tp2[0]["losses"], ref["losses"], strict=True), start=1):
         assert abs(a - b) <= rtol * abs(b), f"step {step}: TP=2 {a} vs TP=1 {b}"
+
+
+# -------------------------------------------------------------------------------------------------
+# The DiT on the GPU: the Transformer Engine spec against the golden reference, and context parallelism
+
+
+def _dit_golden_on_gpu(folder: str, use_te: bool, cp: int) -> dict:
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from cosmos_nemo import parallel
+    from cosmos_nemo.models.dit import convert
+    from cosmos_nemo.models.dit.config import dit_config
+    from cosmos_nemo.models.dit.model import build_dit_model
+
+    _strict_fp32()
+    parallel.setup(context_parallel=cp)
+    folder = Path(folder)
+    cfg = dit_config("tiny_predict1_v2w", logvar_head=False, use_te=use_te)
+    model = build_dit_model(cfg).cuda().eval()
+    convert.load_released(model, cfg, folder / "weights_cosmos.safetensors")
+    i = {k: v.cuda() for k, v in load_file(str(folder / "inputs.safetensors")).items()}
+    expected = load_file(str(folder / "outputs.safetensors"))["output"]
+    with torch.no_grad():
+        out = model(i["x"], i["timesteps"], i["crossattn_emb"], fps=i["fps"], padding_mask=i["padding_mask"],
+                    condition_mask=i["condition_video_input_mask"]).cpu()
+    parallel.teardown()
+    return {"max_abs": float((out - expected).abs().max()), "scale": float(expected.abs().max())}
+
+
+@pytest.mark.parametrize("use_te", [False, pytest.param(True, marks=needs_te)])
+def test_dit_golden_on_the_gpu(golden, use_te):
+    out = run_in_processes(_dit_golden_on_gpu, 1, str(golden("dit", "dit7b_v2w")), use_te, 1, backend="nccl")[0]
+    # local spec in strict fp32: the CPU tolerance; TE's fp32 GEMMs are TF32 (~1e-3 relative)
+    assert out["max_abs"] <= (5e-3 * out["scale"] if use_te else 1e-4), out
+
+
+@needs_te
+def test_dit_context_parallel_matches_one_gpu(golden):
+    if _gpus() < 2:
+        pytest.skip("context parallelism needs 2 GPUs")
+    folder = str(golden("dit", "dit7b_v2w"))
+    one = run_in_processes(_dit_golden_on_gpu, 1, folder, True, 1, backend="nccl")[0]
+    for out in run_in_processes(_dit_golden_on_gpu, 2, folder, True, 2, backend="nccl"):
+        assert abs(out["max_abs"] - one["max_abs"]) <= 5e-3 * one["scale"], (out, one)
