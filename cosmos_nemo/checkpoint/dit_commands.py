@@ -54,8 +54,9 @@ def register(sub) -> None:
                    help="cosmos: one file (.pt via torch.save, or .safetensors); diffusers: a folder")
     e.add_argument("--output", required=True, help="file (cosmos layout) or folder (diffusers layout) to write")
     e.add_argument("--ema", action="store_true",
-                   help="cosmos layout: write the weights under net_ema.* (what --load_ema readers expect); with a "
-                        "released --checkpoint: read its net_ema.* weights")
+                   help="export the EMA weights: a training run's ema/ checkpoint (trainer.ema_sigma_rel / ema_decay), "
+                        "or a released --checkpoint's net_ema.* weights; written under net.* as the references' "
+                        "model_ema_*.pt consolidations are")
     e.add_argument("--no-prefix", "--no_prefix", dest="no_prefix", action="store_true",
                    help="cosmos layout: write bare keys (no net. prefix), as the net's own state_dict has them")
     e.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
@@ -142,6 +143,11 @@ def export_dit(checkpoint, cfg, output, layout: str = "cosmos", ema: bool = Fals
     folder = resolve_model_folder(checkpoint) if Path(checkpoint).is_dir() else None
     if folder is not None and not (Path(folder) / "metadata.json").is_file():
         folder = None  # a DCP folder of NVIDIA's, not a megatron dist-ckpt: read as a released source
+    if folder is not None and ema:
+        if not (Path(folder).parent / "ema" / "metadata.json").is_file():
+            raise FileNotFoundError(f"{Path(folder).parent} has no ema/ checkpoint: the run kept no EMA "
+                                    "(trainer.ema_sigma_rel / trainer.ema_decay); drop --ema")
+        folder = Path(folder).parent / "ema"
     own = _single_process()
     try:
         model = build_dit_model(cfg)
@@ -155,7 +161,7 @@ def export_dit(checkpoint, cfg, output, layout: str = "cosmos", ema: bool = Fals
         else:
             exported = convert.export_released(model, cfg)
             if not no_prefix:
-                exported = convert.with_cosmos_prefix(exported, ema=ema and folder is not None)
+                exported = convert.with_cosmos_prefix(exported)
     finally:
         _teardown(own)
     if dtype is not None:

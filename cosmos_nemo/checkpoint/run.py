@@ -169,7 +169,7 @@ def load_checkpoint(folder: Path, model_chunks, optimizer, ema=None) -> dict:
     rank = dist.get_rank()
     if ema is not None:
         if not (folder / "ema" / ".metadata").is_file():
-            raise FileNotFoundError(f"{folder} has no ema/ checkpoint, but trainer.ema_decay is set")
+            raise FileNotFoundError(f"{folder} has no ema/ checkpoint, but trainer.ema_decay / ema_sigma_rel is set")
         ema.load(model_chunks, folder / "ema")
     dist_ckpt.load_model(model_chunks, folder / "model")
     model_sd = dist_ckpt.model_sharded_state_dict(model_chunks)

@@ -15,8 +15,8 @@ Data are precomputed latent datasets (data/dit_dataset.py): `data.paths=[DIR,...
 recipes start from NVIDIA's released `model.pt` (hub id; any Cosmos `.pt`, DCP or diffusers folder works as
 `checkpoint.pretrained=PATH`); the Predict2.5 ones need `checkpoint.pretrained=PATH` to the released
 `*_ema_bf16.pt` (or a diffusers folder), since that file sits under a run-specific name in the hub repository.
-Not yet part of these recipes: the power EMA (sigma_rel 0.1) of the references; `trainer.ema_decay` gives a
-constant-decay EMA.
+The released-size recipes keep the references' power EMA (sigma_rel 0.1, restarted for post-training) in fp32,
+saved as `ema/` beside `model/` in every checkpoint (`convert dit-export --ema` writes it).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _common(model: str, name: str, group: str) -> run.Partial:
         model=model_config(model),
         data=run.Config(DiTDataConfig, paths=[], split_string="98,1,1", micro_batch_size=1, global_batch_size=8),
         optim=run.Config(OptimizerConfig),
-        trainer=run.Config(TrainerConfig, precision="bf16", val_interval=200),
+        trainer=run.Config(TrainerConfig, precision="bf16", val_interval=200, ema_sigma_rel=0.1),
         checkpoint=run.Config(CheckpointConfig, output_root="runs", project="cosmos_nemo", group=group, name=name,
                               save_interval=200, mode="finetune", pretrained=HUB_IDS.get(model)),
         parallel=run.Config(ParallelConfig, tensor=1, pipeline=1, context=1),
@@ -86,9 +86,10 @@ def predict25_common(model: str, name: str) -> run.Partial:
 
 def _tiny(recipe: run.Partial) -> run.Partial:
     """CPU-sized: fp32, 20 steps, global batch 4 of micro 2, lr 2e-3 with a 2-step warm-up, a checkpoint and a
-    validation every 10 steps, random init, no TensorBoard."""
+    validation every 10 steps, random init, no EMA, no TensorBoard."""
     recipe.checkpoint.mode, recipe.checkpoint.pretrained, recipe.checkpoint.save_interval = "pretrain", None, 10
     recipe.trainer.max_steps, recipe.trainer.precision, recipe.trainer.val_interval = 20, "fp32", 10
+    recipe.trainer.ema_sigma_rel = None
     recipe.data.global_batch_size, recipe.data.micro_batch_size, recipe.data.split_string = 4, 2, "8,1,1"
     recipe.optim = run.Config(OptimizerConfig, lr=2e-3, min_lr=2e-4, weight_decay=0.0, schedule="cosine",
                               warmup_steps=2)

@@ -49,6 +49,9 @@ class TrainerConfig:
     max_epochs: stop after this many passes over the training split (None: only max_steps counts).
     ema_decay: keep an exponential moving average of the weights with this decay (None: no EMA); it is
         saved with each checkpoint under `ema/`.
+    ema_sigma_rel: instead, the EDM2 power EMA of the Cosmos diffusion references with this relative width
+        (0.1 there); its weight grows with the step, counted from the start of this run (post-training
+        restarts it). Also saved under `ema/`.
     cpu_accelerations: on a machine without CUDA, use the CPU adapter's speed-ups (parallel/cpu_adapter.py,
         `ACCELERATIONS`; each computes what megatron's own path computes). False runs megatron's plain
         path, as on a GPU. The environment variable COSMOS_NEMO_CPU_ACCELERATIONS=0/1 overrides it.
@@ -63,6 +66,7 @@ class TrainerConfig:
     val_batches: int = 4
     log_interval: int = 1
     ema_decay: Optional[float] = None
+    ema_sigma_rel: Optional[float] = None
     cpu_accelerations: bool = True
 
 

@@ -64,15 +64,15 @@ def train(
     latest = run_folder.latest_checkpoint(ckpt_dir) if checkpoint.resume else None
     ema = None
     if latest is not None:
-        ema = EMA(chunks, trainer.ema_decay) if trainer.ema_decay else None
+        ema = _make_ema(chunks, trainer)
         restored = run_folder.load_checkpoint(latest, chunks, optimizer, ema=ema)
         step, consumed = restored["trainer"]["step"], restored["trainer"]["consumed_samples"]
         train_data.load_state_dict(restored["dataloader"])
         notes.append(f"resumed from {latest} at step {step}")
     elif checkpoint.mode == "finetune":
         notes.append(run_folder.load_pretrained(chunks, family, model, checkpoint.pretrained))
-    if trainer.ema_decay and ema is None:
-        ema = EMA(chunks, trainer.ema_decay)  # starts from the initial (or pretrained) weights
+    if ema is None:
+        ema = _make_ema(chunks, trainer)  # starts from the initial (or pretrained) weights
 
     logger = RunLogger(folder, log, enabled=state.rank == 0, total=trainer.max_steps, initial=step)
     if state.rank == 0:
@@ -104,7 +104,7 @@ def train(
                                  data.micro_batch_size, metric_keys=keys,
                                  pre_step=_zero_nonfinite if optim.zero_nonfinite_grads else None)
         if ema is not None:
-            ema.update()
+            ema.update(step)
         elapsed = time.perf_counter() - start
         step += 1
         consumed += data.global_batch_size
@@ -145,7 +145,15 @@ def validate(step_fn, valid_data, chunks, trainer: TrainerConfig, data, keys=("l
     return totals
 
 
+def _make_ema(chunks, trainer: TrainerConfig):
+    if trainer.ema_decay is None and trainer.ema_sigma_rel is None:
+        return None
+    return EMA(chunks, decay=trainer.ema_decay, sigma_rel=trainer.ema_sigma_rel)
+
+
 def _check_configs(trainer: TrainerConfig, checkpoint: CheckpointConfig) -> None:
+    if trainer.ema_decay is not None and trainer.ema_sigma_rel is not None:
+        raise ValueError("set trainer.ema_decay (constant EMA) or trainer.ema_sigma_rel (power EMA), not both")
     if trainer.precision not in PRECISIONS:
         raise ValueError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {trainer.precision!r}")
     if checkpoint.mode not in ("pretrain", "finetune"):
