@@ -5,12 +5,16 @@ Geometry (`--resize-mode`):
   size up (`ceil`), then cut the centre `H x W` (`top = (h' - H) // 2`, `left = (w' - W) // 2`).
 - `pad`: scale by `s = min(W/w, H/h)` so the whole picture fits (rounded to nearest, at most the target),
   then centre it on black (`top = (H - h') // 2`).
+- `stretch`: resize each axis to the target (`W/w` and `H/h`; the aspect ratio changes), as the Cosmos
+  diffusion datasets' `Resize_Preprocess(video_size)` does. `s` is the larger of the two factors.
 A source already at `H x W` is used as decoded (no resampling). Resampling is bilinear with antialiasing
 (torch `interpolate(..., antialias=True)`, the behaviour of torchvision's tensor `resize`), rounded back
 to uint8 so a clip has one exact pixel representation. `s > 1` is an upscale, refused unless allowed.
 
 Windows are cut by frame index (VFR files: the i-th decoded frame), starting at 0, every `stride`
-frames, each `window` frames long; a tail shorter than a window is not used.
+frames, each `window` frames long; a tail shorter than a window is not used. With `frame_step` k > 1 a
+window takes every k-th frame (`sequence_interval` of the Cosmos diffusion datasets), so it spans
+`(window - 1) * k + 1` decoded frames.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from cosmos_nemo.io.video import VideoDecodeError, iter_frames
 # Decoded full-resolution frames held at once before resizing: about this many bytes (4K: 2 frames).
 _DECODE_CHUNK_BYTES = 64 << 20
 
-RESIZE_MODES = ("crop", "pad")
+RESIZE_MODES = ("crop", "pad", "stretch")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ def geometry(src_h: int, src_w: int, height: int, width: int, mode: str = "crop"
         rh = max(height, math.ceil(src_h * scale - 1e-6))
         rw = max(width, math.ceil(src_w * scale - 1e-6))
         return Geometry(src_h, src_w, height, width, mode, scale, rh, rw, (rh - height) // 2, (rw - width) // 2)
+    if mode == "stretch":
+        return Geometry(src_h, src_w, height, width, mode, max(width / src_w, height / src_h), height, width, 0, 0)
     scale = min(width / src_w, height / src_h)
     rh = min(height, max(1, round(src_h * scale)))
     rw = min(width, max(1, round(src_w * scale)))
@@ -84,7 +90,7 @@ def apply_geometry(frames: np.ndarray, geo: Geometry) -> np.ndarray:
     if (geo.resized_h, geo.resized_w) != (geo.src_h, geo.src_w):
         x = F.interpolate(x, size=(geo.resized_h, geo.resized_w), mode="bilinear", antialias=True, align_corners=False)
         x = x.round_().clamp_(0, 255)
-    if geo.mode == "crop":
+    if geo.mode in ("crop", "stretch"):
         x = x[:, :, geo.top : geo.top + geo.height, geo.left : geo.left + geo.width]
     else:
         canvas = torch.zeros(x.shape[0], 3, geo.height, geo.width)
@@ -107,14 +113,19 @@ def iter_windows(
     stride: int,
     decode_threads: int = 0,
     chunk_size: int | None = None,
+    frame_step: int = 1,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield `(start_frame, frames uint8 [window, H, W, 3])` for each full window, streaming.
 
     Only the frames of windows still open are kept, so memory is bounded by `window + chunk_size` output
     frames plus one chunk of decoded frames (about 64 MB by default) whatever the video's length.
     Decode errors propagate (`VideoDecodeError`) after the windows before them were yielded: callers
-    that must not keep a partial file's clips discard them.
+    that must not keep a partial file's clips discard them. `frame_step` k: each window holds frames
+    `start, start + k, ..., start + (window - 1) k`.
     """
+    if frame_step < 1:
+        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
+    span = (window - 1) * frame_step + 1
     if chunk_size is None:
         chunk_size = int(max(1, min(16, _DECODE_CHUNK_BYTES // (geo.src_h * geo.src_w * 3))))
     buf: list[np.ndarray] = []  # frames from index `buf_start` on
@@ -126,9 +137,9 @@ def iter_windows(
                 f"{path}: frame size changed mid-stream from {geo.src_h}x{geo.src_w} to {chunk.shape[1]}x{chunk.shape[2]}"
             )
         buf.extend(apply_geometry(chunk, geo))
-        while next_start + window <= buf_start + len(buf):
+        while next_start + span <= buf_start + len(buf):
             a = next_start - buf_start
-            yield next_start, np.stack(buf[a : a + window])
+            yield next_start, np.stack(buf[a : a + span : frame_step])
             next_start += stride
         # Drop frames no future window needs.
         drop = min(len(buf), max(0, next_start - buf_start))

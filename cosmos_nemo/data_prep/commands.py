@@ -1,4 +1,4 @@
-"""`cosmos-nemo sample-data` and `cosmos-nemo prepare {ar-tokens,v2w,prompts}`."""
+"""`cosmos-nemo sample-data` and `cosmos-nemo prepare {ar-tokens,v2w,prompts,text-embeddings,latents}`."""
 
 from __future__ import annotations
 
@@ -61,11 +61,17 @@ def _register_prepare(subparsers) -> None:
     # The flags of each command are generated from its config dataclass (data_prep/settings.py, which
     # imports no torch): a setting's default, type and help are written once, on its field.
     from cosmos_nemo.data_prep.flags import add_flags
-    from cosmos_nemo.data_prep.settings import ARTokensConfig, PromptsConfig, V2WConfig
+    from cosmos_nemo.data_prep.settings import (
+        ARTokensConfig,
+        LatentsConfig,
+        PromptsConfig,
+        TextEmbeddingsConfig,
+        V2WConfig,
+    )
 
     prep = subparsers.add_parser(
         "prepare",
-        help="turn videos (and captions) into training datasets: ar-tokens, v2w, prompts",
+        help="turn videos (and captions) into training datasets: ar-tokens, v2w, prompts, text-embeddings, latents",
         description="Data preparation commands. Each is resumable (rerun after a kill to finish), skips bad inputs "
                     "with a reason, and never leaves a half-written dataset.",
     )
@@ -108,6 +114,40 @@ def _register_prepare(subparsers) -> None:
     )
     add_flags(pr, PromptsConfig)
     pr.set_defaults(func=_run_prompts)
+
+    te = sub.add_parser(
+        "text-embeddings",
+        help="captions of a diffusion dataset -> T5-XXL (or any transformers encoder) embeddings, one row per "
+             "distinct caption (reference: get_t5_embeddings_from_cosmos_nemo_assets.py)",
+        description=(
+            "Read the captions of --dataset_path (metas/<stem>.txt, or Predict2.5's captions/<stem>.json), embed each "
+            "distinct caption once with --text-encoder (T5-XXL by default: google-t5/t5-11b encoder, 512 tokens, "
+            "positions past the caption's length zero) and write one safetensors file: embeddings [P,L,D], mask "
+            "[P,L], the prompts and the stem -> row map in its metadata. --write-pickles also writes the reference's "
+            "t5_xxl/<stem>.pickle files; --text-source pickles converts existing ones (needs --trust-pickle: a "
+            "pickle can run code when loaded). Resumable: a rerun after a kill encodes only the rest."
+        ),
+    )
+    add_flags(te, TextEmbeddingsConfig)
+    te.set_defaults(func=_run_text_embeddings)
+
+    la = sub.add_parser(
+        "latents",
+        help="a diffusion dataset folder (videos/ + metas/ [+ t5_xxl/]) -> DiT latent dataset (VAE latents + text "
+             "embeddings)",
+        description=(
+            "Cut every video of --dataset_path/videos into clips of --num_frames frames (every --sequence_interval-th "
+            "source frame; a clip every --start_frame_interval frames), resize them to --video_size, encode them with "
+            "--vae (wan2.1: diffusers AutoencoderKLWan, posterior mean, fixed 16 means/stds; cosmos-cv: the Cosmos "
+            "CV8x8x8 tokenizer with its per-channel per-frame mean_std.pt, times sigma_data 0.5) and write the DiT "
+            "latent dataset to --output_dir: latents-*.safetensors, manifest.jsonl, text_embeddings.safetensors (one "
+            "row per distinct caption; computed, read from t5_xxl pickles with --trust-pickle, or from `prepare "
+            "text-embeddings`), dataset.json with the skip report. Parallel (--workers; byte-identical output for any "
+            "number), resumable after a kill, bad videos skipped with a reason."
+        ),
+    )
+    add_flags(la, LatentsConfig)
+    la.set_defaults(func=_run_latents)
 
 
 def _report(run) -> int:
@@ -157,3 +197,21 @@ def _run_prompts(args) -> int:
     print(f"wrote {rep.written} caption files, kept {rep.kept} existing ones in {cfg.dataset_path / 'metas'}"
           + (f"; wrote {rep.jsonl}" if rep.jsonl else ""))
     return 0
+
+
+def _run_text_embeddings(args) -> int:
+    from cosmos_nemo.data_prep.flags import from_args
+    from cosmos_nemo.data_prep.settings import TextEmbeddingsConfig
+    from cosmos_nemo.data_prep.text_embeddings import prepare_text_embeddings
+
+    cfg = from_args(TextEmbeddingsConfig, args)
+    return _report(lambda: prepare_text_embeddings(cfg))
+
+
+def _run_latents(args) -> int:
+    from cosmos_nemo.data_prep.flags import from_args
+    from cosmos_nemo.data_prep.latents import prepare_latents
+    from cosmos_nemo.data_prep.settings import LatentsConfig
+
+    cfg = from_args(LatentsConfig, args)
+    return _report(lambda: prepare_latents(cfg))

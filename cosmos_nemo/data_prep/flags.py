@@ -36,10 +36,12 @@ def setting(
     flags: Sequence[str] | None = None,
     choices: Sequence[str] | None = None,
     metavar: str | None = None,
+    nargs: int | str | None = None,
 ) -> Any:
-    """A dataclass field that is also a command-line flag (see the module docstring)."""
+    """A dataclass field that is also a command-line flag (see the module docstring). A `list[T]` field
+    takes `nargs` values (default "+")."""
     metadata = {"help": help, "flags": tuple(flags) if flags else None, "choices": tuple(choices) if choices else None,
-                "metavar": metavar}
+                "metavar": metavar, "nargs": nargs}
     if default is _MISSING:
         return dataclasses.field(metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -91,11 +93,16 @@ def add_flags(parser: argparse.ArgumentParser, cls) -> None:
             else:
                 kwargs["default"] = f.default
                 help_text += " (default: %(default)s)"
+            if typing.get_origin(value_type) is list:
+                (value_type,) = typing.get_args(value_type)
+                kwargs["nargs"] = f.metadata.get("nargs") or "+"
+                if isinstance(kwargs["nargs"], int) and f.metadata.get("metavar"):
+                    kwargs["metavar"] = tuple(f.metadata["metavar"].split())
             if value_type is not str:
                 kwargs["type"] = value_type
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
-            if f.metadata.get("metavar"):
+            if f.metadata.get("metavar") and "metavar" not in kwargs:
                 kwargs["metavar"] = f.metadata["metavar"]
         parser.add_argument(*names, help=help_text, **kwargs)
 
