@@ -73,8 +73,24 @@ def make_inference_context(batch_size: int, max_sequence_length: int, last_token
     from megatron.core.inference.contexts import StaticInferenceContext
 
     ctx = StaticInferenceContext(max_batch_size=batch_size, max_sequence_length=max_sequence_length)
-    ctx.materialize_only_last_token_logits = last_token_only
+    ctx.materialize_only_last_token_logits = last_token_only  # megatron-core 0.16
+    if getattr(ctx, "config", None) is not None:  # megatron-core >= 0.19 reads it from the context's config
+        ctx.config.materialize_only_last_token_logits = last_token_only
     return ctx
+
+
+def _inference_mode(inference_context):
+    """megatron-core >= 0.19 applies inference-only behaviour (last-token logits) while its process-wide
+    `InferenceMode` is active; 0.16 reads the context alone. Active for calls with a KV cache."""
+    from contextlib import nullcontext
+
+    if inference_context is None:
+        return nullcontext()
+    try:
+        from megatron.core.inference.utils import InferenceMode
+    except ImportError:  # megatron-core 0.16
+        return nullcontext()
+    return nullcontext() if InferenceMode.is_active() else InferenceMode.active()
 
 
 class CosmosARModel(GPTModel):
@@ -135,7 +151,12 @@ class CosmosARModel(GPTModel):
         return self._table_cache[key]
 
     # ----------------------------------------------------------------------------------------------
-    def forward(
+    def forward(self, *args, inference_context=None, **kwargs) -> torch.Tensor:
+        """See `_forward`; calls with a KV cache run in megatron's inference mode (megatron-core >= 0.19)."""
+        with _inference_mode(inference_context):
+            return self._forward(*args, inference_context=inference_context, **kwargs)
+
+    def _forward(
         self,
         tokens: Optional[torch.Tensor],
         grid: GridArg,
