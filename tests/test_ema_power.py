@@ -70,3 +70,14 @@ def test_trainer_keeps_a_power_ema_that_dit_export_writes(tmp_path):
     # three steps moved the weights; the EMA (betas 0, 0.004, 0.040) lags slightly behind them
     diffs = [float((reg[k] - ema[k]).abs().max()) for k in reg]
     assert 0 < max(diffs) < 0.05
+
+
+def test_ema_averages_trainable_parameters_only():
+    layer = torch.nn.Linear(2, 2)
+    layer.bias.requires_grad_(False)
+    ema = EMA([layer], decay=0.5)
+    assert set(ema.shadow) == {"weight"}
+    with torch.no_grad():
+        layer.weight.add_(2.0)
+    ema.update(0)
+    assert torch.allclose(ema.shadow["weight"], layer.weight - 1.0)

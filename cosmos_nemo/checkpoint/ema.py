@@ -36,7 +36,9 @@ class EMA:
         self.decay = decay
         self.gamma = power_ema_gamma(sigma_rel) if sigma_rel is not None else None
         self.module = dist_ckpt.bare_model(model_chunks[0])
-        self.shadow = {name: p.detach().float().clone() for name, p in self.module.named_parameters()}
+        # trainable parameters only (a frozen base under LoRA is its own average); the ema/ checkpoint holds the
+        # model's values for the others
+        self.shadow = {name: p.detach().float().clone() for name, p in self.module.named_parameters() if p.requires_grad}
 
     def beta(self, step: int) -> float:
         """The averaging weight of the shadow at optimizer step `step` (0-based)."""
@@ -48,11 +50,12 @@ class EMA:
     def update(self, step: int = 0) -> None:
         beta = self.beta(step)
         for name, p in self.module.named_parameters():
-            self.shadow[name].mul_(beta).add_(p.detach().float(), alpha=1.0 - beta)
+            if name in self.shadow:
+                self.shadow[name].mul_(beta).add_(p.detach().float(), alpha=1.0 - beta)
 
     def sharded_state_dict(self, model_chunks) -> dict:
         """The model's sharded state dict with every parameter's data replaced by its EMA."""
-        by_id = {id(p): self.shadow[name] for name, p in self.module.named_parameters()}
+        by_id = {id(p): self.shadow[name] for name, p in self.module.named_parameters() if name in self.shadow}
         state = dist_ckpt.model_sharded_state_dict(model_chunks)
 
         def swap(item):
