@@ -24,6 +24,10 @@ _P25 = dict(lr=2**-14.5, wd=1e-3, betas=(0.9, 0.999), eps=1e-8, warmup=2000, f_m
 PINNED = {
     "cosmos_predict1_7b_v2w_finetune": dict(_P1, model="predict1_7b_v2w", pretrained=dit.HUB_IDS["predict1_7b_v2w"]),
     "cosmos_predict1_14b_v2w_finetune": dict(_P1, model="predict1_14b_v2w", pretrained=dit.HUB_IDS["predict1_14b_v2w"]),
+    "cosmos_predict1_7b_t2w_finetune": dict(_P1, model="predict1_7b_t2w", pretrained=dit.HUB_IDS["predict1_7b_t2w"],
+                                            group="diffusion_text2world"),
+    "cosmos_predict1_14b_t2w_finetune": dict(_P1, model="predict1_14b_t2w", pretrained=dit.HUB_IDS["predict1_14b_t2w"],
+                                             group="diffusion_text2world"),
     "cosmos_predict25_2b_finetune": dict(_P25, model="predict25_2b", pretrained=None),
     "cosmos_predict25_14b_finetune": dict(_P25, model="predict25_14b", pretrained=None),
 }

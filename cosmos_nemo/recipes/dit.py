@@ -1,7 +1,7 @@
 """Diffusion (Cosmos DiT) recipes: `nemo_run.Partial(train, model=DiTModelConfig, data=DiTDataConfig, ...)`, the
 same trainer, run folders and launchers as the AR recipes.
 
-- Predict1 7B/14B Video2World full fine-tune (seed 002, `video2world_7b_example_cosmos_nemo_assets`): EDM with the
+- Predict1 7B/14B Video2World (and Text2World) full fine-tune (seed 002, `video2world_7b_example_cosmos_nemo_assets`): EDM with the
   Kendall log-variance, sigma x sqrt(T), 0-2 conditional latent frames; AdamW lr 2^-14.3, weight decay 0.1,
   betas (0.9, 0.99), eps 1e-10, warm-up from 1e-6 over 2500 steps then constant, 2000 steps, a checkpoint every
   200, bf16, gradient clipping 1.0, one clip per GPU on 8 GPUs.
@@ -31,7 +31,9 @@ from cosmos_nemo.training.config import CheckpointConfig, LogConfig, OptimizerCo
 from cosmos_nemo.training.trainer import train
 
 HUB_IDS = {"predict1_7b_v2w": "nvidia/Cosmos-Predict1-7B-Video2World",
-           "predict1_14b_v2w": "nvidia/Cosmos-Predict1-14B-Video2World"}
+           "predict1_14b_v2w": "nvidia/Cosmos-Predict1-14B-Video2World",
+           "predict1_7b_t2w": "nvidia/Cosmos-Predict1-7B-Text2World",
+           "predict1_14b_t2w": "nvidia/Cosmos-Predict1-14B-Text2World"}
 
 
 def model_config(name: str, **overrides) -> run.Config:
@@ -65,8 +67,10 @@ def _common(model: str, name: str, group: str) -> run.Partial:
 
 
 def predict1_v2w_common(model: str, name: str) -> run.Partial:
-    """Predict1 Video2World full fine-tune, seed 002's `video2world_7b_example_cosmos_nemo_assets` values."""
-    recipe = _common(model, name, "diffusion_video2world")
+    """Predict1 full fine-tune, seed 002's `video2world_7b_example_cosmos_nemo_assets` values (Text2World models
+    write their runs under their own group)."""
+    video2world = bool(NAMED_CONFIGS[model].get("video2world"))
+    recipe = _common(model, name, "diffusion_video2world" if video2world else "diffusion_text2world")
     recipe.optim = run.Config(OptimizerConfig, lr=2**-14.3, weight_decay=0.1, beta1=0.9, beta2=0.99, eps=1e-10,
                               clip_grad=1.0, schedule="cycle", warmup_steps=2500, f_start=1e-6, f_max=1.0, f_min=1.0,
                               cycle_length=100_000)
@@ -111,6 +115,17 @@ def cosmos_predict1_14b_v2w_finetune() -> run.Partial:
     return predict1_v2w_common("predict1_14b_v2w", "cosmos_predict1_14b_v2w_finetune")
 
 
+def cosmos_predict1_7b_t2w_finetune() -> run.Partial:
+    """Fine-tune Cosmos-Predict1-7B-Text2World (EDM, no conditional frames, sigma not scaled by sqrt(T) as in the
+    reference's 7B T2W recipes) with the Video2World recipe's optimiser values."""
+    return predict1_v2w_common("predict1_7b_t2w", "cosmos_predict1_7b_t2w_finetune")
+
+
+def cosmos_predict1_14b_t2w_finetune() -> run.Partial:
+    """Fine-tune Cosmos-Predict1-14B-Text2World (EDM, sigma x sqrt(T) as the reference's 14B T2W recipe)."""
+    return predict1_v2w_common("predict1_14b_t2w", "cosmos_predict1_14b_t2w_finetune")
+
+
 def cosmos_predict25_2b_finetune() -> run.Partial:
     """Post-train Cosmos-Predict2.5-2B (rectified flow; one checkpoint for Text/Image/Video2World), seed 004.
 
@@ -141,5 +156,6 @@ def cosmos_predict25_tiny_finetune() -> run.Partial:
     return _tiny(predict25_common("tiny_predict25", "cosmos_predict25_tiny_finetune"))
 
 
-RECIPES = (cosmos_predict1_7b_v2w_finetune, cosmos_predict1_14b_v2w_finetune, cosmos_predict25_2b_finetune,
+RECIPES = (cosmos_predict1_7b_v2w_finetune, cosmos_predict1_14b_v2w_finetune, cosmos_predict1_7b_t2w_finetune,
+           cosmos_predict1_14b_t2w_finetune, cosmos_predict25_2b_finetune,
            cosmos_predict25_14b_finetune, cosmos_predict1_tiny_v2w_finetune, cosmos_predict25_tiny_finetune)
