@@ -377,3 +377,34 @@ def test_help_explains_every_flag():
             flags = f.metadata.get("flags") or ("--" + f.name.replace("_", "-"),)
             assert flags[0] in text, f.name
         assert "can run arbitrary code" in text or "can run code" in text
+
+
+@pytest.mark.parametrize("kind", ["latents", "text-embeddings"])
+def test_flags_are_generated_from_the_config(kind):
+    import argparse
+    import dataclasses
+
+    from cosmos_nemo.data_prep import commands
+    from cosmos_nemo.data_prep.flags import flag_names, from_args
+    from cosmos_nemo.data_prep.settings import LatentsConfig, TextEmbeddingsConfig
+
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    prepare = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["prepare"]
+    sub = next(a for a in prepare._actions if isinstance(a, argparse._SubParsersAction)).choices[kind]
+    cls = {"latents": LatentsConfig, "text-embeddings": TextEmbeddingsConfig}[kind]
+    actions = {a.dest: a for a in sub._actions if a.option_strings and a.dest != "help"}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert set(actions) == set(fields)
+    for name, f in fields.items():
+        assert tuple(actions[name].option_strings) == flag_names(f)
+        assert actions[name].required == (f.default is dataclasses.MISSING), name
+    required = ["--dataset_path", "d"] + (["--output_dir", "o"] if kind == "latents" else [])
+    parsed = from_args(cls, sub.parse_args(required))
+    assert parsed == cls(dataset_path=Path("d"), **({"output_dir": Path("o")} if kind == "latents" else {}))
+    if kind == "latents":
+        args = sub.parse_args(required + ["--video_size", "704", "1280", "--num_frames", "121", "--vae", "cosmos-cv",
+                                          "--sequence_interval", "2", "--start_frame_interval", "3"])
+        cfg = from_args(cls, args)
+        assert (cfg.video_size, cfg.num_frames, cfg.vae, cfg.sequence_interval, cfg.start_frame_interval) == \
+            ([704, 1280], 121, "cosmos-cv", 2, 3)

@@ -32,7 +32,8 @@ from cosmos_nemo.io.video import VideoDecodeError, iter_frames
 # Decoded full-resolution frames held at once before resizing: about this many bytes (4K: 2 frames).
 _DECODE_CHUNK_BYTES = 64 << 20
 
-RESIZE_MODES = ("crop", "pad", "stretch")
+RESIZE_MODES = ("crop", "pad")  # the token commands' choices
+DIFFUSION_RESIZE_MODES = RESIZE_MODES + ("stretch",)  # `prepare latents` also offers the reference's stretch
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ class Geometry:
 
 
 def geometry(src_h: int, src_w: int, height: int, width: int, mode: str = "crop") -> Geometry:
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+    if mode not in DIFFUSION_RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {DIFFUSION_RESIZE_MODES}, got {mode!r}")
     if min(src_h, src_w, height, width) < 1:
         raise ValueError(f"sizes must be positive: source {src_h}x{src_w}, target {height}x{width}")
     if (src_h, src_w) == (height, width):
