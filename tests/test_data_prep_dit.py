@@ -408,3 +408,21 @@ def test_flags_are_generated_from_the_config(kind):
         cfg = from_args(cls, args)
         assert (cfg.video_size, cfg.num_frames, cfg.vae, cfg.sequence_interval, cfg.start_frame_interval) == \
             ([704, 1280], 121, "cosmos-cv", 2, 3)
+
+
+def test_predict25_json_captions_layout(tmp_path):
+    from cosmos_nemo.data_prep.text_embeddings import read_layout
+
+    root = tmp_path / "assets_json" / "train"
+    (root / "videos").mkdir(parents=True)
+    (root / "captions").mkdir()
+    for stem in ("x", "y"):
+        write_mp4(root / "videos" / f"{stem}.mp4", syn.pattern_frames(5, 16, 16), fps=10)
+        caps = {"qwen": {"long": f"long {stem}", "medium": f"medium {stem}", "short": f"short {stem}"},
+                "other": {"long": f"other long {stem}"}}
+        (root / "captions" / f"{stem}.json").write_text(__import__("json").dumps(caps))
+    assert [it.caption for it in read_layout(root)] == ["long x", "long y"]  # first captioner, long by default
+    assert [it.caption for it in read_layout(root, prompt_type="short")] == ["short x", "short y"]
+    assert [it.caption for it in read_layout(root, captioner="other")] == ["other long x", "other long y"]
+    with pytest.raises(PrepareError, match="no 'short' caption"):
+        read_layout(root, prompt_type="short", captioner="other")

@@ -251,6 +251,21 @@ def _cosmos_folder(spec: str) -> Path | None:
     return None
 
 
+def _hub_mean_std(spec: str) -> Path | None:
+    """`mean_std.pt` of a released tokenizer from the hub (the tokenizer loader fetches only the .jit files)."""
+    from cosmos_nemo.tokenizers.configs import resolve_name
+
+    cfg = resolve_name(spec)
+    if cfg is None or not cfg.hub_id:
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(cfg.hub_id, "mean_std.pt"))
+    except Exception:  # offline, no such file, gated: the caller's message says what to pass
+        return None
+
+
 class CosmosCVLatentEncoder(LatentEncoder):
     kind = "cosmos-cv"
 
@@ -272,6 +287,8 @@ class CosmosCVLatentEncoder(LatentEncoder):
                 if (folder / name).is_file():
                     stats = folder / name
                     break
+        if stats is None and folder is None:
+            stats = _hub_mean_std(spec)
         if stats is None:
             where = f"in {folder}" if folder is not None else f"for {spec}"
             raise PrepareError(f"no mean_std.pt {where}: the Cosmos CV latents are normalised per channel and latent "
