@@ -352,4 +352,31 @@ def vae_identity(kind: str, spec: str | None, mean_std: str | None) -> dict:
 
 __all__ = ["COSMOS_CV_DEFAULT", "DEFAULT_FRAMES", "DEFAULT_SCALE", "VAE_KINDS", "WAN21_HUB_ID", "WAN21_LATENTS_MEAN",
            "WAN21_LATENTS_STD", "CosmosCVLatentEncoder", "LatentEncoder", "WanLatentEncoder", "frames_to_vae_input",
-           "import_autoencoder_kl_wan", "load_latent_encoder", "read_mean_std", "vae_identity"]
+           "decode_latents", "import_autoencoder_kl_wan", "load_latent_encoder", "read_mean_std", "vae_identity"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Decoding (generation): the inverse of `encode`'s normalisation, then the VAE's decoder
+
+
+@torch.no_grad()
+def decode_latents(encoder: LatentEncoder, latents: torch.Tensor) -> np.ndarray:
+    """Normalised latents `[B, C, t, h, w]` (as `encode` returns them, or as the DiT generates them) ->
+    uint8 clips `[B, T, H, W, 3]`: the normalisation undone (Wan2.1: `mu = z / scale * std + mean`; Cosmos
+    CV: `E = z / scale * std[c, t] + mean[c, t]`), decoded, and mapped from [-1, 1] back to uint8 with the
+    reference's `(x + 1) / 2` clamp and rounding."""
+    z = latents.float().cpu() / encoder.latent_scale
+    if isinstance(encoder, WanLatentEncoder):
+        mu = z / encoder.inv_std + encoder.mean
+        x = encoder.vae.decode(mu.to(encoder.device, encoder.dtype)).sample
+    elif isinstance(encoder, CosmosCVLatentEncoder):
+        t = z.shape[2]
+        if t > encoder.mean.shape[1]:
+            raise PrepareError(f"{t} latent frames, but {encoder.stats_path} has statistics for {encoder.mean.shape[1]}")
+        mean = encoder.mean[:, :t].reshape(1, encoder.channels, t, 1, 1)
+        std = encoder.std[:, :t].reshape(1, encoder.channels, t, 1, 1)
+        x = encoder.tok.decode((z * std + mean).to(encoder.device, encoder.dtype))
+    else:
+        raise TypeError(f"no decoder for {type(encoder).__name__}")
+    x = ((x.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()

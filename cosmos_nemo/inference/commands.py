@@ -24,12 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "center-cropped to WIDTHxHEIGHT, its last --num_input_frames frames are kept and padded to "
         "--num_context_frames by repeating the last one (as the reference does), tokenized, and the latent "
         "frames covering the input are the prompt; the rest of the latent grid is sampled with a KV cache and "
-        "decoded. Runs in one process (TP=1). Writes the mp4 and a PNG contact sheet (input | generated).",
+        "decoded. Runs in one process (TP=1). Writes the mp4 and a PNG contact sheet (input | generated). "
+        "For diffusion (DiT) models use `cosmos-nemo generate diffusion` (see `cosmos-nemo generate diffusion --help`).",
     )
-    _flag(p, "--input_image_or_video_path", required=True, help="the video or image to continue")
+    _flag(p, "--input_image_or_video_path", default=None, help="(required) the video or image to continue")
     _flag(p, "--input_type", choices=("video", "image"), default="video", help="video or image (default video)")
-    _flag(p, "--ar_model_dir", required=True, help="a run folder written by `cosmos-nemo train` (its latest checkpoint is used)")
-    _flag(p, "--encoder_path", required=True, help="the video tokenizer: a registry name, hub id, or folder from train-tokenizer")
+    _flag(p, "--ar_model_dir", default=None, help="(required) a run folder written by `cosmos-nemo train` (its latest checkpoint is used)")
+    _flag(p, "--encoder_path", default=None, help="(required) the video tokenizer: a registry name, hub id, or folder from train-tokenizer")
     _flag(p, "--decoder_path", default=None, help="accepted for the reference's spelling; must equal --encoder_path if given")
     _flag(p, "--width", type=int, default=1024, help="frame width the model was trained at (default 1024)")
     _flag(p, "--height", type=int, default=640, help="frame height (default 640)")
@@ -43,10 +44,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     _flag(p, "--seed", type=int, default=0, help="sampling seed (default 0)")
     _flag(p, "--weights", choices=("model", "ema"), default="model", help="which weights of the checkpoint (default model)")
     _flag(p, "--fps", type=float, default=24.0, help="output frame rate (default 24)")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, _generate_parser=p)
+    modes = p.add_subparsers(dest="generate_family", metavar="{diffusion}",
+                             help="`diffusion`: Text/Image/Video2World with a Cosmos DiT (without it: AR generation)")
+    from cosmos_nemo.inference.diffusion_cli import register_diffusion
+
+    register_diffusion(modes)
+
+
+_AR_REQUIRED = ("input_image_or_video_path", "ar_model_dir", "encoder_path")
 
 
 def _run(args) -> int:
+    missing = [f"--{name}" for name in _AR_REQUIRED if getattr(args, name, None) is None]
+    if missing:  # argparse's own message and exit status (the flags are not `required` so that `diffusion` parses)
+        args._generate_parser.error(f"the following arguments are required: {', '.join(missing)}")
     import numpy as np
     import torch
 
