@@ -37,7 +37,7 @@ def test_power_ema_averages_the_weight_history():
     assert torch.allclose(ema.shadow["weight"], expected)
 
 
-def _train_with_ema(root: str) -> dict:
+def _train_with_ema(root: str, steps: int = 3, name: str = "ema") -> dict:
     torch.set_num_threads(1)
     from cosmos_nemo.data.dit_dataset import DiTDataConfig
     from cosmos_nemo.models.dit.config import dit_config
@@ -47,8 +47,8 @@ def _train_with_ema(root: str) -> dict:
     return train(dit_config("tiny_predict2"),
                  DiTDataConfig(paths=[root + "/data"], split_string="1,0,0", micro_batch_size=2, global_batch_size=2),
                  OptimizerConfig(lr=1e-2, warmup_steps=0, schedule="constant"),
-                 TrainerConfig(max_steps=3, val_interval=0, seed=1, ema_sigma_rel=0.1),
-                 CheckpointConfig(output_root=root + "/runs", name="ema", save_interval=3),
+                 TrainerConfig(max_steps=steps, val_interval=0, seed=1, ema_sigma_rel=0.1),
+                 CheckpointConfig(output_root=root + "/runs", name=name, save_interval=2, keep_last=0),
                  ParallelConfig(), LogConfig(progress_bar=False, tensorboard=False))
 
 
@@ -81,3 +81,23 @@ def test_ema_averages_trainable_parameters_only():
         layer.weight.add_(2.0)
     ema.update(0)
     assert torch.allclose(ema.shadow["weight"], layer.weight - 1.0)
+
+
+@pytest.mark.slow
+def test_power_ema_resumes_exactly(tmp_path):
+    from megatron.core import dist_checkpointing  # noqa: F401  (the checkpoints are dist-ckpt folders)
+    from safetensors.torch import load_file
+
+    from cosmos_nemo.cli import main
+    from test_dit_training import write_dataset
+
+    write_dataset(tmp_path / "data", n=4)
+    straight = run_in_processes(_train_with_ema, 1, str(tmp_path), 4, "straight")[0]
+    run_in_processes(_train_with_ema, 1, str(tmp_path), 2, "resumed")
+    resumed = run_in_processes(_train_with_ema, 1, str(tmp_path), 4, "resumed")[0]
+    assert resumed["losses"] == straight["losses"][2:]
+    for name, out in (("a", straight), ("b", resumed)):
+        assert main(["convert", "dit-export", "--checkpoint", out["run_dir"], "--model", "tiny_predict2", "--ema",
+                     "--output", str(tmp_path / f"{name}.safetensors")]) == 0
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
