@@ -497,6 +497,7 @@ def _run(args) -> int:
 
     parallel.setup()
     staged: list[tuple[Path, Path]] = []
+    created = not out_dir.exists()
     try:
         model, note = load_model(kind, cfg, checkpoint, args.weights, dtype)
         print(f"model {cfg.name} ({cfg.generation}, {cfg.objective.kind}) from {note}; VAE {vae.name}; "
@@ -517,7 +518,8 @@ def _run(args) -> int:
                 mp4, png = out_dir / f"{job.spec.name}.mp4", out_dir / f"{job.spec.name}.png"
                 tmp_mp4, tmp_png = temporary_name(mp4, ".mp4"), temporary_name(png, ".png")
                 staged += [(tmp_mp4, mp4), (tmp_png, png)]
-                write_mp4(tmp_mp4, video, fps=args.fps, deterministic=True)
+                write_mp4(tmp_mp4, video, fps=args.fps, deterministic=True,
+                          **({"crf": 0, "pix_fmt": "yuv444p"} if args.lossless else {}))
                 cols = sheet_columns(video.shape[0], job.n_px)
                 rows = [("generated", {i: video[i] for i in cols})]
                 if job.n_cond:
@@ -532,6 +534,8 @@ def _run(args) -> int:
         for tmp, _ in staged:
             if tmp.exists():
                 tmp.unlink()
+        if staged and created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
         parallel.teardown()
     for job in jobs:
         print(f"wrote {out_dir / (job.spec.name + '.mp4')} ({job.spec.mode}, {job.frames_out} frames "
@@ -618,6 +622,9 @@ def register_diffusion(modes) -> None:
     s.add_argument("--num_output_frames", "--num-output-frames", "--num_video_frames", dest="num_output_frames", type=int,
                    default=None, help="frames per video, 1 + k*t, where a spec has none (default 93 for wan2.1, 121 "
                                       "for cosmos-cv8x8x8)")
+    g.add_argument("--lossless", action="store_true",
+                   help="write the mp4s near-lossless (H.264 crf 0, yuv444p: only the RGB/YUV rounding, a few levels) "
+                        "instead of crf 18 yuv420p, e.g. to compare frames")
     r = p.add_argument_group("Predict1 video2world.py flags (one spec from flags instead of -i)")
     r.add_argument("--prompt", default=None, help="the prompt of the one spec")
     r.add_argument("--negative_prompt", default=None,

@@ -1,0 +1,201 @@
+"""`cosmos-nemo generate diffusion` at tiny size on a CPU: a random tiny Predict2.5 DiT written as a released file,
+a random tiny AutoencoderKLWan, a random tiny T5 of the DiT's text width. T2W / I2W / V2W write mp4s of the
+expected frame count and size, the conditional frames of the output are the input's VAE round trip, a seed
+reproduces the bytes, and bad specs are refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cosmos_nemo.cli import main as cli_main
+from cosmos_nemo.io import synthetic as syn
+from cosmos_nemo.io.video import read_frames, write_mp4
+
+H, W = 32, 48  # latent 4 x 6 at 8x spatial compression, 2 x 3 tokens
+FRAMES = 9  # 3 latent frames at 4x temporal compression
+TEXT_WIDTH = 512  # tiny_predict25's crossattn_proj_in
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict:
+    from safetensors.torch import save_file
+
+    from cosmos_nemo import parallel
+    from cosmos_nemo.compat import hide_unusable_torchvision
+    from cosmos_nemo.data_prep.vae import import_autoencoder_kl_wan
+    from cosmos_nemo.models.dit import convert
+    from cosmos_nemo.models.dit.config import dit_config
+    from cosmos_nemo.models.dit.model import build_dit_model
+
+    root = tmp_path_factory.mktemp("gen_diffusion")
+    torch.manual_seed(0)
+    parallel.setup()
+    try:
+        cfg = dit_config("tiny_predict25")
+        model = build_dit_model(cfg)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.05)
+        state = convert.with_cosmos_prefix(convert.export_released(model, cfg))
+    finally:
+        parallel.teardown()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(root / "dit.safetensors"))
+
+    AutoencoderKLWan = import_autoencoder_kl_wan()
+    torch.manual_seed(0)
+    AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                     temperal_downsample=[False, True, True]).save_pretrained(root / "vae")
+
+    hide_unusable_torchvision()
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=384, d_model=TEXT_WIDTH, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    T5EncoderModel(config).eval().save_pretrained(root / "t5")
+    ByT5Tokenizer().save_pretrained(root / "t5")
+
+    write_mp4(root / "clip.mp4", syn.pattern_frames(12, 40, 56, seed=1), fps=10)
+    from PIL import Image
+
+    Image.fromarray(syn.pattern_frames(1, 36, 60, seed=2)[0]).save(root / "still.png")
+    return {"root": root, "dit": root / "dit.safetensors", "vae": root / "vae", "t5": root / "t5",
+            "clip": root / "clip.mp4", "image": root / "still.png"}
+
+
+def _args(assets: dict, out: Path, *extra: str) -> list[str]:
+    return ["generate", "diffusion", "-o", str(out), "--checkpoint-path", str(assets["dit"]), "--model", "tiny_predict25",
+            "--vae", "wan2.1", "--vae-path", str(assets["vae"]), "--text-encoder", str(assets["t5"]),
+            "--prompt-length", "16", "--height", str(H), "--width", str(W), "--num_output_frames", str(FRAMES),
+            "--num_steps", "2", "--fps", "8", *extra]
+
+
+def _specs(path: Path, specs) -> Path:
+    path.write_text(json.dumps(specs))
+    return path
+
+
+def _vae_round_trip(assets: dict, frames: np.ndarray) -> np.ndarray:
+    from cosmos_nemo.data_prep.vae import decode_latents, load_latent_encoder
+
+    vae = load_latent_encoder("wan2.1", str(assets["vae"]))
+    return decode_latents(vae, vae.encode(frames[None]))[0]
+
+
+def _input_frames(path: Path, n: int) -> np.ndarray:
+    from cosmos_nemo.inference.diffusion_cli import conditional_frames, read_input
+
+    return conditional_frames(read_input(path), n, H, W)
+
+
+def test_t2w_i2w_v2w_write_videos_whose_conditional_frames_are_the_inputs_round_trip(assets, tmp_path):
+    specs = _specs(tmp_path / "specs.json", [
+        {"name": "t2w", "prompt": "a red ball rolls"},  # mode from the input: none -> text2world
+        {"name": "i2w", "prompt": "a red ball rolls", "input_path": str(assets["image"])},  # image -> image2world
+        {"name": "v2w", "prompt_path": "prompt.txt", "input_path": "clip.mp4"},  # paths relative to the JSON
+        {"inference_type": "image2world", "name": "i2w_b", "prompt": "two balls", "input_path": str(assets["image"]),
+         "seed": 3},
+    ])
+    (tmp_path / "prompt.txt").write_text("a ball moves left\n")
+    (tmp_path / "clip.mp4").symlink_to(assets["clip"])
+    out = tmp_path / "out"
+    assert cli_main(_args(assets, out, "-i", str(specs), "--lossless")) == 0
+    names = {"t2w", "i2w", "v2w", "i2w_b"}
+    assert {p.name for p in out.iterdir()} == {f"{n}.{ext}" for n in names for ext in ("mp4", "png")}
+    videos = {n: read_frames(out / f"{n}.mp4") for n in names}
+    for n, v in videos.items():
+        assert v.shape == (FRAMES, H, W, 3), n
+    # the conditional frames: 1 latent (1 frame) for an image, 2 latents (5 frames) for a video
+    for name, path, n_px in (("i2w", assets["image"], 1), ("v2w", assets["clip"], 5)):
+        expected = _vae_round_trip(assets, _input_frames(path, n_px))
+        diff = np.abs(videos[name][:n_px].astype(np.int16) - expected.astype(np.int16))
+        assert diff.max() <= 3 and diff.mean() < 1.0, (name, diff.max(), diff.mean())  # only the RGB/YUV rounding
+    from PIL import Image
+
+    sheet = Image.open(out / "v2w.png")
+    assert sheet.size[0] > W and sheet.size[1] > 2 * H  # two labelled rows: input / generated
+
+
+def test_a_seed_reproduces_the_video_bytes_and_another_seed_does_not(assets, tmp_path):
+    specs = _specs(tmp_path / "s.json", {"name": "clip", "prompt": "a ball", "input_path": str(assets["clip"])})
+    runs = {}
+    for tag, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        assert cli_main(_args(assets, tmp_path / tag, "-i", str(specs), "--seed", seed, "--num_steps", "1")) == 0
+        runs[tag] = (tmp_path / tag / "clip.mp4").read_bytes()
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+def test_predict1_flags_describe_one_spec(assets, tmp_path):
+    out = tmp_path / "p1"
+    rc = cli_main(_args(assets, tmp_path / "unused", "--prompt", "a ball", "--input_image_or_video_path", str(assets["clip"]),
+                        "--num_input_frames", "1", "--video_save_name", "mine.mp4", "--video_save_folder", str(out),
+                        "-o", str(out), "--num_steps", "1", "--guidance", "0"))
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["mine.mp4", "mine.png"]
+    assert read_frames(out / "mine.mp4").shape == (FRAMES, H, W, 3)
+    assert not (tmp_path / "unused").exists()
+
+
+@pytest.mark.parametrize("spec, extra, message", [
+    ({"name": "x", "prompt": "p", "inference_type": "image2video", "input_path": "IMAGE"}, (), "unknown inference_type"),
+    ({"name": "x", "prompt": "p", "input_path": "missing.mp4"}, (), "does not exist"),
+    ({"name": "x", "prompt": "p", "inference_type": "video2world"}, (), "needs an \"input_path\""),
+    ({"name": "x"}, (), "no prompt"),
+    ({"name": "x", "prompt": "p"}, ("--num_output_frames", "8"), "not 1 \\+ k\\*4"),
+    ({"name": "x", "prompt": "p"}, ("--height", "20"), "not a multiple of 16"),
+    ({"name": "x", "prompt": "p", "input_path": "IMAGE"}, ("--model", "tiny_predict1_t2w"), "Text2World"),
+    ({"name": "x", "prompt": "p"}, ("--model", "tiny_predict1_v2w"), "1024-d text tokens"),
+    ([{"name": "x", "prompt": "p"}, {"name": "x", "prompt": "q"}], (), "names must be unique"),
+])
+def test_bad_specs_are_refused_before_anything_is_written(assets, tmp_path, capsys, spec, extra, message):
+    import re
+
+    text = json.dumps(spec).replace("IMAGE", str(assets["image"]))
+    specs = tmp_path / "bad.json"
+    specs.write_text(text)
+    out = tmp_path / "out"
+    assert cli_main(_args(assets, out, "-i", str(specs), *extra)) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_a_failure_mid_run_leaves_nothing(assets, tmp_path, monkeypatch):
+    from cosmos_nemo.inference import diffusion_cli
+
+    calls = []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(*a, **k)
+
+    import cosmos_nemo.inference.diffusion as diffusion
+
+    real = diffusion.generate_latents
+    monkeypatch.setattr(diffusion, "generate_latents", failing)
+    specs = _specs(tmp_path / "s.json", [{"name": "a", "prompt": "p", "seed": 1}, {"name": "b", "prompt": "p", "seed": 2}])
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(RuntimeError, match="boom"):
+        diffusion_cli.run(_parse(_args(assets, out, "-i", str(specs), "--num_steps", "1")))
+    assert list(out.iterdir()) == []
+
+
+def _parse(argv):
+    from cosmos_nemo.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def test_ar_generate_still_requires_its_flags(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["generate", "--ar_model_dir", "x"])
+    assert e.value.code == 2
+    assert "required: --input_image_or_video_path, --encoder_path" in capsys.readouterr().err
