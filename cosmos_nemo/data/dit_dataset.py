@@ -25,7 +25,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from cosmos_nemo.data.sampler import BlendSource, GridBatchSampler, SamplerError, parse_split_string, split_ranges
+from cosmos_nemo.data.sampler import (
+    BlendSource,
+    GridBatchSampler,
+    SamplerError,
+    SamplerLoader,
+    parse_split_string,
+    split_ranges,
+)
 
 FORMAT = "cosmos-nemo-dit-latents"
 DOCS_PER_SHARD = 256
@@ -151,37 +158,16 @@ class DiTLatentDataset:
                 "fps": float(record.get("fps", 24.0))}
 
 
-class DiTDataLoader:
+class DiTDataLoader(SamplerLoader):
     """Micro-batches of one DP rank with an exact, resumable position (the AR loader's interface)."""
 
     def __init__(self, datasets: Sequence[DiTLatentDataset], sampler: GridBatchSampler, patch: tuple[int, int, int]):
         self.datasets, self.sampler, self.patch = list(datasets), sampler, patch
 
-    @property
-    def num_micro_batches(self) -> int:
-        return self.sampler.num_micro_batches
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.sampler.micro_batch_size
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.sampler.global_batch_size
-
-    def micro_batches_per_epoch(self, epoch: int | None = None) -> int:
-        return self.sampler.micro_batches_per_epoch(self.sampler.epoch if epoch is None else epoch)
-
-    def peek_grid(self) -> tuple[int, int, int]:
-        return self.sampler.peek()[0]
-
     def seq_length(self) -> int:
         """Tokens per sample of the next micro-batch (T/pt x H/ps x W/ps)."""
         t, h, w = self.peek_grid()
         return (t // self.patch[0]) * (h // self.patch[1]) * (w // self.patch[2])
-
-    def __iter__(self) -> "DiTDataLoader":
-        return self
 
     def __next__(self) -> dict:
         _, keys = self.sampler.peek()
@@ -193,11 +179,6 @@ class DiTDataLoader:
                 "fps": torch.tensor([s["fps"] for s in samples], dtype=torch.float32),
                 "sample_ids": torch.tensor(keys, dtype=torch.long)}
 
-    def state_dict(self) -> dict:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state)
 
 
 def build_dit_dataloaders(cfg: DiTDataConfig, model_cfg, dp_rank: int = 0, dp_size: int = 1):

@@ -29,7 +29,14 @@ import torch
 from cosmos_nemo.data.ar_dataset import META_NAME, ARDatasetError
 from cosmos_nemo.data.reader import ARTokenDataset
 from cosmos_nemo.data.layout import TASK_VIDEO2WORLD, TASKS, layout_for
-from cosmos_nemo.data.sampler import BlendSource, GridBatchSampler, SamplerError, parse_split_string, split_ranges
+from cosmos_nemo.data.sampler import (
+    BlendSource,
+    GridBatchSampler,
+    SamplerError,
+    SamplerLoader,
+    parse_split_string,
+    split_ranges,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +153,7 @@ class _SamplerKeys:
             yield keys
 
 
-class ARDataLoader:
+class ARDataLoader(SamplerLoader):
     """Iterator of micro-batches for one DP rank, with an exact, resumable data position.
 
     ``next(loader)`` gives the next micro-batch (see the module docstring for its keys). The trainer reads
@@ -166,32 +173,9 @@ class ARDataLoader:
         self.pad_to_multiple_of = self.datasets[0].meta.pad_to_multiple_of
         self._worker_iter: Iterator[dict[str, Any]] | None = None
 
-    @property
-    def num_micro_batches(self) -> int:
-        """Micro-batches per global batch on this rank (gradient-accumulation steps)."""
-        return self.sampler.num_micro_batches
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.sampler.micro_batch_size
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.sampler.global_batch_size
-
-    def micro_batches_per_epoch(self, epoch: int | None = None) -> int:
-        return self.sampler.micro_batches_per_epoch(self.sampler.epoch if epoch is None else epoch)
-
-    def peek_grid(self) -> tuple[int, int, int]:
-        """Grid of the next micro-batch (the same for the rest of its global batch)."""
-        return self.sampler.peek()[0]
-
     def seq_length(self) -> int:
         """Model input length L of the next micro-batch."""
         return layout_for(self.peek_grid(), self.task, self.pad_to_multiple_of).input_length
-
-    def __iter__(self) -> "ARDataLoader":
-        return self
 
     def __next__(self) -> dict[str, Any]:
         if self.num_workers <= 0:
@@ -210,11 +194,8 @@ class ARDataLoader:
         self.sampler.advance()
         return batch
 
-    def state_dict(self) -> dict:
-        return self.sampler.state_dict()
-
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state)
+        super().load_state_dict(state)
         self._worker_iter = None  # prefetched batches belong to the old position
 
 

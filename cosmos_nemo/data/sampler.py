@@ -372,3 +372,39 @@ class GridBatchSampler:
         if self.batch_in_epoch > self.global_batches_in_epoch(self.epoch):
             raise SamplerError(f"{self.name}: saved position is past the end of epoch {self.epoch}")
         self._normalize_position()
+
+
+class SamplerLoader:
+    """What the trainer reads from a loader (models/family.py), for loaders whose position is a
+    `GridBatchSampler` (`self.sampler`): batch sizes, the next grid, and an exact, resumable position."""
+
+    sampler: GridBatchSampler
+
+    @property
+    def num_micro_batches(self) -> int:
+        """Micro-batches per global batch on this rank (gradient-accumulation steps)."""
+        return self.sampler.num_micro_batches
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.sampler.micro_batch_size
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.sampler.global_batch_size
+
+    def micro_batches_per_epoch(self, epoch: int | None = None) -> int:
+        return self.sampler.micro_batches_per_epoch(self.sampler.epoch if epoch is None else epoch)
+
+    def peek_grid(self) -> tuple[int, int, int]:
+        """Grid of the next micro-batch (the same for the rest of its global batch)."""
+        return self.sampler.peek()[0]
+
+    def __iter__(self):
+        return self
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)

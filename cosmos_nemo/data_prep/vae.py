@@ -115,27 +115,9 @@ def import_autoencoder_kl_wan():
     another torch fails to import (`operator torchvision::nms does not exist`); the VAE needs none of its
     C++ ops, so such a torchvision is registered as a bare namespace package (its pure-Python modules stay
     importable) before diffusers is imported. A working torchvision is used as is."""
-    import importlib.machinery
-    import importlib.util
-    import sys
-    import types
+    from cosmos_nemo.compat import torchvision_namespace
 
-    if sys.modules.get("torchvision", False) is None:
-        del sys.modules["torchvision"]  # hidden by compat.hide_unusable_torchvision; diffusers wants the namespace
-    if "torchvision" not in sys.modules:
-        spec = importlib.util.find_spec("torchvision")
-        if spec is not None and spec.submodule_search_locations:
-            try:
-                import torchvision  # noqa: F401
-            except Exception:
-                for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-                    del sys.modules[name]
-                module = types.ModuleType("torchvision")
-                module.__path__ = list(spec.submodule_search_locations)
-                module.__spec__ = importlib.machinery.ModuleSpec("torchvision", None, is_package=True)
-                module.__spec__.submodule_search_locations = module.__path__
-                module.__version__ = "namespace"
-                sys.modules["torchvision"] = module
+    torchvision_namespace()
     try:
         from diffusers import AutoencoderKLWan
     except ImportError as e:

@@ -111,7 +111,6 @@ class ARModelConfig:
     def transformer_config(self, dtype: torch.dtype = torch.float32, **overrides):
         """megatron TransformerConfig, with TP/PP sizes from megatron's parallel state."""
         from megatron.core import parallel_state
-        from megatron.core.transformer.transformer_config import TransformerConfig
 
         tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
         pp = parallel_state.get_pipeline_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
@@ -120,8 +119,9 @@ class ARModelConfig:
                 raise ValueError(f"tensor parallel size {tp} must divide {name} = {value}")
         if self.num_layers % pp:
             raise ValueError(f"pipeline parallel size {pp} must divide num_layers = {self.num_layers}")
-        on_gpu = torch.cuda.is_available()
-        kwargs = dict(
+        from cosmos_nemo.models.common.transformer_config import build_transformer_config
+
+        architecture = dict(
             num_layers=self.num_layers,
             hidden_size=self.hidden_size,
             num_attention_heads=self.num_attention_heads,
@@ -135,43 +135,10 @@ class ARModelConfig:
             add_bias_linear=False,
             add_qkv_bias=False,
             qk_layernorm=True,
-            hidden_dropout=self.hidden_dropout,
-            attention_dropout=self.attention_dropout,
-            init_method_std=self.init_method_std,
             tensor_model_parallel_size=tp,
             pipeline_model_parallel_size=pp,
-            pipeline_dtype=dtype,
-            params_dtype=dtype,
-            bf16=dtype == torch.bfloat16,
-            fp16=dtype == torch.float16,
-            use_cpu_initialization=not on_gpu,
-            recompute_granularity=self.recompute_granularity,
-            recompute_method="uniform" if self.recompute_granularity == "full" else None,
-            recompute_num_layers=1 if self.recompute_granularity == "full" else None,
-            **_fusion_settings(on_gpu),
         )
-        kwargs.update(self.extra_transformer_config)
-        kwargs.update(overrides)
-        return TransformerConfig(**kwargs)
-
-
-def _fusion_settings(on_gpu: bool) -> dict:
-    """megatron's fusion flags. On a GPU, Megatron-LM's training defaults where the kernel exists: the
-    jit-fused bias-dropout-add and bias-SwiGLU and the masked-softmax kernel always, the fused RoPE with
-    Transformer Engine, gradient-accumulation fusion with its CUDA extension (Apex; megatron refuses to build
-    a linear layer with the flag on and the extension missing). Without CUDA none of these kernels exists and
-    the unfused paths, which compute the same thing, are used; the CPU adapter adds its own
-    gradient-accumulation kernel to DDP-wrapped models (training/harness.py)."""
-    if not on_gpu:
-        return dict(bias_dropout_fusion=False, bias_activation_fusion=False, apply_rope_fusion=False,
-                    masked_softmax_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False)
-    from megatron.core.tensor_parallel import layers
-
-    from cosmos_nemo.models.common.spec import transformer_engine_available
-
-    return dict(bias_dropout_fusion=True, bias_activation_fusion=True, masked_softmax_fusion=True,
-                apply_rope_fusion=transformer_engine_available(),
-                gradient_accumulation_fusion=bool(layers._grad_accum_fusion_available))
+        return build_transformer_config(self, dtype, architecture, **overrides)
 
 
 _COSMOS_4B = dict(num_layers=16, hidden_size=4096)

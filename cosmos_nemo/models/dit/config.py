@@ -125,9 +125,8 @@ class DiTModelConfig:
         The block norms of the DiT are parameter-free LayerNorms applied by the layer itself; megatron's
         `normalization` (RMSNorm, eps 1e-6) builds only the per-head q/k norms."""
         from megatron.core import parallel_state
-        from megatron.core.transformer.transformer_config import TransformerConfig
 
-        from cosmos_nemo.models.ar.config import _fusion_settings
+        from cosmos_nemo.models.common.transformer_config import build_transformer_config
 
         ready = parallel_state.model_parallel_is_initialized()
         tp = parallel_state.get_tensor_model_parallel_world_size() if ready else 1
@@ -140,11 +139,7 @@ class DiTModelConfig:
                 "the DiT does not support pipeline parallelism: the timestep embedding modulates every block, so "
                 "every stage would need it; use tensor, context and data parallelism (pipeline_parallel=1)"
             )
-        on_gpu = torch.cuda.is_available()
-        fusion = _fusion_settings(on_gpu)
-        # The MLP is GELU without bias: megatron's bias-GELU fusion is the tanh approximation and needs a bias.
-        fusion["bias_activation_fusion"] = False
-        kwargs = dict(
+        architecture = dict(
             num_layers=self.num_layers,
             hidden_size=self.hidden_size,
             num_attention_heads=self.num_attention_heads,
@@ -158,24 +153,12 @@ class DiTModelConfig:
             add_bias_linear=False,
             add_qkv_bias=False,
             qk_layernorm=True,
-            hidden_dropout=self.hidden_dropout,
-            attention_dropout=self.attention_dropout,
-            init_method_std=self.init_method_std,
             tensor_model_parallel_size=tp,
             context_parallel_size=cp,
-            pipeline_dtype=dtype,
-            params_dtype=dtype,
-            bf16=dtype == torch.bfloat16,
-            fp16=dtype == torch.float16,
-            use_cpu_initialization=not on_gpu,
-            recompute_granularity=self.recompute_granularity,
-            recompute_method="uniform" if self.recompute_granularity == "full" else None,
-            recompute_num_layers=1 if self.recompute_granularity == "full" else None,
-            **fusion,
         )
-        kwargs.update(self.extra_transformer_config)
-        kwargs.update(overrides)
-        return TransformerConfig(**kwargs)
+        # The MLP is GELU without bias: megatron's bias-GELU fusion is the tanh approximation and needs a bias.
+        return build_transformer_config(self, dtype, architecture, fusion={"bias_activation_fusion": False},
+                                        **overrides)
 
 
 # ---------------------------------------------------------------------------------------------------
