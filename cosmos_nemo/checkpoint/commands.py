@@ -78,9 +78,10 @@ def _model_flags(p) -> None:
     _set_flag(p)
 
 
-def _config(args):
+def parse_set_flags(items) -> dict:
+    """`--set FIELD=VALUE` items as config fields (values as Python literals where they parse, else strings)."""
     overrides = {}
-    for item in args.overrides:
+    for item in items:
         if "=" not in item:
             raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
         key, value = item.split("=", 1)
@@ -88,6 +89,11 @@ def _config(args):
             overrides[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             overrides[key.strip()] = value
+    return overrides
+
+
+def _config(args):
+    overrides = parse_set_flags(args.overrides)
     try:
         return _AR().named_config(args.model, **overrides)
     except TypeError as err:

@@ -10,7 +10,6 @@ checkpoint of another size, the named config it looks like)."""
 from __future__ import annotations
 
 import argparse
-import ast
 
 _MODELS = ("predict1_7b_t2w, predict1_7b_v2w, predict1_14b_t2w, predict1_14b_v2w, predict2_2b, predict2_14b, "
            "predict25_2b, predict25_14b, tiny_predict1_v2w, tiny_predict1_t2w, tiny_predict2, tiny_predict25")
@@ -73,19 +72,6 @@ def _model_flags(p, required: bool) -> None:
                    help="override a DiT config field, e.g. --set logvar_head=False (repeatable)")
 
 
-def _overrides(items) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value
-    return out
-
-
 def _config(model, overrides, source=None):
     """The named config, or (without --model) the diffusers folder's config.json."""
     from pathlib import Path
@@ -93,7 +79,9 @@ def _config(model, overrides, source=None):
     from cosmos_nemo.models.dit.config import dit_config
     from cosmos_nemo.models.dit.convert import config_from_diffusers
 
-    fields = _overrides(overrides)
+    from cosmos_nemo.checkpoint.commands import parse_set_flags
+
+    fields = parse_set_flags(overrides)
     try:
         if model:
             return dit_config(model, **fields)

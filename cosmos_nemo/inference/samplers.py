@@ -163,42 +163,38 @@ def _unipc(velocity: Velocity, x: torch.Tensor, sigmas: torch.Tensor, callback) 
     return x
 
 
-def _unipc_predict(x, models, sigmas, i, order):
-    t, t_next = sigmas[i], sigmas[i + 1]
-    alpha_next = 1 - t_next
-    lam_i = _lam(t)
-    h = _lam(t_next) - lam_i
+def _unipc_terms(x_from, models, sigmas, i_from, i_to, order):
+    """What the UniPC predictor (from step i to i+1) and corrector (from i-1 to i) share: the first-order
+    update `(t_to / t_from) x_from - alpha_to h_phi_1 m0` of the data prediction m0 at t_from, the scale
+    `alpha_to B_h` of the higher-order terms, the order conditions (rows, rhs) and the scaled difference D1
+    to the data prediction one step further back (order 2)."""
+    t_from, t_to = sigmas[i_from], sigmas[i_to]
+    alpha_to = 1 - t_to
+    lam_from = _lam(t_from)
+    h = _lam(t_to) - lam_from
     m0 = models[-1]
     rks, d1 = [], None
     if order == 2:
-        rk = (_lam(sigmas[i - 1]) - lam_i) / h
+        rk = (_lam(sigmas[i_from - 1]) - lam_from) / h
         rks.append(rk)
-        d1 = (models[-2] - m0) / rk.to(x.dtype)
-    b_h, h_phi_1, _, _ = _unipc_coeffs(h, rks, order)
-    out = (t_next / t).to(x.dtype) * x - (alpha_next * h_phi_1).to(x.dtype) * m0
-    if d1 is not None:
-        out = out - (alpha_next * b_h * 0.5).to(x.dtype) * d1
-    return out
+        d1 = (models[-2] - m0) / rk.to(x_from.dtype)
+    b_h, h_phi_1, rows, rhs = _unipc_coeffs(h, rks, order)
+    base = (t_to / t_from).to(x_from.dtype) * x_from - (alpha_to * h_phi_1).to(x_from.dtype) * m0
+    return base, (alpha_to * b_h).to(x_from.dtype), rows, rhs, d1, m0
+
+
+def _unipc_predict(x, models, sigmas, i, order):
+    base, scale, _, _, d1, _ = _unipc_terms(x, models, sigmas, i, i + 1, order)
+    return base if d1 is None else base - scale * 0.5 * d1  # order 2: rho_p = 1/2
 
 
 def _unipc_correct(x, last_x, m, models, sigmas, i, order):
-    t, t_prev = sigmas[i], sigmas[i - 1]
-    alpha_t = 1 - t
-    lam_prev = _lam(t_prev)
-    h = _lam(t) - lam_prev
-    m0 = models[-1]
-    rks, d1 = [], None
-    if order == 2:
-        rk = (_lam(sigmas[i - 2]) - lam_prev) / h
-        rks.append(rk)
-        d1 = (models[-2] - m0) / rk.to(x.dtype)
-    b_h, h_phi_1, rows, rhs = _unipc_coeffs(h, rks, order)
-    rhos = torch.tensor([0.5], dtype=h.dtype) if order == 1 else torch.linalg.solve(rows, rhs)
-    out = (t / t_prev).to(x.dtype) * last_x - (alpha_t * h_phi_1).to(x.dtype) * m0
+    base, scale, rows, rhs, d1, m0 = _unipc_terms(last_x, models, sigmas, i - 1, i, order)
+    rhos = torch.tensor([0.5], dtype=rows.dtype) if order == 1 else torch.linalg.solve(rows, rhs)
     corr = rhos[-1].to(x.dtype) * (m - m0)
     if d1 is not None:
         corr = corr + rhos[0].to(x.dtype) * d1
-    return out - (alpha_t * b_h).to(x.dtype) * corr
+    return base - scale * corr
 
 
 def timesteps_of(sigmas: torch.Tensor, kind: str) -> torch.Tensor:
