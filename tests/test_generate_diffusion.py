@@ -142,6 +142,22 @@ def test_predict1_flags_describe_one_spec(assets, tmp_path):
     assert not (tmp_path / "unused").exists()
 
 
+def test_predict1_checkpoint_dir_spelling(assets, tmp_path):
+    """--checkpoint_dir ROOT --diffusion_transformer_dir NAME (model.safetensors inside) --tokenizer_dir NAME."""
+    import shutil
+
+    root = tmp_path / "checkpoints"
+    (root / "tiny_predict25").mkdir(parents=True)
+    shutil.copy(assets["dit"], root / "tiny_predict25" / "model.safetensors")
+    shutil.copytree(assets["vae"], root / "Wan-VAE")
+    args = ["generate", "diffusion", "--checkpoint_dir", str(root), "--diffusion_transformer_dir", "tiny_predict25",
+            "--vae", "wan2.1", "--tokenizer_dir", "Wan-VAE", "--text-encoder", str(assets["t5"]), "--prompt-length", "16",
+            "--height", str(H), "--width", str(W), "--num_video_frames", "5", "--num_steps", "1",
+            "--prompt", "a ball", "--video_save_folder", str(tmp_path / "out")]
+    assert cli_main(args) == 0
+    assert read_frames(tmp_path / "out" / "output.mp4").shape == (5, H, W, 3)
+
+
 @pytest.mark.parametrize("spec, extra, message", [
     ({"name": "x", "prompt": "p", "inference_type": "image2video", "input_path": "IMAGE"}, (), "unknown inference_type"),
     ({"name": "x", "prompt": "p", "input_path": "missing.mp4"}, (), "does not exist"),
@@ -194,8 +210,153 @@ def _parse(argv):
     return build_parser().parse_args(argv)
 
 
+def test_help_explains_every_flag(capsys):
+    import argparse
+
+    from cosmos_nemo.cli import build_parser
+
+    generate = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["generate"]
+    diffusion = next(a for a in generate._actions if isinstance(a, argparse._SubParsersAction)).choices["diffusion"]
+    for action in diffusion._actions:
+        assert action.help and len(action.help) > 10, action.option_strings
+    with pytest.raises(SystemExit) as e:
+        cli_main(["generate", "diffusion", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--checkpoint-path", "--num_input_frames", "--diffusion_transformer_dir", "--karras", "text2world"):
+        assert flag in text
+
+
 def test_ar_generate_still_requires_its_flags(capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["generate", "--ar_model_dir", "x"])
     assert e.value.code == 2
     assert "required: --input_image_or_video_path, --encoder_path" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------
+# Other checkpoint kinds, the EDM (Predict1) path and the Cosmos CV VAE
+
+
+def _export(name: str, layout: str | None = None, seed: int = 0) -> tuple:
+    from cosmos_nemo import parallel
+    from cosmos_nemo.models.dit import convert
+    from cosmos_nemo.models.dit.config import dit_config
+    from cosmos_nemo.models.dit.model import build_dit_model
+
+    torch.manual_seed(seed)
+    parallel.setup()
+    try:
+        cfg = dit_config(name)
+        model = build_dit_model(cfg)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.05)
+        return cfg, {k: v.clone().contiguous() for k, v in convert.export_released(model, cfg, layout).items()}
+    finally:
+        parallel.teardown()
+
+
+def test_a_diffusers_folder_needs_no_model_name_and_gives_the_same_video(assets, tmp_path):
+    from cosmos_nemo.models.dit import convert
+
+    cfg, _ = _export("tiny_predict25")
+    folder = tmp_path / "diffusers_dit"
+    parallel_state = _diffusers_state(assets)
+    convert.save_diffusers(parallel_state, cfg, folder)
+    specs = _specs(tmp_path / "s.json", {"name": "v", "prompt": "a ball", "input_path": str(assets["image"])})
+    args = _args(assets, tmp_path / "a", "-i", str(specs), "--num_steps", "1")
+    assert cli_main(args) == 0
+    i = args.index("--checkpoint-path")
+    args_b = args[:i] + ["--checkpoint-path", str(folder)] + args[i + 4:]  # no --model
+    args_b[args_b.index("-o") + 1] = str(tmp_path / "b")
+    assert "--model" not in args_b
+    assert cli_main(args_b) == 0
+    assert (tmp_path / "a" / "v.mp4").read_bytes() == (tmp_path / "b" / "v.mp4").read_bytes()
+
+
+def _diffusers_state(assets) -> dict:
+    """The fixture's released weights in the diffusers layout (load the file, export as diffusers)."""
+    from cosmos_nemo import parallel
+    from cosmos_nemo.models.dit import convert
+    from cosmos_nemo.models.dit.config import dit_config
+    from cosmos_nemo.models.dit.model import build_dit_model
+
+    parallel.setup()
+    try:
+        cfg = dit_config("tiny_predict25")
+        model = build_dit_model(cfg)
+        convert.load_released(model, cfg, assets["dit"])
+        return {k: v.clone().contiguous() for k, v in convert.export_released(model, cfg, "diffusers").items()}
+    finally:
+        parallel.teardown()
+
+
+def test_predict1_edm_heun_image2world_with_a_1024_wide_t5(assets, tmp_path):
+    from safetensors.torch import save_file
+
+    from cosmos_nemo.compat import hide_unusable_torchvision
+    from cosmos_nemo.models.dit import convert
+
+    cfg, state = _export("tiny_predict1_v2w")
+    save_file(convert.with_cosmos_prefix(state), str(tmp_path / "p1.safetensors"))
+    hide_unusable_torchvision()
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    T5EncoderModel(T5Config(vocab_size=384, d_model=1024, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).save_pretrained(tmp_path / "t5")
+    ByT5Tokenizer().save_pretrained(tmp_path / "t5")
+    args = _args(assets, tmp_path / "out", "--prompt", "a ball", "--input_image_or_video_path", str(assets["image"]),
+                 "--solver", "heun", "--lossless")
+    args[args.index("--checkpoint-path") + 1] = str(tmp_path / "p1.safetensors")
+    args[args.index("--model") + 1] = "tiny_predict1_v2w"
+    args[args.index("--text-encoder") + 1] = str(tmp_path / "t5")
+    assert cli_main(args) == 0
+    video = read_frames(tmp_path / "out" / "output.mp4")
+    assert video.shape == (FRAMES, H, W, 3)
+    expected = _vae_round_trip(assets, _input_frames(assets["image"], 1))
+    assert np.abs(video[:1].astype(np.int16) - expected.astype(np.int16)).max() <= 3
+
+
+def test_cosmos_cv_vae_decodes_its_own_normalisation_and_drives_generation(assets, tmp_path):
+    from cosmos_nemo.data_prep.vae import decode_latents, frames_to_vae_input, load_latent_encoder
+    from cosmos_nemo.tokenizers import load_video_tokenizer
+
+    folder = tmp_path / "tiny_cv"
+    load_video_tokenizer("tiny-cv").save(folder)  # 4x8x8, 16 channels
+    g = torch.Generator().manual_seed(0)
+    torch.save((torch.randn(16 * 3, generator=g), torch.rand(16 * 3, generator=g) + 0.5), folder / "mean_std.pt")
+    vae = load_latent_encoder("cosmos-cv", str(folder))
+    clip = syn.pattern_frames(FRAMES, H, W, seed=4)
+    direct = vae.tok.decode(vae.tok.encode(frames_to_vae_input(clip[None])))
+    direct = ((direct.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+    back = decode_latents(vae, vae.encode(clip[None])).astype(np.int16)
+    assert np.abs(back - direct).max() <= 1  # (z - mean) / std * s undone exactly up to float rounding
+    out = tmp_path / "out"
+    args = _args(assets, out, "--prompt", "a ball", "--input_image_or_video_path", str(assets["clip"]), "--num_steps", "1")
+    args[args.index("--vae") + 1] = "cosmos-cv8x8x8"
+    args[args.index("--vae-path") + 1] = str(folder)
+    assert cli_main(args) == 0
+    assert read_frames(out / "output.mp4").shape == (FRAMES, H, W, 3)
+    # 13 frames need 4 latent frames, and mean_std.pt has statistics for 3: refused before anything is written
+    assert cli_main(args[:-2] + ["--num_output_frames", "13", "-o", str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_training_run_folder_generates_what_its_released_weights_generate(assets, tmp_path):
+    """A run fine-tuned from the fixture's file with lr 0 holds exactly those weights: the video from the run
+    folder (no --model: config.yaml defines it) is the video from the file."""
+    from cosmos_nemo.parallel.launch import run_in_processes
+    from test_dit_training import _train, write_dataset
+
+    write_dataset(tmp_path / "data", n=4, width=TEXT_WIDTH)
+    result = run_in_processes(_train, 1, str(tmp_path), "gen", "tiny_predict25", 1, str(assets["dit"]), None, 0.0)[0]
+    specs = _specs(tmp_path / "s.json", {"name": "v", "prompt": "a ball", "input_path": str(assets["clip"])})
+    args = _args(assets, tmp_path / "a", "-i", str(specs), "--num_steps", "1")
+    assert cli_main(args) == 0
+    i = args.index("--checkpoint-path")
+    args_b = args[:i] + ["--checkpoint-path", result["run_dir"]] + args[i + 4:]
+    args_b[args_b.index("-o") + 1] = str(tmp_path / "b")
+    assert cli_main(args_b) == 0
+    assert (tmp_path / "a" / "v.mp4").read_bytes() == (tmp_path / "b" / "v.mp4").read_bytes()

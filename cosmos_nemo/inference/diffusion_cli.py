@@ -466,7 +466,10 @@ def _run(args) -> int:
     vae_kind = VAE_ALIASES.get((args.vae or ("cosmos-cv" if cfg.generation == "predict1" else "wan2.1")).lower())
     if vae_kind is None:
         raise GenerateError(f"--vae {args.vae!r}: choose wan2.1 or cosmos-cv8x8x8")
-    vae = load_latent_encoder(vae_kind, args.vae_path, device=device, latent_scale=args.latent_scale,
+    vae_path = args.vae_path
+    if vae_path and args.checkpoint_dir and not Path(vae_path).exists() and (Path(args.checkpoint_dir) / vae_path).exists():
+        vae_path = str(Path(args.checkpoint_dir) / vae_path)  # Predict1: --tokenizer_dir names a folder in --checkpoint_dir
+    vae = load_latent_encoder(vae_kind, vae_path, device=device, latent_scale=args.latent_scale,
                               mean_std=args.mean_std)
     if vae.channels != cfg.out_channels:
         raise GenerateError(f"the {vae.name} VAE has {vae.channels} latent channels, the DiT {cfg.name!r} "
@@ -589,7 +592,7 @@ def register_diffusion(modes) -> None:
     v.add_argument("--vae", default=None, metavar="{wan2.1,cosmos-cv8x8x8}",
                    help="the VAE the DiT was trained with (default: cosmos-cv8x8x8 for Predict1 models, wan2.1 otherwise)")
     v.add_argument("--vae-path", "--tokenizer_dir", dest="vae_path", default=None, metavar="PATH",
-                   help="its weights: a diffusers AutoencoderKLWan folder / hub id (default "
+                   help="its weights (with --checkpoint_dir, a folder name inside it is found there too): a diffusers AutoencoderKLWan folder / hub id (default "
                         "Wan-AI/Wan2.1-T2V-1.3B-Diffusers), or a Cosmos CV tokenizer folder / name (default "
                         "nvidia/Cosmos-Tokenize1-CV8x8x8-720p)")
     v.add_argument("--mean-std", dest="mean_std", default=None, metavar="FILE",
