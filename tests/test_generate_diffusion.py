@@ -167,15 +167,22 @@ def test_predict1_checkpoint_dir_spelling(assets, tmp_path):
     ({"name": "x", "prompt": "p"}, ("--height", "20"), "not a multiple of 16"),
     ({"name": "x", "prompt": "p", "input_path": "IMAGE"}, ("--model", "tiny_predict1_t2w"), "Text2World"),
     ({"name": "x", "prompt": "p"}, ("--model", "tiny_predict1_v2w"), "1024-d text tokens"),
+    ({"name": "x", "prompt": "p"}, ("--checkpoint-path", "BROKEN"), "cannot read|not a"),
+    ({"name": "x", "prompt": "p"}, ("--checkpoint-path", "IMAGE", "--model", "no_such_dit"), "unknown DiT model config"),
     ([{"name": "x", "prompt": "p"}, {"name": "x", "prompt": "q"}], (), "names must be unique"),
+    ({"name": "x", "prompt": "p", "input_path": "BROKEN"}, (), "not a readable video"),
+    ({"name": "../x", "prompt": "p"}, (), "plain file name"),
+    ({"name": "x", "prompt": "p", "enable_autoregressive": True}, (), "not supported"),
 ])
 def test_bad_specs_are_refused_before_anything_is_written(assets, tmp_path, capsys, spec, extra, message):
     import re
 
-    text = json.dumps(spec).replace("IMAGE", str(assets["image"]))
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    text = json.dumps(spec).replace("IMAGE", str(assets["image"])).replace("BROKEN", str(tmp_path / "broken.mp4"))
     specs = tmp_path / "bad.json"
     specs.write_text(text)
     out = tmp_path / "out"
+    extra = [str(assets["image"]) if x == "IMAGE" else str(tmp_path / "broken.mp4") if x == "BROKEN" else x for x in extra]
     assert cli_main(_args(assets, out, "-i", str(specs), *extra)) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists()
@@ -202,6 +209,26 @@ def test_a_failure_mid_run_leaves_nothing(assets, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         diffusion_cli.run(_parse(_args(assets, out, "-i", str(specs), "--num_steps", "1")))
     assert list(out.iterdir()) == []
+
+
+def test_specs_of_one_shape_and_seed_run_as_one_batch(assets, tmp_path, monkeypatch):
+    import cosmos_nemo.inference.diffusion as diffusion
+
+    shapes = []
+    real = diffusion.generate_latents
+
+    def recording(model, context, shape, *a, **k):
+        shapes.append(tuple(shape))
+        return real(model, context, shape, *a, **k)
+
+    monkeypatch.setattr(diffusion, "generate_latents", recording)
+    specs = _specs(tmp_path / "s.json", [{"name": n, "prompt": f"prompt {n}", "input_path": str(assets["image"])}
+                                         for n in ("a", "b", "c")] + [{"name": "d", "prompt": "p"}])
+    assert cli_main(_args(assets, tmp_path / "out", "-i", str(specs), "--num_steps", "1", "--batch-size", "2")) == 0
+    assert sorted(shapes) == [(1, 16, 3, 4, 6)] * 2 + [(2, 16, 3, 4, 6)]  # a+b, then c; d (text2world) alone
+    videos = [read_frames(tmp_path / "out" / f"{n}.mp4") for n in "abcd"]
+    assert all(v.shape == (FRAMES, H, W, 3) for v in videos)
+    assert not np.array_equal(videos[0][1:], videos[1][1:])  # other prompts and noise: other videos
 
 
 def _parse(argv):

@@ -537,7 +537,7 @@ def _run(args) -> int:
         for tmp, _ in staged:
             if tmp.exists():
                 tmp.unlink()
-        if staged and created and out_dir.is_dir() and not any(out_dir.iterdir()):
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()
         parallel.teardown()
     for job in jobs:
