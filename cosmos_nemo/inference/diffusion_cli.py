@@ -290,12 +290,14 @@ def labelled_sheet(rows: list[tuple[str, dict[int, np.ndarray]]], columns: list[
     from cosmos_nemo.io.atomic import atomic_path
 
     h, w = next(iter(next(r for _, r in rows if r).values())).shape[:2]
-    gap, margin, top, cap = 6, 84, 18, 12
-    width = margin + len(columns) * (w + gap)
+    gap, margin, top, cap = 6, 84, (30 if cond_frames else 18), 12
+    width = max(margin + len(columns) * (w + gap), 460 if cond_frames else 0)
     height = top + len(rows) * (h + gap + cap)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((4, 3), title[: max(8, width // 6)], fill="black")
+    if cond_frames:
+        draw.text((4, 15), "blue: conditional frames (from the input); red line: generated from here", fill=(90, 90, 90))
     for r, (label, frames) in enumerate(rows):
         y = top + r * (h + gap + cap)
         draw.text((4, y + h // 2 - 5), label, fill="black")
