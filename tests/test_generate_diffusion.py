@@ -286,11 +286,10 @@ def _export(name: str, layout: str | None = None, seed: int = 0) -> tuple:
 
 def test_a_diffusers_folder_needs_no_model_name_and_gives_the_same_video(assets, tmp_path):
     from cosmos_nemo.models.dit import convert
+    from cosmos_nemo.models.dit.config import dit_config
 
-    cfg, _ = _export("tiny_predict25")
     folder = tmp_path / "diffusers_dit"
-    parallel_state = _diffusers_state(assets)
-    convert.save_diffusers(parallel_state, cfg, folder)
+    convert.save_diffusers(_diffusers_state(assets), dit_config("tiny_predict25"), folder)
     specs = _specs(tmp_path / "s.json", {"name": "v", "prompt": "a ball", "input_path": str(assets["image"])})
     args = _args(assets, tmp_path / "a", "-i", str(specs), "--num_steps", "1")
     assert cli_main(args) == 0
