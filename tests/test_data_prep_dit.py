@@ -19,7 +19,7 @@ from cosmos_nemo.data_prep.clips import apply_geometry, geometry
 from cosmos_nemo.data_prep.engine import PrepareError
 from cosmos_nemo.data_prep.latents import prepare_latents
 from cosmos_nemo.data_prep.settings import LatentsConfig, TextEmbeddingsConfig
-from cosmos_nemo.data_prep.text_embeddings import load_text_table, prepare_text_embeddings
+from cosmos_nemo.data_prep.text_embeddings import _NumpyOnlyUnpickler, load_text_table, prepare_text_embeddings
 from cosmos_nemo.io import synthetic as syn
 from cosmos_nemo.io.video import read_frames, write_mp4
 
@@ -142,8 +142,8 @@ def test_t5_pickles_round_trip_and_need_trust(dataset, tiny_t5, tmp_path):
     table, sources = load_text_table(computed)
     # The reference layout: one pickle per video, [np.ndarray[n_tokens, 1024] float16], trimmed to the true length.
     for stem, row in sources.items():
-        with open(ds / "t5_xxl" / f"{stem}.pickle", "rb") as f:
-            obj = pickle.load(f)
+        with open(ds / "t5_xxl" / f"{stem}.pickle", "rb") as f:  # the library's numpy-only unpickler
+            obj = _NumpyOnlyUnpickler(f).load()
         n = int(table.mask[row].sum())
         assert isinstance(obj, list) and len(obj) == 1 and obj[0].dtype == np.float16 and obj[0].shape == (n, 1024)
         assert np.array_equal(obj[0], table.embeddings[row, :n].numpy())
