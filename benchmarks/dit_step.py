@@ -26,13 +26,12 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import DTYPES, matmul_peak  # noqa: E402
+from train_throughput import DTYPES, alternate  # noqa: E402
 
 
 def flops_per_step(args) -> float:
@@ -162,19 +161,7 @@ def main(argv=None) -> int:
     print(f"threads {args.threads}, dtype {args.dtype}, batch {args.batch} x {tokens // args.batch} tokens "
           f"(latents {args.frames}x{args.height}x{args.width}), text {args.text}; params ours {n_ours / 1e6:.1f} M, "
           f"diffusers {n_peer / 1e6:.1f} M", flush=True)
-    for _ in range(args.warmup):
-        for fn in steps.values():
-            fn()
-    times = {name: [] for name in steps}
-    peaks = [matmul_peak(dtype)]
-    names = list(steps)
-    for i in range(args.steps):
-        peaks.append(matmul_peak(dtype, repeats=2))
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    peak = max(peaks)
+    times, _, peak = alternate(steps, args.warmup, args.steps, dtype)
     flops = flops_per_step(args)
     result = {"args": vars(args), "params_ours": n_ours, "params_peer": n_peer, "matmul_peak_flops": peak,
               "flops_per_step": flops, "load_average": os.getloadavg()}

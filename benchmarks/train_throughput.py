@@ -52,6 +52,27 @@ def matmul_peak(dtype: torch.dtype, n: int = 1536, repeats: int = 6) -> float:
     return 2 * n**3 / best
 
 
+def alternate(steps: dict, warmup: int, rounds: int, dtype: torch.dtype) -> tuple[dict, dict, float]:
+    """Run each step function `warmup` times, then `rounds` rounds of one step each, rotating the order every
+    round so that machine noise hits all alike. Returns wall times and CPU times per step name, and the best
+    matmul peak sampled through the run (the load changes under us)."""
+    for _ in range(warmup):
+        for fn in steps.values():
+            fn()
+    times = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
+    peaks = [matmul_peak(dtype)]
+    names = list(steps)
+    for i in range(rounds):
+        peaks.append(matmul_peak(dtype, repeats=2))
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return times, cpu, max(peaks)
+
+
 def model_flops_per_step(args, tokens: int) -> float:
     """Training FLOPs of one step by the usual count (forward 2, backward 4 per weight per token), embedding
     lookups excluded, output head included, plus the attention score/value matmuls."""
@@ -185,21 +206,7 @@ def main(argv=None) -> int:
     n_peer = sum(p.numel() for p in peer.parameters())
     print(f"threads {args.threads}, dtype {args.dtype}, batch {args.batch} x seq {args.seq}; params ours "
           f"{n_ours / 1e6:.1f} M, transformers Llama {n_peer / 1e6:.1f} M", flush=True)
-    for _ in range(args.warmup):
-        for fn in steps.values():
-            fn()
-    times = {name: [] for name in steps}
-    cpu = {name: [] for name in steps}
-    peaks = [matmul_peak(dtype)]
-    names = list(steps)
-    for i in range(args.steps):
-        peaks.append(matmul_peak(dtype, repeats=2))  # sampled through the run: the load changes under us
-        for name in names[i % len(names):] + names[: i % len(names)]:  # rotate the order every round
-            start, start_cpu = time.perf_counter(), time.process_time()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    peak = max(peaks)
+    times, cpu, peak = alternate(steps, args.warmup, args.steps, dtype)
 
     n_tok = args.batch * args.seq
     flops = model_flops_per_step(args, n_tok)
