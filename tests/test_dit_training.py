@@ -175,3 +175,41 @@ def test_predict1_finetunes_from_a_released_checkpoint(golden, data_root, tmp_pa
                  "logvar_head=False", "--no-prefix", "--output", str(tmp_path / "back.safetensors")]) == 0
     back, original = load_file(str(tmp_path / "back.safetensors")), load_file(str(weights))
     assert back.keys() == original.keys() and all(torch.equal(back[k], original[k]) for k in original)
+
+
+def test_noise_level_distributions_match_their_definitions():
+    """EDM: ln sigma ~ N(p_mean, p_std) (+ ln sqrt(T) with the video multiplier); RF: t = s u / (1 + (s - 1) u) with
+    u = sigmoid(N(0, 1)), so logit(u) = ln(t / (s (1 - t))) is standard normal."""
+    from cosmos_nemo.models.dit.objectives import DiffusionObjective
+
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    edm = DiffusionObjective(kind="edm", p_mean=-0.5, p_std=1.2, video_noise_multiplier="sqrt_t")
+    ln_sigma = torch.log(edm.draw_sigma(n, 16, g))
+    assert abs(ln_sigma.mean().item() - (-0.5 + math.log(4.0))) < 0.03 and abs(ln_sigma.std().item() - 1.2) < 0.02
+    rf = DiffusionObjective(kind="rf", shift=5.0)
+    t = rf.draw_t(n, 1, g)
+    z = torch.log(t / (5.0 * (1 - t)))
+    assert abs(z.mean().item()) < 0.03 and abs(z.std().item() - 1.0) < 0.02
+    p2 = DiffusionObjective(kind="rf", time_distribution="lognormal_sigma", video_noise_multiplier="sqrt_t")
+    t2 = p2.draw_t(n, 24, g)  # t = sigma / (1 + sigma), ln sigma ~ N(ln sqrt(24), 1)
+    ln_s = torch.log(t2 / (1 - t2))
+    assert abs(ln_s.mean().item() - 0.5 * math.log(24)) < 0.03 and abs(ln_s.std().item() - 1.0) < 0.02
+
+
+@pytest.mark.parametrize("n_cond", [0, 1, 2])
+def test_conditional_frames_are_clean_inputs_without_loss(n_cond):
+    """For 0, 1 and 2 conditional frames: those frames enter the net clean (RF) and carry no loss; the rest do."""
+    from cosmos_nemo.models.dit.objectives import DiffusionObjective, prepare
+
+    obj = DiffusionObjective(kind="rf", conditional_frames_probs={n_cond: 1.0})
+    x0 = torch.randn(2, 16, 4, 2, 2)
+    step = prepare(obj, _Recorder(), x0, True, torch.Generator().manual_seed(1))
+    assert torch.equal(step.net_input[:, :, :n_cond], x0[:, :, :n_cond])
+    assert (step.condition_mask[:, :, :n_cond] == 1).all() and (step.condition_mask[:, :, n_cond:] == 0).all()
+    # an error of 1 everywhere costs 1 per generated frame only
+    g = torch.Generator().manual_seed(1)
+    obj.draw_condition_frames(2, 4, True, g)
+    eps = torch.randn(x0.shape, generator=g)
+    loss, metrics = step.loss(eps - x0 + 1)
+    assert torch.allclose(loss, torch.tensor((4 - n_cond) / 4)) and metrics["cond_frames"] == n_cond
