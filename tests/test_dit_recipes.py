@@ -17,9 +17,9 @@ from cosmos_nemo.recipes.overrides import apply_overrides
 from cosmos_nemo.recipes.registry import RECIPES, build_recipe
 from test_dit_training import write_dataset
 
-_P1 = dict(lr=2**-14.3, wd=0.1, betas=(0.9, 0.99), eps=1e-10, warmup=2500, f_max=1.0, f_min=1.0, steps=2000, save=200,
+_P1 = dict(lr=2**-14.3, wd=0.1, betas=(0.9, 0.99), eps=1e-10, warmup=500, f_max=1.0, f_min=1.0, steps=2000, save=200,
            precision="bf16", objective="edm", group="diffusion_video2world")
-_P25 = dict(lr=2**-14.5, wd=1e-3, betas=(0.9, 0.999), eps=1e-8, warmup=2000, f_max=0.5, f_min=0.2, steps=1000, save=200,
+_P25 = dict(lr=2**-14.5, wd=1e-3, betas=(0.9, 0.999), eps=1e-8, warmup=250, f_max=0.5, f_min=0.2, steps=1000, save=200,
             precision="bf16", objective="rf", group="diffusion_predict25")
 PINNED = {
     "cosmos_predict1_7b_v2w_finetune": dict(_P1, model="predict1_7b_v2w", pretrained=dit.HUB_IDS["predict1_7b_v2w"]),
@@ -55,6 +55,7 @@ def test_released_recipes_keep_the_seed_values(name):
     assert (p["checkpoint"].mode, p["checkpoint"].pretrained, p["checkpoint"].group, p["checkpoint"].name) == (
         "finetune", want["pretrained"], want["group"], name)
     assert (p["data"].micro_batch_size, p["data"].global_batch_size) == (1, 8)
+    assert o.warmup_steps < p["trainer"].max_steps  # the references' warm-up longer than the run is not copied
 
 
 def test_objective_fields_are_overridable():

@@ -3,12 +3,15 @@ same trainer, run folders and launchers as the AR recipes.
 
 - Predict1 7B/14B Video2World (and Text2World) full fine-tune (seed 002, `video2world_7b_example_cosmos_nemo_assets`): EDM with the
   Kendall log-variance, sigma x sqrt(T), 0-2 conditional latent frames; AdamW lr 2^-14.3, weight decay 0.1,
-  betas (0.9, 0.99), eps 1e-10, warm-up from 1e-6 over 2500 steps then constant, 2000 steps, a checkpoint every
-  200, bf16, gradient clipping 1.0, one clip per GPU on 8 GPUs.
+  betas (0.9, 0.99), eps 1e-10, linear warm-up from 1e-6 then constant, 2000 steps, a checkpoint every 200,
+  bf16, gradient clipping 1.0, one clip per GPU on 8 GPUs. The reference warms up over 2500 steps, longer than
+  its 2000-step run, so its lr never reaches the base value (diffusion_models.md §13); here the warm-up is 500
+  steps (a quarter of the run).
 - Predict2.5 2B/14B post-training (seed 004's full-model half, `predict2_video2world_training_2b_cosmos_nemo_assets`):
   rectified flow (logit-normal, shift 5), 0/1/2 conditional frames (T2W/I2W/V2W in one checkpoint); AdamW lr
-  2^-14.5, weight decay 1e-3, LambdaLinear warm-up 2000 to f_max 0.5 then down to f_min 0.2 over 100,000 steps,
-  1000 steps, a checkpoint every 200, bf16.
+  2^-14.5, weight decay 1e-3, LambdaLinear to f_max 0.5 then down to f_min 0.2 over 100,000 steps, 1000 steps, a
+  checkpoint every 200, bf16. The reference's 2000-step warm-up exceeds its 1000-step run (the lr peaks near a
+  quarter of f_max, §13); here it is 250 steps.
 - Tiny variants of both for CPU runs in seconds (fp32, random init unless `checkpoint.pretrained` is given).
 
 Data are precomputed latent datasets (data/dit_dataset.py): `data.paths=[DIR,...]`. Weights: the Predict1
@@ -72,7 +75,7 @@ def predict1_v2w_common(model: str, name: str) -> run.Partial:
     video2world = bool(NAMED_CONFIGS[model].get("video2world"))
     recipe = _common(model, name, "diffusion_video2world" if video2world else "diffusion_text2world")
     recipe.optim = run.Config(OptimizerConfig, lr=2**-14.3, weight_decay=0.1, beta1=0.9, beta2=0.99, eps=1e-10,
-                              clip_grad=1.0, schedule="cycle", warmup_steps=2500, f_start=1e-6, f_max=1.0, f_min=1.0,
+                              clip_grad=1.0, schedule="cycle", warmup_steps=500, f_start=1e-6, f_max=1.0, f_min=1.0,
                               cycle_length=100_000)
     recipe.trainer.max_steps = 2000
     return recipe
@@ -82,7 +85,7 @@ def predict25_common(model: str, name: str) -> run.Partial:
     """Predict2.5 post-training, seed 004's full-model `predict2_video2world_training_2b_cosmos_nemo_assets` values."""
     recipe = _common(model, name, "diffusion_predict25")
     recipe.optim = run.Config(OptimizerConfig, lr=2**-14.5, weight_decay=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-                              clip_grad=1.0, schedule="cycle", warmup_steps=2000, f_start=1e-6, f_max=0.5, f_min=0.2,
+                              clip_grad=1.0, schedule="cycle", warmup_steps=250, f_start=1e-6, f_max=0.5, f_min=0.2,
                               cycle_length=100_000)
     recipe.trainer.max_steps = 1000
     return recipe
