@@ -45,7 +45,7 @@ from cosmos_nemo.data.layout import (
     frame_document,
     latent_grid_tuple,
 )
-from cosmos_nemo.io.atomic import atomic_path, atomic_write_bytes, is_temporary
+from cosmos_nemo.io.atomic import atomic_path, atomic_write_bytes, fsync_dir, fsync_file, is_temporary
 
 FORMAT_NAME = "cosmos_nemo.ar_token_dataset"
 FORMAT_VERSION = 1
@@ -346,22 +346,8 @@ def _content_hash(files: Mapping[str, Mapping[str, Any]]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -503,7 +489,7 @@ def write_text_embeddings(out_dir: str | os.PathLike, embeddings: Any, mask: Any
                 (out / META_NAME).unlink()
     except _Unchanged:
         return final
-    _fsync_dir(out)
+    fsync_dir(out)
     return final
 
 
@@ -648,7 +634,7 @@ def write_ar_dataset(
         src = {name: (tmp / name if (tmp / name).exists() else out / name) for name in names}
         files = {}
         for name in names:
-            _fsync_file(src[name])
+            fsync_file(src[name])
             files[name] = {"bytes": src[name].stat().st_size, "sha256": _sha256_file(src[name])}
         info = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
         info.update(meta.to_json())
@@ -686,13 +672,13 @@ def write_ar_dataset(
         # From here on the directory is incomplete until dataset.json lands.
         if (out / META_NAME).exists():
             (out / META_NAME).unlink()
-            _fsync_dir(out)
+            fsync_dir(out)
         for name in names:
             if src[name] != out / name:
                 os.replace(src[name], out / name)
-        _fsync_dir(out)
+        fsync_dir(out)
         atomic_write_bytes(out / META_NAME, info_bytes)
-        _fsync_dir(out)
+        fsync_dir(out)
         return out
     finally:
         for close in cleanup:

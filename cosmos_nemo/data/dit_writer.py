@@ -26,6 +26,7 @@ from typing import Iterable, Mapping, Optional
 import torch
 
 from cosmos_nemo.data.dit_dataset import DOCS_PER_SHARD, FORMAT, DiTDatasetError, _shard_name
+from cosmos_nemo.io.atomic import fsync_dir, fsync_file
 
 STAGING_PREFIX = ".dit_write."
 MANIFEST = "manifest.jsonl"
@@ -46,20 +47,8 @@ def _sha256_update(digest, path: Path) -> None:
             digest.update(block)
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_dit_dataset_streaming(
@@ -150,7 +139,7 @@ def write_dit_dataset_streaming(
                      "content_hash": digest.hexdigest()})
         names = shard_names + [MANIFEST, TEXT_FILE]
         for name in names:
-            _fsync(tmp / name)
+            fsync_file(tmp / name)
         # From here the folder is incomplete until dataset.json lands.
         if (out / META).exists():
             (out / META).unlink()
@@ -159,11 +148,11 @@ def write_dit_dataset_streaming(
                 old.unlink()  # a shard of an overwritten, larger dataset
         for name in names:
             os.replace(tmp / name, out / name)
-        _fsync_dir(out)
+        fsync_dir(out)
         from cosmos_nemo.io.atomic import atomic_write_text
 
         atomic_write_text(out / META, json.dumps(info, indent=2, sort_keys=True) + "\n")
-        _fsync_dir(out)
+        fsync_dir(out)
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,9 +37,27 @@ def is_temporary(path: str | os.PathLike) -> bool:
     return name.startswith(".") and _TMP_MARK in name
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to disk."""
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk, where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_fsync = fsync_file
 
 
 @contextlib.contextmanager
