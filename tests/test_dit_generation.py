@@ -70,3 +70,30 @@ def test_generation_at_tp2_equals_tp1():
 def test_text2world_models_refuse_conditional_frames():
     with pytest.raises(RuntimeError, match="Text2World model"):
         run_in_processes(_generate, 1, "tiny_predict1_t2w", 1, 1, 7.0, 5)
+
+
+def _with_uncond() -> dict:
+    torch.set_num_threads(1)
+    from cosmos_nemo import parallel
+    from cosmos_nemo.inference.diffusion import GenerationSettings, generate_latents
+    from cosmos_nemo.models.dit.config import dit_config
+    from cosmos_nemo.models.dit.model import build_dit_model
+
+    parallel.setup(seed=0)
+    model = build_dit_model(dit_config("tiny_predict25")).eval()
+    g = torch.Generator().manual_seed(3)
+    context = torch.randn(1, 5, 512, generator=g)
+    negative = torch.randn(1, 5, 512, generator=g)
+    settings = GenerationSettings(steps=3, guidance=7.0, seed=2)
+    shape = (1, 16, 2, 4, 6)
+    out = {"default": generate_latents(model, context, shape, settings),
+           "zeros": generate_latents(model, context, shape, settings, uncond_context=torch.zeros_like(context)),
+           "negative": generate_latents(model, context, shape, settings, uncond_context=negative)}
+    parallel.teardown()
+    return out
+
+
+def test_negative_prompt_is_the_unconditional_branch():
+    out = {k: torch.from_numpy(v) for k, v in run_in_processes(_with_uncond, 1)[0].items()}
+    assert torch.equal(out["default"], out["zeros"])  # no negative prompt: the zero context
+    assert not torch.allclose(out["default"], out["negative"])

@@ -131,6 +131,15 @@ def test_a_seed_reproduces_the_video_bytes_and_another_seed_does_not(assets, tmp
     assert runs["a"] != runs["c"]
 
 
+def test_a_negative_prompt_changes_the_unconditional_branch(assets, tmp_path):
+    runs = {}
+    for tag, extra in (("none", {}), ("neg", {"negative_prompt": "blurry, static"})):
+        specs = _specs(tmp_path / f"{tag}.json", {"name": "clip", "prompt": "a ball", **extra})
+        assert cli_main(_args(assets, tmp_path / tag, "-i", str(specs), "--seed", "5", "--num_steps", "1")) == 0
+        runs[tag] = (tmp_path / tag / "clip.mp4").read_bytes()
+    assert runs["none"] != runs["neg"]
+
+
 def test_predict1_flags_describe_one_spec(assets, tmp_path):
     out = tmp_path / "p1"
     rc = cli_main(_args(assets, tmp_path / "unused", "--prompt", "a ball", "--input_image_or_video_path", str(assets["clip"]),

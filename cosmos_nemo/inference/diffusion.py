@@ -8,7 +8,8 @@ references do it (diffusion_models.md §3.4, §4):
   (at `conditional_frame_timestep` when the objective sets one) with zero velocity. The output's conditional
   frames are the given latents.
 - Guidance: `cond + w (cond - uncond)` on x0 (EDM) or on the velocity (flow), the unconditional branch with a
-  zero text context (the references' `use_empty_string=False` / dropout-to-zero convention).
+  zero text context (the references' `use_empty_string=False` / dropout-to-zero convention), or with the
+  embeddings of a negative prompt when one is given (`uncond_context`).
 - The initial noise comes from one seeded CPU generator, so a seed gives the same latents at any TP size.
 """
 
@@ -43,9 +44,11 @@ def _frame_mask(n_cond: int, shape, device) -> torch.Tensor:
 @torch.no_grad()
 def generate_latents(model, context: torch.Tensor, shape, settings: GenerationSettings = GenerationSettings(),
                      condition: Optional[torch.Tensor] = None, fps: Optional[float] = None,
-                     padding_mask: Optional[torch.Tensor] = None, callback=None) -> torch.Tensor:
+                     padding_mask: Optional[torch.Tensor] = None, callback=None,
+                     uncond_context: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Latents [B, C, T, H, W] of `shape` for text embeddings `context` [B, L, D]. `condition` [B, C, n, H, W]
-    holds the clean latents of the first n frames (None: Text2World)."""
+    holds the clean latents of the first n frames (None: Text2World). `uncond_context` (same shape as
+    `context`; None: zeros) is the text of guidance's unconditional branch, e.g. negative prompts."""
     from cosmos_nemo.models.family import unwrap
 
     net = unwrap(model)
@@ -67,7 +70,10 @@ def generate_latents(model, context: torch.Tensor, shape, settings: GenerationSe
         x0_cond[:, :, :n_cond] = condition.to(device, torch.float32)
     cond_mask = ind.expand(B, 1, T, H, W).to(dtype) if cfg.video2world else None
     ctx = context.to(device, dtype)
-    contexts = [ctx] if settings.guidance == 0 else [ctx, torch.zeros_like(ctx)]
+    if uncond_context is not None and tuple(uncond_context.shape) != tuple(ctx.shape):
+        raise ValueError(f"uncond_context {tuple(uncond_context.shape)} must have the context's shape {tuple(ctx.shape)}")
+    uncond = torch.zeros_like(ctx) if uncond_context is None else uncond_context.to(device, dtype)
+    contexts = [ctx] if settings.guidance == 0 else [ctx, uncond]
 
     def run_net(x_in: torch.Tensor, timesteps: torch.Tensor) -> list[torch.Tensor]:
         outs = []

@@ -402,9 +402,6 @@ def _plan(specs: list[Spec], args, cfg, vae) -> list[Job]:
         if lt > cfg.max_size[0] or lh > cfg.max_size[1] or lw > cfg.max_size[2]:
             raise GenerateError(f"{spec.name}: {frames_out}x{height}x{width} gives {lt}x{lh}x{lw} tokens, more than the "
                                 f"DiT's max_size {tuple(cfg.max_size)}")
-        if spec.negative_prompt:
-            print(f"warning: {spec.name}: negative_prompt is not used: guidance takes the zero text context as the "
-                  "unconditional branch (the references' convention)", file=sys.stderr)
         if n_cond:
             spec.frames = conditional_frames(read_input(spec.input_path), n_px, height, width)
         jobs.append(Job(spec, n_cond, n_px, frames_out, height, width,
@@ -485,7 +482,8 @@ def _run(args) -> int:
         what = " (Predict2.5: Cosmos-Reason1 embeddings)" if cfg.crossattn_proj_in else ""
         raise GenerateError(f"the text encoder {encoder.name!r} gives {encoder.dim}-d embeddings, but the DiT "
                             f"{cfg.name!r} reads {width_needed}-d text tokens{what}; pass a matching --text-encoder")
-    prompts = list(dict.fromkeys(j.spec.prompt for j in jobs))
+    prompts = list(dict.fromkeys([j.spec.prompt for j in jobs] + [j.spec.negative_prompt for j in jobs
+                                                                      if j.spec.negative_prompt]))
     enc = encoder.encode(prompts).embeddings
     text = {p: enc[i] for i, p in enumerate(prompts)}
     del encoder, enc
@@ -516,7 +514,11 @@ def _run(args) -> int:
                                           shift=args.shift, karras=args.karras)
             context = torch.stack([text[j.spec.prompt] for j in batch])
             condition = torch.stack([cond[j.spec.name] for j in batch]) if j0.n_cond else None
-            latents = generate_latents(model, context, shape, settings, condition=condition, fps=args.fps)
+            # guidance's unconditional branch: a spec's negative prompt, else the zero context (the references')
+            uncond = torch.stack([text[j.spec.negative_prompt] if j.spec.negative_prompt
+                                  else torch.zeros_like(text[j.spec.prompt]) for j in batch])
+            latents = generate_latents(model, context, shape, settings, condition=condition, fps=args.fps,
+                                       uncond_context=uncond)
             videos = decode_latents(vae, latents)
             for job, video in zip(batch, videos):
                 video = video[: job.frames_out]
@@ -633,7 +635,8 @@ def register_diffusion(modes) -> None:
     r = p.add_argument_group("Predict1 video2world.py flags (one spec from flags instead of -i)")
     r.add_argument("--prompt", default=None, help="the prompt of the one spec")
     r.add_argument("--negative_prompt", default=None,
-                   help="accepted; not used (guidance takes the zero text context as its unconditional branch)")
+                   help="the text of guidance's unconditional branch (default: the zero text context, the references' "
+                        "convention); also a spec's \"negative_prompt\"")
     r.add_argument("--input_image_or_video_path", default=None,
                    help="the spec's input: an image (image2world) or a video (video2world); none: text2world")
     r.add_argument("--num_input_frames", type=int, default=None,
