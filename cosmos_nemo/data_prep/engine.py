@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -323,6 +323,62 @@ def _work(index: int) -> dict:
     return process_source(index, w["items"][index], w["settings"], w["tokenizer"], w["parts"])
 
 
+def run_jobs(total: int, pending: Sequence[int], workers: int, desc: str, threads: int, device: str,
+             run_one: Callable[[int], dict],
+             init: Callable, initargs: tuple, work: Callable[[int], dict], progress: bool = True,
+             before_fork: Optional[Callable[[], None]] = None, after_pool: Optional[Callable[[], None]] = None) -> None:
+    """Run the pending part jobs, in this process (`run_one(i)`, when `workers` <= 1) or in a pool of `workers`
+    processes (`init(*initargs)` per worker, then `work(i)`), with a progress bar of clips per second.
+
+    `run_one` / `work` return a part's metadata (its `windows` count the clips). Workers are forked on Linux
+    CPU runs (no re-import of torch and FFmpeg; `before_fork` may leave state for them to inherit) and
+    spawned elsewhere; `after_pool` runs when the pool is done."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=total - len(pending), unit="video", desc=desc, dynamic_ncols=True)
+    clips, t0 = 0, time.perf_counter()
+
+    def tick(result: dict) -> None:
+        nonlocal clips
+        clips += len(result.get("windows") or [])
+        if bar is not None:
+            bar.set_postfix_str(f"{clips / max(1e-9, time.perf_counter() - t0):.2f} clips/s, {clips} clips")
+            bar.update(1)
+
+    try:
+        if not pending:
+            return
+        if workers <= 1:
+            old = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                for i in pending:
+                    tick(run_one(i))
+            finally:
+                torch.set_num_threads(old)
+        else:
+            import multiprocessing as mp
+
+            # fork starts workers without re-importing torch/FFmpeg (seconds each), safe here because the
+            # parent has not initialised CUDA and workers run torch single-threaded; spawn everywhere else.
+            fork_ok = sys.platform == "linux" and not str(device).startswith("cuda")
+            ctx = mp.get_context("fork" if fork_ok else "spawn")
+            if fork_ok and before_fork is not None:
+                before_fork()
+            try:
+                with ctx.Pool(workers, initializer=init, initargs=initargs) as pool:
+                    for result in pool.imap_unordered(work, pending, chunksize=1):
+                        tick(result)
+            finally:
+                if after_pool is not None:
+                    after_pool()
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def run_parts(
     items: Sequence[SourceItem],
     settings: EngineSettings,
@@ -333,49 +389,16 @@ def run_parts(
 ) -> int:
     """Make every missing part; returns how many parts already existed."""
     pending = [i for i in range(len(items)) if not part_paths(parts, i)[0].is_file()]
-    done_before = len(items) - len(pending)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    state = {}
 
-        bar = tqdm(total=len(items), initial=done_before, unit="video", desc="prepare", dynamic_ncols=True)
-    clips = 0
-    t0 = time.perf_counter()
+    def run_one(i: int) -> dict:
+        if "tok" not in state:
+            state["tok"] = tokenizer if tokenizer is not None else load_tokenizer(settings)
+        return process_source(i, items[i], settings, state["tok"], parts)
 
-    def tick(result: dict) -> None:
-        nonlocal clips
-        clips += len(result.get("windows") or [])
-        if bar is not None:
-            rate = clips / max(1e-9, time.perf_counter() - t0)
-            bar.set_postfix_str(f"{rate:.2f} clips/s, {clips} clips")
-            bar.update(1)
-
-    try:
-        if not pending:
-            return done_before
-        if workers <= 1:
-            old = torch.get_num_threads()
-            torch.set_num_threads(settings.threads_per_worker)
-            try:
-                tok = tokenizer if tokenizer is not None else load_tokenizer(settings)
-                for i in pending:
-                    tick(process_source(i, items[i], settings, tok, parts))
-            finally:
-                torch.set_num_threads(old)
-        else:
-            import multiprocessing as mp
-
-            # fork starts workers without re-importing torch/FFmpeg (seconds each), safe here because the
-            # parent has not initialised CUDA and workers run torch single-threaded; spawn everywhere else.
-            fork_ok = sys.platform == "linux" and not str(settings.device).startswith("cuda")
-            ctx = mp.get_context("fork" if fork_ok else "spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(settings, list(items), str(parts))) as pool:
-                for result in pool.imap_unordered(_work, pending, chunksize=1):
-                    tick(result)
-    finally:
-        if bar is not None:
-            bar.close()
-    return done_before
+    run_jobs(len(items), pending, workers, "prepare", settings.threads_per_worker, settings.device, run_one,
+             _init_worker, (settings, list(items), str(parts)), _work, progress)
+    return len(items) - len(pending)
 
 
 def read_parts(parts: Path, count: int) -> list[dict]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from cosmos_nemo.data_prep.engine import (
     part_paths,
     prepare_parts_dir,
     read_prepare_record,
+    run_jobs,
 )
 from cosmos_nemo.data_prep.settings import LatentsConfig, compute_dtype, resolve_device
 from cosmos_nemo.io.atomic import atomic_path, atomic_write_bytes, is_temporary
@@ -250,49 +250,15 @@ def run_parts(items: Sequence[SourceItem], settings: LatentSettings, parts: Path
               progress: bool = True) -> int:
     """Make every missing part; returns how many already existed."""
     pending = [i for i in range(len(items)) if not part_paths(parts, i)[0].is_file()]
-    done_before = len(items) - len(pending)
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=len(items), initial=done_before, unit="video", desc="latents", dynamic_ncols=True)
-    clips, t0 = 0, time.perf_counter()
+    def before_fork() -> None:
+        _WORKER["encoder"] = encoder  # inherited by the forked workers, not loaded again
 
-    def tick(result: dict) -> None:
-        nonlocal clips
-        clips += len(result.get("windows") or [])
-        if bar is not None:
-            bar.set_postfix_str(f"{clips / max(1e-9, time.perf_counter() - t0):.2f} clips/s, {clips} clips")
-            bar.update(1)
-
-    try:
-        if not pending:
-            return done_before
-        if workers <= 1:
-            old = torch.get_num_threads()
-            torch.set_num_threads(settings.threads_per_worker)
-            try:
-                for i in pending:
-                    tick(process_video(i, items[i], settings, encoder, parts))
-            finally:
-                torch.set_num_threads(old)
-        else:
-            import multiprocessing as mp
-
-            fork_ok = sys.platform == "linux" and not settings.device.startswith("cuda")
-            ctx = mp.get_context("fork" if fork_ok else "spawn")
-            if fork_ok:
-                _WORKER["encoder"] = encoder  # inherited by the forked workers, not loaded again
-            try:
-                with ctx.Pool(workers, initializer=_init_worker, initargs=(settings, list(items), str(parts))) as pool:
-                    for result in pool.imap_unordered(_work, pending, chunksize=1):
-                        tick(result)
-            finally:
-                _WORKER.clear()
-    finally:
-        if bar is not None:
-            bar.close()
-    return done_before
+    run_jobs(len(items), pending, workers, "latents", settings.threads_per_worker, settings.device,
+             lambda i: process_video(i, items[i], settings, encoder, parts), _init_worker,
+             (settings, list(items), str(parts)), _work, progress, before_fork=before_fork,
+             after_pool=_WORKER.clear)
+    return len(items) - len(pending)
 
 
 # ------------------------------------------------------------------------------------------------------
