@@ -62,6 +62,9 @@ def register(sub) -> None:
                    help="cast the written tensors (default: float32, as the model holds them)")
     e.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     e.set_defaults(func=_run_export)
+    from cosmos_nemo.checkpoint import consolidate
+
+    consolidate.register(sub)  # dcp-to-pt: a run's checkpoint -> model.pt, model_ema_fp32.pt, model_ema_bf16.pt
 
 
 def _model_flags(p, required: bool) -> None:
