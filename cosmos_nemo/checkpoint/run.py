@@ -249,11 +249,12 @@ def load_pretrained(model_chunks, family, model_cfg, source: str) -> str:
     )
 
 
-def _plain(value):
+def plain_data(value):
+    """`value` as plain YAML/JSON data (dicts, lists, numbers, strings; anything else as its string)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
     return str(value)
@@ -265,8 +266,8 @@ def write_run_files(folder: Path, configs: dict, launch: dict) -> None:
 
     as_data = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in configs.items()}
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "config.yaml", yaml.safe_dump(_plain(as_data), sort_keys=False))
-    atomic_write_text(folder / "launch_info.yaml", yaml.safe_dump(_plain(launch), sort_keys=False))
+    atomic_write_text(folder / "config.yaml", yaml.safe_dump(plain_data(as_data), sort_keys=False))
+    atomic_write_text(folder / "launch_info.yaml", yaml.safe_dump(plain_data(launch), sort_keys=False))
     keep = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
     env = {k: v for k, v in sorted(os.environ.items()) if k in keep or k.startswith(("SLURM_", "TORCHELASTIC_"))}
     atomic_write_text(folder / "job_env.yaml", yaml.safe_dump(env, sort_keys=False))

@@ -92,7 +92,13 @@ def _coerce(value, tp, where: str, text: str):
     if inner is Any:
         return value
     if dataclasses.is_dataclass(inner):
-        raise OverrideError(f"{where} is a config: set its fields ({where}.<field>=...) or set it to null")
+        presets = getattr(inner, "PRESETS", {})
+        if isinstance(value, str) and value in presets:  # e.g. peft=lora
+            from nemo_run import Config
+
+            return Config(inner, **presets[value])
+        named = f", one of {sorted(presets)}" if presets else ""
+        raise OverrideError(f"{where} is a config: set its fields ({where}.<field>=...){named}, or set it to null")
     origin = typing.get_origin(inner)
     if inner is bool:
         if isinstance(value, bool):

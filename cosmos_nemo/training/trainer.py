@@ -1,10 +1,15 @@
 """The train loop, for every model family: read top to bottom.
 
-    train(model, data, optim, trainer, checkpoint, parallel, log)
+    train(model, data, optim, trainer, checkpoint, parallel, log, peft)
       1. set up TP/PP/DP;  2. the family opens its data and checks it fits the model (before any model is
-      built);  3. build the family's model chunk, DDP and optimizer;  4. resume from the run folder, or
-      start from pretrained weights;  5. loop: lr -> one global batch through megatron's schedule -> log
-      -> validate -> save.
+      built);  3. build the family's model chunk and fill it with the pretrained weights (finetune), then
+      with `peft`, freeze it and add LoRA adapters; wrap it in DDP and build the optimizer (over the
+      trainable parameters only);  4. resume from the run folder;  5. loop: lr -> one global batch through
+      megatron's schedule -> log -> validate -> save.
+
+The pretrained weights are loaded before the optimizer exists, so its fp32 main copies (bf16 runs) start
+from them. A LoRA run's checkpoints hold its adapters (and their optimizer state and EMA) only; the base
+comes from `checkpoint.pretrained` again on resume, and must load completely.
 
 `model` is a family's model config; its `family` field names the provider (models/family.py) that builds
 the model, the step function and the data. Nothing here knows which family it trains.
@@ -16,6 +21,7 @@ import platform
 import socket
 import sys
 import time
+from typing import Optional
 
 import torch
 
@@ -24,6 +30,7 @@ from cosmos_nemo.checkpoint import run as run_folder
 from cosmos_nemo.checkpoint.ema import EMA
 from cosmos_nemo.models.family import family_of
 from cosmos_nemo.parallel import cpu_adapter
+from cosmos_nemo.peft.lora import LoRAConfig, apply_lora
 from cosmos_nemo.training import harness
 from cosmos_nemo.training.config import (CheckpointConfig, LogConfig, OptimizerConfig, ParallelConfig,
                                          TrainerConfig)
@@ -41,9 +48,11 @@ def train(
     checkpoint: CheckpointConfig = CheckpointConfig(),
     parallel: ParallelConfig = ParallelConfig(),
     log: LogConfig = LogConfig(),
+    peft: Optional[LoRAConfig] = None,
 ) -> dict:
-    """Train (or fine-tune) a model of any family; returns {"run_dir", "step", "train_loss", "val_loss", ...}."""
-    _check_configs(trainer, checkpoint)
+    """Train (or fine-tune) a model of any family; returns {"run_dir", "step", "train_loss", "val_loss", ...}.
+    With `peft` (a `LoRAConfig`), only LoRA adapters on the pretrained base are trained."""
+    _check_configs(trainer, checkpoint, peft)
     family = family_of(model)
     cpu_adapter.configure_accelerations(trainer.cpu_accelerations)
     state = parallel_mod.setup(parallel.tensor, parallel.pipeline, parallel.context, seed=trainer.seed)
@@ -54,14 +63,25 @@ def train(
     loaders = family.build_data(model, data, state.dp_rank, state.data_parallel)
     train_data, valid_data, notes = loaders.train, loaders.valid, list(loaders.notes)
 
-    # 3. Model, DDP, optimizer.
+    # 3. Model (pretrained weights, LoRA adapters), DDP, optimizer.
     dtype = PRECISIONS[trainer.precision]
-    chunks = harness.wrap_model(lambda pre, post: family.build_model(model, pre, post, dtype))
+    latest = run_folder.latest_checkpoint(ckpt_dir) if checkpoint.resume else None
+
+    def provide(pre: bool, post: bool):
+        chunk = family.build_model(model, pre, post, dtype)
+        if checkpoint.mode == "finetune" and (latest is None or peft is not None):
+            notes.append(run_folder.load_pretrained([chunk], family, model, checkpoint.pretrained))
+        if peft is not None:
+            report = apply_lora(chunk, peft, seed=trainer.seed)
+            chunk.lora_info = _lora_info(family, model, peft, report, checkpoint.pretrained)
+            notes.append(report.summary())
+        return chunk
+
+    chunks = harness.wrap_model(provide)
     optimizer = harness.build_optimizer(chunks, optim, bf16=dtype == torch.bfloat16)
 
-    # 4. Resume from the last complete checkpoint, else start from pretrained weights (finetune).
+    # 4. Resume from the last complete checkpoint.
     step, consumed = 0, 0
-    latest = run_folder.latest_checkpoint(ckpt_dir) if checkpoint.resume else None
     ema = None
     if latest is not None:
         ema = _make_ema(chunks, trainer)
@@ -69,8 +89,6 @@ def train(
         step, consumed = restored["trainer"]["step"], restored["trainer"]["consumed_samples"]
         train_data.load_state_dict(restored["dataloader"])
         notes.append(f"resumed from {latest} at step {step}")
-    elif checkpoint.mode == "finetune":
-        notes.append(run_folder.load_pretrained(chunks, family, model, checkpoint.pretrained))
     if ema is None:
         ema = _make_ema(chunks, trainer)  # starts from the initial (or pretrained) weights
 
@@ -78,7 +96,7 @@ def train(
     if state.rank == 0:
         run_folder.write_run_files(
             folder, dict(model=model, data=data, optim=optim, trainer=trainer, checkpoint=checkpoint,
-                         parallel=parallel, log=log), _launch_info(state))
+                         parallel=parallel, log=log, peft=peft), _launch_info(state))
     for note in notes:
         logger.note(note)
 
@@ -151,7 +169,22 @@ def _make_ema(chunks, trainer: TrainerConfig):
     return EMA(chunks, decay=trainer.ema_decay, sigma_rel=trainer.ema_sigma_rel)
 
 
-def _check_configs(trainer: TrainerConfig, checkpoint: CheckpointConfig) -> None:
+def _lora_info(family, model, peft: LoRAConfig, report, pretrained: str) -> dict:
+    """What a LoRA run's adapter checkpoints record (checkpoint/dist.py `lora.json`)."""
+    import dataclasses
+    import os
+
+    return {"family": family.name, "model": run_folder.plain_data(dataclasses.asdict(model)),
+            "base": os.path.abspath(pretrained), "config": dataclasses.asdict(peft), "adapter": report.describe()}
+
+
+def _check_configs(trainer: TrainerConfig, checkpoint: CheckpointConfig, peft=None) -> None:
+    if peft is not None:
+        peft.validate()
+        if checkpoint.mode != "finetune" or not checkpoint.pretrained:
+            raise ValueError("LoRA (peft) trains adapters on a pretrained base model: set checkpoint.mode=finetune and "
+                             "checkpoint.pretrained (a released checkpoint, a dist-ckpt folder or a run folder); a "
+                             "LoRA run never starts from random weights")
     if trainer.ema_decay is not None and trainer.ema_sigma_rel is not None:
         raise ValueError("set trainer.ema_decay (constant EMA) or trainer.ema_sigma_rel (power EMA), not both")
     if trainer.precision not in PRECISIONS:
