@@ -33,6 +33,45 @@ PINNED = {
 }
 
 
+LORA = {
+    "cosmos_predict1_7b_v2w_lora": dict(model="predict1_7b_v2w", targets=["FA[to_q, to_v]", "CA[to_q, to_v]"], rank=8,
+                                        alpha=8.0, first_n=28, init="gaussian", lr=1e-4, wd=0.1, eps=1e-10,
+                                        schedule="constant", steps=5000, save=1000, ema=None,
+                                        pretrained=dit.HUB_IDS["predict1_7b_v2w"], trainable=6_651_904),
+    "cosmos_predict25_2b_lora": dict(model="predict25_2b", targets=["q_proj", "k_proj", "v_proj", "output_proj",
+                                                                    "mlp.layer1", "mlp.layer2"], rank=32, alpha=32.0,
+                                     first_n=None, init="kaiming", lr=2**-14.5, wd=1e-3, eps=1e-8, schedule="cycle",
+                                     steps=1000, save=200, ema=0.1, pretrained=None, trainable=45_875_200),
+    "cosmos_predict25_14b_lora": dict(model="predict25_14b", targets=["q_proj", "k_proj", "v_proj", "output_proj",
+                                                                      "mlp.layer1", "mlp.layer2"], rank=32, alpha=32.0,
+                                      first_n=None, init="kaiming", lr=2**-14.5, wd=1e-3, eps=1e-8, schedule="cycle",
+                                      steps=1000, save=200, ema=0.1, pretrained=None, trainable=None),
+}
+TINY = {"cosmos_predict1_tiny_v2w_finetune", "cosmos_predict25_tiny_finetune", "cosmos_predict1_tiny_v2w_lora",
+        "cosmos_predict25_tiny_lora"}
+
+
+@pytest.mark.parametrize("name", sorted(LORA))
+def test_lora_recipes_keep_the_seed_values(name):
+    want, p = LORA[name], _parts(name)
+    peft, o = p["peft"], p["optim"]
+    assert p["model"].name == want["model"]
+    assert (peft.targets, peft.rank, peft.alpha, peft.first_n_blocks, peft.init) == (
+        want["targets"], want["rank"], want["alpha"], want["first_n"], want["init"])
+    assert (o.lr, o.weight_decay, o.eps, o.schedule) == (want["lr"], want["wd"], want["eps"], want["schedule"])
+    assert (p["trainer"].max_steps, p["checkpoint"].save_interval, p["trainer"].ema_sigma_rel) == (
+        want["steps"], want["save"], want["ema"])
+    assert (p["checkpoint"].mode, p["checkpoint"].pretrained) == ("finetune", want["pretrained"])
+    if "predict25" in name:  # T2W / I2W / V2W in one run, a third each (seed 004)
+        assert p["model"].objective.conditional_frames_probs == {0: 0.333, 1: 0.333, 2: 0.334}
+    if want["trainable"]:
+        from cosmos_nemo.parallel.launch import run_in_processes
+        from test_peft_lora import _counts
+
+        assert run_in_processes(_counts, 1, want["model"], peft.targets, peft.rank, peft.alpha,
+                                peft.first_n_blocks)[0] == want["trainable"]
+
+
 def _parts(name):
     fn = fdl.build(build_recipe(name))
     return fn.keywords
@@ -40,7 +79,7 @@ def _parts(name):
 
 def test_every_dit_recipe_is_registered():
     names = {n for n in RECIPES if "predict" in n}
-    assert names == set(PINNED) | {"cosmos_predict1_tiny_v2w_finetune", "cosmos_predict25_tiny_finetune"}
+    assert names == set(PINNED) | set(LORA) | TINY
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))

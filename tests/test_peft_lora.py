@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -405,3 +406,65 @@ def test_lora_refuses_a_missing_or_partial_base_and_a_mismatched_adapter(base_ru
     lora_run = run_in_processes(_train, 1, str(root), "lora_for_mismatch", 1, base_dir, _lora())[0]
     msg = run_in_processes(_adapter_into, 1, lora_run["run_dir"], 3)[0]
     assert "does not fit" in msg and "2 blocks" in msg and "3" in msg, msg
+
+
+# ---------------------------------------------------------------------------------------------------
+# the AR family: LoRA through the CPU adapter's speed-ups (frozen embedding and output layer) and without
+
+
+def _ar_lora_runs(data_dir: str, out_root: str) -> dict:
+    torch.set_num_threads(1)
+    from cosmos_nemo import parallel
+    from cosmos_nemo.checkpoint import dist as dist_ckpt
+    from cosmos_nemo.data import ARDataConfig
+    from cosmos_nemo.models.ar.config import ar_config
+    from cosmos_nemo.models.ar.model import build_ar_model
+    from cosmos_nemo.peft.lora import LoRAConfig
+    from cosmos_nemo.training.config import CheckpointConfig, LogConfig, OptimizerConfig, ParallelConfig, TrainerConfig
+    from cosmos_nemo.training.trainer import train
+
+    cfg = ar_config("tiny", vocab_size=64)
+
+    def run(name, steps, peft=None, pretrained=None, accelerations=True):
+        return train(cfg, ARDataConfig(paths=[data_dir], split_string="1,0,0", micro_batch_size=1, global_batch_size=2,
+                                       seed=3),
+                     OptimizerConfig(lr=1e-2, warmup_steps=0, schedule="constant", eps=1e-5, weight_decay=0.0),
+                     TrainerConfig(max_steps=steps, val_interval=0, cpu_accelerations=accelerations),
+                     CheckpointConfig(output_root=out_root, name=name, save_interval=0,
+                                      mode="finetune" if pretrained else "pretrain", pretrained=pretrained),
+                     ParallelConfig(), LogConfig(progress_bar=False, tensorboard=False), peft=peft)
+
+    base = run("ar_base", 2)
+    out = {}
+    for accelerations in (True, False):
+        lora = LoRAConfig(targets=["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"], rank=4, alpha=8)
+        summary = run(f"ar_lora_{accelerations}", 4, lora, base["run_dir"], accelerations)
+        parallel.setup()
+        merged = build_ar_model(cfg)
+        dist_ckpt.load_model([merged], summary["checkpoint"] + "/model")  # base + merged adapters
+        out[accelerations] = (summary["losses"], {k: v.detach().clone() for k, v in merged.named_parameters()})
+        parallel.teardown()
+    parallel.setup()
+    plain = build_ar_model(cfg)
+    dist_ckpt.load_model([plain], base["checkpoint"] + "/model")
+    out["base"] = {k: v.detach().clone() for k, v in plain.named_parameters()}
+    parallel.teardown()
+    return out
+
+
+@pytest.mark.slow
+def test_ar_lora_trains_with_and_without_cpu_accelerations(tmp_path):
+    from cosmos_nemo.data import write_pattern_dataset
+
+    write_pattern_dataset(tmp_path / "data", 16, grid=(2, 3, 4), vocab_size=64, seed=1, pattern="ramp")
+    out = run_in_processes(_ar_lora_runs, 1, str(tmp_path / "data"), str(tmp_path / "runs"))[0]
+    (fast, fast_w), (plain, plain_w), base = out[True], out[False], out["base"]
+    assert len(fast) == 4 and all(math.isfinite(v) for v in fast)
+    for a, b in zip(fast, plain):
+        assert abs(a - b) <= 1e-5 * abs(b), (fast, plain)
+    changed = {k for k in base if not np.array_equal(T(fast_w[k]), T(base[k]))}
+    # only the adapted linears' weights move (they carry the merged update); embeddings, norms, output stay
+    assert changed and all(k.endswith(("linear_qkv.weight", "linear_proj.weight", "linear_fc1.weight",
+                                       "linear_fc2.weight")) for k in changed), sorted(changed)
+    for key in plain_w:
+        np.testing.assert_allclose(fast_w[key], plain_w[key], rtol=1e-5, atol=1e-6, err_msg=key)

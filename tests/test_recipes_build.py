@@ -24,7 +24,7 @@ COMPONENTS = ("model", "data", "optim", "trainer", "checkpoint", "parallel", "lo
 
 def _built(recipe):
     fn = fdl.build(recipe)
-    return fn.func, {k: fn.keywords[k] for k in COMPONENTS}
+    return fn.func, {k: fn.keywords.get(k) for k in (*COMPONENTS, "peft")}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -236,6 +236,8 @@ PINNED = {
     "cosmos_ar_13b_v2w_tokenizer_swap": dict(_RELEASED, model="13b_v2w", tp=8, pretrained=ar.HUB_IDS["13b_v2w"],
                                              grid=(5, 40, 64)),
     "cosmos_ar_tiny_finetune": dict(_TINY, model="tiny", tp=1, pretrained=None),
+    "cosmos_ar_4b_lora": dict(_RELEASED, model="4b", tp=2, pretrained=ar.HUB_IDS["4b"], peft=(32, 32.0)),
+    "cosmos_ar_tiny_lora": dict(_TINY, model="tiny", tp=1, pretrained=None, lr=1e-2, mode="finetune", peft=(8, 16.0)),
     "cosmos_ar_tiny_v2w_finetune": dict(_TINY, model="tiny_v2w", tp=1, pretrained=None),
     "cosmos_ar_tiny_tokenizer_swap": dict(_TINY, model="tiny", tp=1, pretrained=None, grid=(3, 4, 6)),
 }
@@ -264,11 +266,28 @@ def test_recipe_values_are_pinned(name, tmp_path):
     assert p["log"].tensorboard is want["tensorboard"]
     ckpt = p["checkpoint"]
     assert ckpt.pretrained == want["pretrained"]
-    assert ckpt.mode == ("finetune" if want["pretrained"] else "pretrain")
+    assert ckpt.mode == want.get("mode", "finetune" if want["pretrained"] else "pretrain")
+    peft = p.get("peft")
+    assert (None if peft is None else (peft.rank, peft.alpha)) == want.get("peft")
+    if peft is not None:  # every attention and MLP linear of the AR blocks
+        assert peft.targets == ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
     assert ckpt.save_interval == want["save"]
     # the run folder: <output_root>/<project>/<group>/<recipe name>/
     assert (ckpt.output_root, ckpt.project, ckpt.group, ckpt.name) == (
         "runs", "cosmos_nemo", "autoregressive_video2world" if v2w else "autoregressive", name)
+
+
+def test_peft_lora_override_on_any_recipe():
+    """`peft=lora` gives any recipe the reference LoRA (r = alpha = 32 on the six targets); fields follow it."""
+    from cosmos_nemo.recipes.overrides import apply_overrides
+
+    recipe = build_recipe("cosmos_ar_tiny_finetune")
+    apply_overrides(recipe, ["peft=lora", "peft.rank=4", "peft.targets=[q_proj,v_proj]"])
+    peft = fdl.build(recipe).keywords["peft"]
+    assert (peft.rank, peft.alpha, peft.targets) == (4, 32.0, ["q_proj", "v_proj"])
+    with pytest.raises(OverrideError, match="one of \\['lora'\\]"):
+        apply_overrides(build_recipe("cosmos_ar_tiny_finetune"), ["peft=dora"])
+    assert fdl.build(apply_overrides(build_recipe("cosmos_ar_tiny_lora"), ["peft=null"])).keywords["peft"] is None
 
 
 def test_common_base_refuses_an_unknown_model():

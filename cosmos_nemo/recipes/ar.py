@@ -28,6 +28,7 @@ import nemo_run as run
 from cosmos_nemo.data import ARDataConfig
 from cosmos_nemo.models.ar.config import FSQ_VOCAB, NAMED_CONFIGS, ARModelConfig
 from cosmos_nemo.models.common.rope import YarnConfig
+from cosmos_nemo.peft.lora import LoRAConfig
 from cosmos_nemo.tokenizers.grid import V2W_PAD_TO_MULTIPLE_OF, Compression, latent_grid, round_up
 from cosmos_nemo.training.config import CheckpointConfig, LogConfig, OptimizerConfig, ParallelConfig, TrainerConfig
 from cosmos_nemo.training.trainer import train
@@ -178,6 +179,17 @@ def cosmos_ar_4b_finetune() -> run.Partial:
     recipe = ar_finetune_common("4b", "cosmos_ar_4b_finetune")
     recipe.checkpoint.pretrained = HUB_IDS["4b"]
     recipe.parallel.tensor = 2
+    return recipe
+
+
+def cosmos_ar_4b_lora() -> run.Partial:
+    """LoRA fine-tuning of Cosmos-1.0-Autoregressive-4B: the 4B recipe with adapters of rank 32, alpha 32 on
+    every attention and MLP linear (q, k, v, output, fc1, fc2), the base frozen; lr 1e-4 constant as the full
+    recipe. Checkpoints hold the adapters only (a few MB instead of 16 GB)."""
+    recipe = cosmos_ar_4b_finetune()
+    recipe.checkpoint.name = "cosmos_ar_4b_lora"
+    recipe.peft = run.Config(LoRAConfig, targets=["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"], rank=32,
+                             alpha=32.0)
     return recipe
 
 
@@ -363,6 +375,17 @@ def cosmos_ar_tiny_finetune() -> run.Partial:
     `data.synthetic.write_pattern_dataset(..., vocab_size=64000)`.
     """
     return ar_tiny_common("tiny", "cosmos_ar_tiny_finetune")
+
+
+def cosmos_ar_tiny_lora() -> run.Partial:
+    """LoRA on the tiny AR model for a CPU: `cosmos_ar_4b_lora`'s adapters (rank 8 here) on a tiny base; it needs
+    checkpoint.pretrained (e.g. a `cosmos_ar_tiny_finetune` run folder): LoRA never starts from random weights."""
+    recipe = cosmos_ar_tiny_finetune()
+    recipe.checkpoint.name, recipe.checkpoint.mode = "cosmos_ar_tiny_lora", "finetune"
+    recipe.peft = run.Config(LoRAConfig, targets=["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"], rank=8,
+                             alpha=16.0)
+    recipe.optim.lr = 1e-2
+    return recipe
 
 
 def cosmos_ar_tiny_v2w_finetune() -> run.Partial:

@@ -13,6 +13,9 @@ same trainer, run folders and launchers as the AR recipes.
   checkpoint every 200, bf16. The reference's 2000-step warm-up exceeds its 1000-step run (the lr peaks near a
   quarter of f_max, §13); here it is 250 steps.
 - Tiny variants of both for CPU runs in seconds (fp32, random init unless `checkpoint.pretrained` is given).
+- LoRA (seed 002's Predict1 LoRA, seed 004's Predict2.5 LoRA): the same recipes with `peft` set
+  (`predict1_v2w_lora`, `predict25_lora`), and `peft=lora` on any recipe (r = alpha = 32 on the six reference
+  targets; `peft.rank=8` etc. after it).
 
 Data are precomputed latent datasets (data/dit_dataset.py): `data.paths=[DIR,...]`. Weights: the Predict1
 recipes start from NVIDIA's released `model.pt` (hub id; any Cosmos `.pt`, DCP or diffusers folder works as
@@ -29,6 +32,7 @@ import nemo_run as run
 from cosmos_nemo.data.dit_dataset import DiTDataConfig
 from cosmos_nemo.models.dit.config import NAMED_CONFIGS, DiTModelConfig
 from cosmos_nemo.models.dit.objectives import DiffusionObjective
+from cosmos_nemo.peft.lora import LoRAConfig
 from cosmos_nemo.recipes.ar import RecipeError
 from cosmos_nemo.training.config import CheckpointConfig, LogConfig, OptimizerConfig, ParallelConfig, TrainerConfig
 from cosmos_nemo.training.trainer import train
@@ -159,6 +163,80 @@ def cosmos_predict25_tiny_finetune() -> run.Partial:
     return _tiny(predict25_common("tiny_predict25", "cosmos_predict25_tiny_finetune"))
 
 
+# --------------------------------------------------------------------------------------------------
+# LoRA: adapters on the frozen released model (peft/lora.py); checkpoints hold the adapters only
+
+
+def predict1_v2w_lora(model: str, name: str) -> run.Partial:
+    """Predict1 LoRA, seed 002's `video2world_7b_lora_example_cosmos_nemo_assets`: q and v of self- and
+    cross-attention in the first 28 blocks, rank 8 with scale 1 (alpha = rank; A ~ N(0, 1/rank) as the
+    reference draws it), AdamW lr 1e-4, weight decay 0.1, betas (0.9, 0.99), eps 1e-10, no warm-up, 5000 steps,
+    a checkpoint every 1000, EMA off (as the reference), bf16."""
+    recipe = predict1_v2w_common(model, name)
+    recipe.checkpoint.group = "diffusion_video2world_lora"
+    recipe.peft = run.Config(LoRAConfig, targets=["FA[to_q, to_v]", "CA[to_q, to_v]"], rank=8, alpha=8.0,
+                             first_n_blocks=min(28, NAMED_CONFIGS[model]["num_layers"]), init="gaussian")
+    recipe.optim = run.Config(OptimizerConfig, lr=1e-4, weight_decay=0.1, beta1=0.9, beta2=0.99, eps=1e-10,
+                              clip_grad=1.0, schedule="constant", warmup_steps=0)
+    recipe.trainer.max_steps, recipe.trainer.ema_sigma_rel = 5000, None
+    recipe.checkpoint.save_interval = 1000
+    return recipe
+
+
+def predict25_lora(model: str, name: str) -> run.Partial:
+    """Predict2.5 LoRA, seed 004's `predict2_lora_training_2b_cosmos_nemo_assets`: rank = alpha = 32 on the six
+    targets (q, k, v, output of self- and cross-attention, both MLP layers), T2W/I2W/V2W drawn with probabilities
+    1/3 each (0, 1, 2 conditional frames), the full recipe's optimiser (lr 2^-14.5, LambdaLinear), 1000 steps, a
+    checkpoint every 200, the power EMA (sigma_rel 0.1) of the adapters, bf16."""
+    recipe = predict25_common(model, name)
+    recipe.checkpoint.group = "diffusion_predict25_lora"
+    recipe.peft = run.Config(LoRAConfig, targets=["q_proj", "k_proj", "v_proj", "output_proj", "mlp.layer1",
+                                                  "mlp.layer2"], rank=32, alpha=32.0)
+    recipe.model.objective.conditional_frames_probs = {0: 0.333, 1: 0.333, 2: 0.334}
+    return recipe
+
+
+def cosmos_predict1_7b_v2w_lora() -> run.Partial:
+    """LoRA post-training of Cosmos-Predict1-7B-Video2World (seed 002's LoRA recipe: q,v of self- and cross-attention,
+    rank 8, the first 28 blocks). Starts from the released model.pt; checkpoints hold the adapters only."""
+    return predict1_v2w_lora("predict1_7b_v2w", "cosmos_predict1_7b_v2w_lora")
+
+
+def cosmos_predict25_2b_lora() -> run.Partial:
+    """LoRA post-training of Cosmos-Predict2.5-2B (seed 004: r = alpha = 32 on six targets, T2W/I2W/V2W in one run).
+
+    Needs checkpoint.pretrained=PATH (the released *_ema_bf16.pt or a diffusers folder); 45,875,200 trainable.
+    """
+    return predict25_lora("predict25_2b", "cosmos_predict25_2b_lora")
+
+
+def cosmos_predict25_14b_lora() -> run.Partial:
+    """LoRA post-training of Cosmos-Predict2.5-14B with the 2B LoRA recipe's values (seed 004)."""
+    return predict25_lora("predict25_14b", "cosmos_predict25_14b_lora")
+
+
+def _tiny_lora(recipe: run.Partial) -> run.Partial:
+    """A tiny LoRA recipe on a CPU: the tiny recipe's values with a higher learning rate (adapters start at zero);
+    it needs checkpoint.pretrained (e.g. a tiny full fine-tune's run folder): LoRA never starts from random."""
+    peft = recipe.peft
+    recipe = _tiny(recipe)
+    recipe.checkpoint.mode, recipe.peft = "finetune", peft
+    recipe.optim.lr, recipe.optim.min_lr = 1e-2, 1e-3
+    return recipe
+
+
+def cosmos_predict1_tiny_v2w_lora() -> run.Partial:
+    """The Predict1 LoRA recipe on the tiny Predict1 Video2World DiT, for a CPU (checkpoint.pretrained=RUN_OR_FILE)."""
+    return _tiny_lora(predict1_v2w_lora("tiny_predict1_v2w", "cosmos_predict1_tiny_v2w_lora"))
+
+
+def cosmos_predict25_tiny_lora() -> run.Partial:
+    """The Predict2.5 LoRA recipe on the tiny Predict2.5 DiT, for a CPU (checkpoint.pretrained=RUN_OR_FILE)."""
+    return _tiny_lora(predict25_lora("tiny_predict25", "cosmos_predict25_tiny_lora"))
+
+
 RECIPES = (cosmos_predict1_7b_v2w_finetune, cosmos_predict1_14b_v2w_finetune, cosmos_predict1_7b_t2w_finetune,
            cosmos_predict1_14b_t2w_finetune, cosmos_predict25_2b_finetune,
-           cosmos_predict25_14b_finetune, cosmos_predict1_tiny_v2w_finetune, cosmos_predict25_tiny_finetune)
+           cosmos_predict25_14b_finetune, cosmos_predict1_tiny_v2w_finetune, cosmos_predict25_tiny_finetune,
+           cosmos_predict1_7b_v2w_lora, cosmos_predict25_2b_lora, cosmos_predict25_14b_lora,
+           cosmos_predict1_tiny_v2w_lora, cosmos_predict25_tiny_lora)

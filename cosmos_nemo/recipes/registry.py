@@ -22,6 +22,7 @@ RECIPES: dict[str, Callable[..., run.Partial]] = {
     fn.__name__: fn
     for fn in (
         ar.cosmos_ar_4b_finetune,
+        ar.cosmos_ar_4b_lora,
         ar.cosmos_ar_12b_finetune,
         ar.cosmos_ar_5b_v2w_finetune,
         ar.cosmos_ar_13b_v2w_finetune,
@@ -30,6 +31,7 @@ RECIPES: dict[str, Callable[..., run.Partial]] = {
         ar.cosmos_ar_5b_v2w_tokenizer_swap,
         ar.cosmos_ar_13b_v2w_tokenizer_swap,
         ar.cosmos_ar_tiny_finetune,
+        ar.cosmos_ar_tiny_lora,
         ar.cosmos_ar_tiny_v2w_finetune,
         ar.cosmos_ar_tiny_tokenizer_swap,
         *dit.RECIPES,
