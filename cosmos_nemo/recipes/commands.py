@@ -231,6 +231,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
     p.__class__ = type("TrainArgumentParser", (_Intermixed, type(p)), {})
     _register_experiment(sub)
+    from cosmos_nemo.recipes import plan  # `cosmos-nemo plan`: per-GPU memory and the smallest layout that fits
+
+    plan.register(sub)
 
 
 # --------------------------------------------------------------------------------------------------
