@@ -216,11 +216,6 @@ def test_bad_inputs_are_explained_and_nothing_is_half_written(tmp_path, capsys, 
     assert _convert(capsys, run, tmp_path / "p1", "--no-ema", "--predict1-names")[0] == 0
     assert {p.name for p in (tmp_path / "p1").iterdir()} == {"iter_000000005_reg_model.pt"}
 
-    # a LoRA run
-    lora = _fake_run(tmp_path / "lora", cfg, peft={"rank": 8, "targets": ["linear_qkv"]})
-    code, out = _convert(capsys, lora, tmp_path / "l")
-    assert code == 2 and "merge the adapter first: cosmos-nemo convert lora-merge" in out
-
     # outputs that exist are kept unless --overwrite
     run = _fake_run(tmp_path / "ema", cfg)
     (tmp_path / "x").mkdir()

@@ -294,6 +294,23 @@ def _outputs_and_hashes(run_dir: str, weights: str = "model") -> dict:
     return {"out": out, "hashes": hashes}
 
 
+def _released_outputs(path: str):
+    """Our DiT loaded from a released-layout file, on the fixed inputs."""
+    from cosmos_nemo import parallel
+    from cosmos_nemo.models.dit.config import dit_config
+    from cosmos_nemo.models.dit.family import FAMILY
+
+    parallel.setup()
+    cfg = dit_config(TINY)
+    model = FAMILY.build_model(cfg, True, True, torch.float32)
+    FAMILY.load_released(model, cfg, path)
+    x, t, text = _inputs(cfg)
+    with torch.no_grad():
+        out = model.eval()(x, t, text)
+    parallel.teardown()
+    return out
+
+
 def _base_tensor_hashes(run_dir: str) -> dict:
     """Hashes of the base weights a LoRA model trains on, read from the LoRA model during a run."""
     from cosmos_nemo import parallel
@@ -337,6 +354,14 @@ def test_lora_trains_adapters_only_and_resumes_exactly(base_run):
     # the EMA copy is the adapters' EMA on the same base
     ema = run_in_processes(_outputs_and_hashes, 1, full["run_dir"], "ema")[0]
     assert not torch.equal(T(ema["out"]), T(trained["out"]))
+
+    # the references' consolidated files of a LoRA run hold the merged model (regular and EMA)
+    from cosmos_nemo.cli import main
+
+    out_dir = root / "consolidated"
+    assert main(["convert", "dcp-to-pt", full["run_dir"], str(out_dir)]) == 0
+    released = run_in_processes(_released_outputs, 1, str(out_dir / "model_ema_fp32.pt"))[0]
+    assert (T(released) - T(ema["out"])).abs().max() <= 1e-6
 
     # resume: 3 steps, then 3 more from the adapter checkpoint, give the 6-step run's losses exactly
     first = run_in_processes(_train, 1, str(root), "lora_resumed", 3, base_dir, _lora(), 1e-2)[0]

@@ -95,23 +95,6 @@ def locate(checkpoint) -> CheckpointSource:
     return CheckpointSource(folder, ema_dir, run_dir, int(match.group(1)) if match else None)
 
 
-def check_not_lora(run_dir: Path) -> None:
-    """Refuse a LoRA run (a non-empty top-level `peft` section in its config.yaml): its checkpoint holds the
-    base and adapter weights apart, which released files do not."""
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConsolidateError(f"{path} is not readable YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConsolidateError(f"{path} is not a run config (a mapping of sections)")
-    if data.get("peft"):
-        raise ConsolidateError(f"{run_dir} is a LoRA run (config.yaml has a peft section): merge the adapter first: "
-                               "cosmos-nemo convert lora-merge, then consolidate the merged checkpoint")
-
-
 def model_config(source: CheckpointSource, model: Optional[str] = None, overrides: Sequence[str] = ()):
     """(family, model config): the run's config.yaml (`read_model_config`), or, for a checkpoint outside a run,
     the named DiT config `model` with `--set` overrides. Returns also a note for the user (or None)."""
@@ -119,7 +102,6 @@ def model_config(source: CheckpointSource, model: Optional[str] = None, override
     from cosmos_nemo.models.family import family_of
 
     if source.run_dir is not None:
-        check_not_lora(source.run_dir)
         family, cfg = read_model_config(source.run_dir)
         note = f"note: --model {model} ignored: {source.run_dir / 'config.yaml'} defines the model" if model else None
         return family, cfg, note
