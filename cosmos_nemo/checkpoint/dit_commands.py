@@ -44,7 +44,8 @@ def register(sub) -> None:
         "logvar.*, as their inference scripts read it) or as a diffusers CosmosTransformer3DModel folder "
         "(loads with CosmosTransformer3DModel.from_pretrained). --checkpoint is a training run (run folder, "
         "checkpoints/, iter_* or model/ folder; the first two follow latest_checkpoint.txt) or any released "
-        "source dit-import reads, which converts between the Cosmos and diffusers layouts directly.",
+        "source dit-import reads, which converts between the Cosmos and diffusers layouts directly. A LoRA run gives "
+        "its recorded base with the adapter merged (lora-merge does the same, with the model from lora.json).",
         **common,
     )
     e.add_argument("--checkpoint", required=True, help="run / iter_* / dist-ckpt folder, or a released checkpoint")
@@ -65,6 +66,9 @@ def register(sub) -> None:
     from cosmos_nemo.checkpoint import consolidate
 
     consolidate.register(sub)  # dcp-to-pt: a run's checkpoint -> model.pt, model_ema_fp32.pt, model_ema_bf16.pt
+    from cosmos_nemo.peft import export as lora_export
+
+    lora_export.register(sub)  # lora-export (diffusers LoRA file), lora-merge (dit-export of a LoRA run)
 
 
 def _model_flags(p, required: bool) -> None:
@@ -118,9 +122,7 @@ def export_dit(checkpoint, cfg, output, layout: str = "cosmos", ema: bool = Fals
     """The work of `dit-export` (see its --help); returns the written path."""
     from pathlib import Path
 
-    import torch
-    from megatron.core import dist_checkpointing
-
+    from cosmos_nemo.checkpoint import dist as dist_ckpt
     from cosmos_nemo.checkpoint.convert import _single_process, _teardown, save_released
     from cosmos_nemo.checkpoint.run import resolve_model_folder
     from cosmos_nemo.models.dit import convert
@@ -142,9 +144,8 @@ def export_dit(checkpoint, cfg, output, layout: str = "cosmos", ema: bool = Fals
     own = _single_process()
     try:
         model = build_dit_model(cfg)
-        if folder is not None:
-            state = dist_checkpointing.load(model.sharded_state_dict(), str(folder), strict="raise_all")
-            model.load_state_dict(state, strict=True)
+        if folder is not None:  # strict; a LoRA run's folder gives its recorded base + the merged adapter
+            dist_ckpt.load_model([model], folder)
         else:
             convert.load_released(model, cfg, checkpoint, ema=ema)
         if layout == "diffusers":
