@@ -3,7 +3,8 @@
 This room owns initialising torch.distributed and megatron's model-parallel state (TP/PP/DP, CP plumbed
 through) from torchrun's environment, choosing the device at run time (NCCL on GPU, gloo on CPU, or the
 backend asked for: `setup(backend=...)` or the `COSMOS_NEMO_BACKEND` environment variable), and the one
-module (cpu_adapter) that redirects megatron-core's CUDA-only calls when no GPU is present."""
+module (cpu_adapter) that redirects megatron-core's CUDA-only calls when no GPU is present. A launched
+worker is guarded by `lifeline.watch()`: it stops when torchrun or the launcher dies, or on SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from cosmos_nemo.parallel import cpu_adapter
+from cosmos_nemo.parallel import cpu_adapter, lifeline
 
 __all__ = ["ParallelState", "setup", "teardown", "get_device", "free_port", "resolve_backend", "BACKEND_ENV"]
 
@@ -146,6 +147,7 @@ def setup(
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if "WORLD_SIZE" in os.environ:  # launched by torchrun (or parallel.launch): rendezvous from the env
+            lifeline.watch()  # stop when torchrun or the launcher dies, or on SIGTERM/SIGINT
             dist.init_process_group(backend=backend, timeout=timeout)
         else:
             # A lone process: an in-memory store, so no port is taken and nothing leaks into os.environ

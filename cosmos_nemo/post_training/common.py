@@ -144,6 +144,17 @@ def run_reference(args: argparse.Namespace, script: str, recipes: dict[str, Call
         for note in notes:
             print(f"note: {note}")
         print(f"run folder: {L.run_dir_of(recipe)}", flush=True)
+        # refuse a run folder that a live job uses now, before the model is built; the trainer's logger then
+        # finds the folder held for it (the lock's token in its environment) and the lock goes at exit
+        from cosmos_nemo.checkpoint import lock as run_lock
+
+        try:
+            held = run_lock.acquire(L.run_dir_of(recipe))
+        except run_lock.RunFolderBusy as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if held.owned:
+            os.environ[run_lock.TOKEN_ENV] = held.token
     summary = fdl.build(recipe)()
     if _rank0():
         print(f"finished: step {summary['step']}, train loss {summary['train_loss']}, run folder {summary['run_dir']}")

@@ -120,11 +120,24 @@ def _train(args: argparse.Namespace) -> int:
         if world != 1:
             print("error: --direct runs one process in this one; drop --nproc or --direct", file=sys.stderr)
             return 2
-        summary = fdl.build(recipe)()
+        from cosmos_nemo.checkpoint.lock import RunFolderBusy
+
+        try:
+            summary = fdl.build(recipe)()
+        except RunFolderBusy as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"run folder: {summary['run_dir']}  step {summary['step']}  train loss {summary['train_loss']}")
         return 0
     print(f"run folder: {L.run_dir_of(recipe)}", flush=True)
-    result = L.launch(recipe, executor, name=args.name, tail_logs=not args.quiet, base_dir=base_dir)
+    try:
+        result = L.launch(recipe, executor, name=args.name, tail_logs=not args.quiet, base_dir=base_dir)
+    except L.LaunchError as err:  # the run folder is in use by a live job
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result.stopped_by:  # Ctrl-C / SIGTERM: torchrun and its workers are stopped
+        print(f"\n{result.text}", file=sys.stderr, flush=True)
+        return 128 + result.stopped_by
     if not result.ok:
         print(f"error: training {result.text.lower() or 'failed'}; logs:", file=sys.stderr)
         for path in result.logs:

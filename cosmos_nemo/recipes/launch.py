@@ -9,7 +9,10 @@
 - `launch(recipe, executor, ...)`: run it as a nemo-run experiment whose metadata and logs live in the
   run folder (`<run>/launches/`, or the Slurm job folder), and report failures with the log paths; a
   Slurm job is submitted and left running (detached); `dryrun=True` returns the torchrun command or the
-  sbatch script instead.
+  sbatch script instead. A local launch holds the run folder (`checkpoint.lock`: a second launch on a
+  folder that a live job uses is refused), and SIGINT/SIGTERM stop torchrun and every worker
+  (`parallel.lifeline`: the workers also stop by themselves if the launcher dies) and return a result
+  that says where the last complete checkpoint is.
 - `find_experiments(folder)` / `load_experiment(folder, id)`: the experiments a launch recorded, for
   `cosmos-nemo experiment status|logs|cancel` (nemo-run's experiment API).
 - `resolve_pretrained(path_or_hub_id)`: a hub id becomes the local path of its downloaded weights.
@@ -17,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -31,6 +35,9 @@ from typing import Optional
 import fiddle as fdl
 import nemo_run as run
 
+from cosmos_nemo.checkpoint import lock as run_lock
+from cosmos_nemo.parallel import lifeline
+
 
 class LaunchError(ValueError):
     """A run that would fail: reported before any process starts."""
@@ -42,6 +49,7 @@ class LaunchResult:
     run_dir: str
     logs: list[str] = field(default_factory=list)
     text: str = ""  # dry run: the command or sbatch script
+    stopped_by: Optional[int] = None  # the signal (SIGINT, SIGTERM) that stopped a local run
 
 
 def run_dir_of(recipe: run.Partial) -> Path:
@@ -345,18 +353,36 @@ def launch(recipe: run.Partial, executor, name: Optional[str] = None, dryrun: bo
                 exp.add(recipe, name=name, tail_logs=False)
                 exp.dryrun(log=False)
                 return LaunchResult(ok=True, run_dir=str(run_dir), text=_dryrun_text(exp.jobs[0]))
+    detach = isinstance(executor, run.SlurmExecutor)  # submitted, not waited for: `cosmos-nemo experiment ...`
+    if detach:
+        folder_lock = None  # the job's rank 0 holds the run folder on the cluster (training/logger.py)
+    else:
+        try:
+            folder_lock = run_lock.acquire(run_dir)
+        except run_lock.RunFolderBusy as err:
+            raise LaunchError(str(err)) from None
+        if folder_lock.took_over:
+            print(f"note: took over the run folder from a job that is no longer running: "
+                  f"{run_lock.describe(folder_lock.took_over)}", flush=True)
+        executor.env_vars.update({**lifeline.launcher_env(), run_lock.TOKEN_ENV: folder_lock.token})
     if base_dir is None:
         base_dir = str(run_dir / "launches")
-    Path(base_dir).mkdir(parents=True, exist_ok=True)
-    _interpreter_bin_on_path()
-    detach = isinstance(executor, run.SlurmExecutor)  # submitted, not waited for: `cosmos-nemo experiment ...`
-    with run.Experiment(name, executor=executor, base_dir=base_dir, log_level="WARN",
-                        enable_goodbye_message=False) as exp:
-        exp.add(recipe, name=name, tail_logs=tail_logs and not detach)
-        if detach:
-            exp.run(detach=True)
-        else:
-            exp.run(sequential=True)
+    try:
+        Path(base_dir).mkdir(parents=True, exist_ok=True)
+        _interpreter_bin_on_path()
+        with lifeline.stopping_children() if not detach else contextlib.nullcontext():
+            with run.Experiment(name, executor=executor, base_dir=base_dir, log_level="WARN",
+                                enable_goodbye_message=False) as exp:
+                exp.add(recipe, name=name, tail_logs=tail_logs and not detach)
+                if detach:
+                    exp.run(detach=True)
+                else:
+                    exp.run(sequential=True)
+    except lifeline.StopRequested as stop:
+        return _stopped_result(run_dir, base_dir, stop)
+    finally:
+        if folder_lock is not None:
+            folder_lock.release()
     job = exp.jobs[0]
     if detach:
         _, _, app = job.handle.partition("://")
@@ -368,6 +394,19 @@ def launch(recipe: run.Partial, executor, name: Optional[str] = None, dryrun: bo
     logs = sorted(glob.glob(os.path.join(job.executor.job_dir, "**", "*.log"), recursive=True))
     logs = [p for p in logs if p.endswith(("combined.log", "stderr.log"))] or logs
     return LaunchResult(ok=status.startswith("SUCCEEDED"), run_dir=str(run_dir), logs=logs, text=status)
+
+
+def _stopped_result(run_dir: Path, base_dir: str, stop: "lifeline.StopRequested") -> LaunchResult:
+    from cosmos_nemo.checkpoint.run import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    ended = f"torchrun and its workers ({stop.stopped} processes) have ended" if stop.stopped else "nothing was running yet"
+    where = (f"the last complete checkpoint is {latest}; run the same command to resume from it" if latest else
+             "no checkpoint was completed: the next run starts from the beginning")
+    logs = sorted(glob.glob(os.path.join(base_dir, "**", "*.log"), recursive=True))
+    logs = [p for p in logs if p.endswith(("combined.log", "stderr.log"))] or logs
+    return LaunchResult(ok=False, run_dir=str(run_dir), logs=logs, stopped_by=stop.signum,
+                        text=f"stopped by {stop.signame}: {ended}; {where}")
 
 
 # --------------------------------------------------------------------------------------------------
