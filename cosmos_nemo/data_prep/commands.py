@@ -122,7 +122,9 @@ def _register_prepare(subparsers) -> None:
         description=(
             "Read the captions of --dataset_path (metas/<stem>.txt, or Predict2.5's captions/<stem>.json), embed each "
             "distinct caption once with --text-encoder (T5-XXL by default: google-t5/t5-11b encoder, 512 tokens, "
-            "positions past the caption's length zero) and write one safetensors file: embeddings [P,L,D], mask "
+            "positions past the caption's length zero; Predict2.5: --encoder reason1 --encoder-path FOLDER, the "
+            "Cosmos-Reason1 FULL_CONCAT of 28 normalised layers, [512,100352], or reason1-tiny offline) and write one "
+            "safetensors file: embeddings [P,L,D], mask "
             "[P,L], the prompts and the stem -> row map in its metadata. --write-pickles also writes the reference's "
             "t5_xxl/<stem>.pickle files; --text-source pickles converts existing ones (needs --trust-pickle: a "
             "pickle can run code when loaded). Resumable: a rerun after a kill encodes only the rest."

@@ -181,14 +181,20 @@ class TextSourceConfig:
         help="allow reading the reference's t5_xxl/*.pickle files. A pickle can run arbitrary code when loaded, so "
              "this is off by default; even with it only numpy arrays are accepted")
     text_encoder: str = setting(
-        "google-t5/t5-11b", flags=("--text-encoder", "--text_encoder"),
+        "google-t5/t5-11b", flags=("--text-encoder", "--text_encoder", "--encoder"),
         help="text encoder: google-t5/t5-11b (alias t5-11b; the T5-XXL encoder, 1024-d, 512 tokens, the reference), "
-             "minilm (bundled offline MiniLM-L6, 384-d, 256 tokens), a local folder (T5 or BERT-like, with its "
-             "tokenizer), or any transformers hub id")
+             "minilm (bundled offline MiniLM-L6, 384-d, 256 tokens), reason1 (Predict2.5: Cosmos-Reason1 FULL_CONCAT, "
+             "28 normalised layers, 100352-d, 512 tokens; its checkpoint folder in --encoder-path), reason1-tiny (a "
+             "random 4-layer Qwen2.5-VL of the same path, 512-d, for CPU runs), a local folder (T5 or BERT-like, "
+             "with its tokenizer; a Qwen2.5-VL folder is Reason1), or any transformers hub id")
+    encoder_path: str | None = setting(
+        None, flags=("--encoder-path", "--encoder_path"),
+        help="with --encoder reason1: the local Cosmos-Reason1-7B checkpoint folder (a download of "
+             "nvidia/Cosmos-Reason1-7B, or a diffusers Cosmos-Predict2.5 folder with text_encoder/ and tokenizer/)")
     prompt_length: int | None = setting(
         None, flags=("--prompt_length", "--prompt-length"),
-        help="tokens per prompt L (padded with zeros / truncated); None means 512 for T5 and the pickles, 256 for "
-             "MiniLM")
+        help="tokens per prompt L (padded with zeros / truncated; Reason1: with its pad token); None means 512 for "
+             "T5, Reason1 and the pickles, 256 for MiniLM")
     text_batch_size: int = setting(
         8, flags=("--text-batch-size", "--text_batch_size"),
         help="prompts per text-encoder call (part of the settings: it can change float rounding)")

@@ -13,7 +13,10 @@ the first one in the file), with `DATASET` = `datasets/<name>_json/train` (or `v
 Embeddings are T5-XXL's by default (`google-t5/t5-11b` encoder, 512 tokens, padded to 512 with the
 positions past each prompt's true length set to zero, as the reference's `CosmosT5TextEncoder`). Any
 `transformers` encoder is accepted by hub id or folder (`cosmos_nemo.tokenizers.text.load_text_encoder`);
-`minilm` is the bundled offline MiniLM-L6 (384-d) for CPU runs.
+`minilm` is the bundled offline MiniLM-L6 (384-d) for CPU runs. Predict2.5's text is Cosmos-Reason1's
+(`--encoder reason1 --encoder-path FOLDER`: 28 normalised Qwen2.5-VL layers concatenated, [512, 100352], the
+padding positions the pad token's real states, not zeros; `reason1-tiny` is a random 512-d one for CPU runs):
+see `cosmos_nemo.data_prep.reason1`.
 
 The output is one safetensors file keyed by prompt: `embeddings` `[P, L, D]` and `mask` `[P, L]`, one row
 per *distinct* caption (identical captions are stored once), with the metadata `prompts` (JSON list: row
@@ -250,10 +253,11 @@ def encode_prompts(prompts: Sequence[str], encoder_spec: str, *, parts: Path, ba
     todo = [i for i in starts if not name_of(i).is_file()]
     encoder = None
     if todo or not starts:
-        from cosmos_nemo.tokenizers.text import TextEncoderNotAvailableError, load_text_encoder
+        from cosmos_nemo.data_prep.reason1 import load_encoder
+        from cosmos_nemo.tokenizers.text import TextEncoderNotAvailableError
 
         try:
-            encoder = load_text_encoder(encoder_spec, device=device, dtype=TEXT_DTYPES[dtype], max_length=max_length)
+            encoder = load_encoder(encoder_spec, device=device, dtype=TEXT_DTYPES[dtype], max_length=max_length)
         except TextEncoderNotAvailableError as e:
             raise PrepareError(str(e)) from None
     it = todo
@@ -280,9 +284,12 @@ def encode_prompts(prompts: Sequence[str], encoder_spec: str, *, parts: Path, ba
 
 
 def encoder_name(spec: str) -> str:
+    from cosmos_nemo.data_prep import reason1
     from cosmos_nemo.tokenizers import text as te
 
     key = str(spec).lower()
+    if reason1.is_tiny(spec):
+        return reason1.TINY_NAME
     if Path(spec).is_dir():
         return Path(spec).name
     if key in te._MINILM_ALIASES or key == te.MINILM_NAME.lower():
@@ -342,6 +349,17 @@ def resolve_source(source: str, items: Sequence[LayoutItem], root: Path | None =
     return source
 
 
+def text_encoder_spec(cfg) -> str:
+    """The one encoder spec of `cfg.text_encoder` and `cfg.encoder_path` (`reason1` + a folder -> the folder;
+    `reason1` without one is an error naming the checkpoint to download)."""
+    from cosmos_nemo.data_prep.reason1 import Reason1Error, resolve_spec
+
+    try:
+        return resolve_spec(cfg.text_encoder, getattr(cfg, "encoder_path", None))
+    except Reason1Error as e:
+        raise PrepareError(str(e)) from None
+
+
 def text_table_for(items: Sequence[LayoutItem], cfg, parts: Path, device: str, root: Path | None = None) -> TextTable:
     """The table of the items' distinct captions, by `cfg.text_source` (see the module docstring).
     `cfg` has text_source, trust_pickle, text_encoder, prompt_length, text_batch_size, text_dtype, dtype,
@@ -352,7 +370,7 @@ def text_table_for(items: Sequence[LayoutItem], cfg, parts: Path, device: str, r
     if source == "compute":
         from cosmos_nemo.data_prep.settings import compute_dtype
 
-        return encode_prompts(distinct(it.caption for it in items), cfg.text_encoder, parts=parts,
+        return encode_prompts(distinct(it.caption for it in items), text_encoder_spec(cfg), parts=parts,
                               batch_size=int(cfg.text_batch_size), device=device, dtype=compute_dtype(device, cfg.dtype),
                               max_length=cfg.prompt_length, store_dtype=cfg.text_dtype, progress=cfg.progress)
     table, _ = load_text_table(source)
@@ -375,7 +393,7 @@ def text_identity(cfg, items: Sequence[LayoutItem], root: Path | None = None) ->
         out["pickles"] = [[it.stem, Path(it.pickle).stat().st_size, Path(it.pickle).stat().st_mtime_ns]
                           for it in items if it.pickle]
     elif source == "compute":
-        out.update(encoder=identity_of(cfg.text_encoder), batch=int(cfg.text_batch_size), dtype=cfg.dtype)
+        out.update(encoder=identity_of(text_encoder_spec(cfg)), batch=int(cfg.text_batch_size), dtype=cfg.dtype)
     else:
         st = Path(source).stat()
         out["file"] = [str(Path(source).resolve()), st.st_size, st.st_mtime_ns]
@@ -422,6 +440,13 @@ def prepare_text_embeddings(cfg) -> TextReport:
     if cfg.text_source not in ("compute", "pickles"):
         raise PrepareError(f"--text-source {cfg.text_source!r}: here choose compute or pickles")
     source = cfg.text_source
+    if source == "compute" and cfg.write_pickles:
+        from cosmos_nemo.data_prep.reason1 import is_reason1
+
+        if is_reason1(text_encoder_spec(cfg)):
+            raise PrepareError("--write-pickles writes the T5 layout (t5_xxl/*.pickle, trimmed to the prompt); Reason1 "
+                               "embeddings are [512, layers x hidden] with the pad token's states, and Predict2.5 "
+                               "computes them online: keep the safetensors file")
     device = resolve_device(cfg.device)
     fp = hashlib.sha256(json.dumps({"text": text_identity(cfg, items), "captions": [[it.stem, it.caption] for it in items]},
                                    sort_keys=True).encode()).hexdigest()

@@ -8,12 +8,14 @@ paths are read from the JSON file's folder (else the working directory). The mod
 Predict1 `video2world.py` flags (`--prompt`, `--input_image_or_video_path`, ...) describe one spec instead.
 
 Per spec (diffusion_models.md §2, §4): the prompt is encoded with the text encoder (T5-XXL for the released
-models, zero-padded past the prompt); the input is resized and center-cropped to the output size; its last
-frames are the conditional frames (1 latent frame for an image, 2 for a video: `1 + t` pixel frames, the
-last frame repeated when the video is shorter), encoded with the VAE; the latents are generated
-(inference/diffusion.py: EDM or flow sampler, zero-context CFG), decoded, and written as `OUT/<name>.mp4`
-plus `OUT/<name>.png`, a contact sheet with labelled rows (input / generated; the conditional frames are
-framed in blue, the boundary to the generated ones is a red line).
+Predict1/2 models, zero-padded past the prompt; for Predict2.5 Cosmos-Reason1 computed online: the
+chat-templated prompt padded with the pad token to 512 tokens, its 28 layers normalised and concatenated,
+100352-d); the input is resized and center-cropped to the output size; its last frames are the conditional
+frames (1 latent frame for an image, 2 for a video: `1 + t` pixel frames, the last frame repeated when the
+video is shorter), encoded with the VAE; the latents are generated (inference/diffusion.py: EDM or flow
+sampler, zero-context CFG), decoded, and written as `OUT/<name>.mp4` plus `OUT/<name>.png`, a contact sheet
+with labelled rows (input / generated; the conditional frames are framed in blue, the boundary to the
+generated ones is a red line).
 
 Everything is checked (specs, inputs, model, VAE, text width, frame counts) before any work, and every output
 is staged under a temporary name and renamed only once all specs are done: a failure leaves nothing.
@@ -423,6 +425,19 @@ def _batches(jobs: list[Job], size: int) -> list[list[Job]]:
     return out
 
 
+def text_encoder_spec(args, cfg) -> str:
+    """The text encoder of this run: --text-encoder (default reason1 for a Predict2.5 DiT, whose text is
+    projected from crossattn_proj_in, else t5-11b), with --text-encoder-path for reason1; checked before any work."""
+    from cosmos_nemo.data_prep import reason1
+
+    name = args.text_encoder or ("reason1" if cfg.crossattn_proj_in else "t5-11b")
+    try:
+        return reason1.resolve_spec(name, getattr(args, "text_encoder_path", None), path_flag="--text-encoder-path",
+                                    encoder_flag="--text-encoder")
+    except reason1.Reason1Error as e:
+        raise GenerateError(str(e)) from None
+
+
 def run(args) -> int:
     from cosmos_nemo.data_prep.engine import PrepareError
     from cosmos_nemo.io.tensors import TensorFileError
@@ -439,6 +454,7 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from cosmos_nemo import parallel
+    from cosmos_nemo.data_prep import reason1
     from cosmos_nemo.data_prep.vae import decode_latents, load_latent_encoder
     from cosmos_nemo.inference.diffusion import GenerationSettings, generate_latents
     from cosmos_nemo.io.atomic import temporary_name
@@ -460,6 +476,7 @@ def _run(args) -> int:
         raise GenerateError("no model: give --checkpoint-path (a training run folder or a released checkpoint), or the "
                             "Predict1 spelling --checkpoint_dir DIR --diffusion_transformer_dir NAME")
     kind, cfg = resolve_model_config(checkpoint, args.model)
+    text_spec = text_encoder_spec(args, cfg)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype or ("bfloat16" if device == "cuda" else "float32")]
     vae_kind = VAE_ALIASES.get((args.vae or ("cosmos-cv" if cfg.generation == "predict1" else "wan2.1")).lower())
@@ -477,9 +494,13 @@ def _run(args) -> int:
 
     # text: every distinct prompt once
     width_needed = cfg.crossattn_proj_in or cfg.context_dim
-    encoder = load_text_encoder(args.text_encoder, device=device, max_length=args.prompt_length)
+    if reason1.is_reason1(text_spec):  # computed online as the reference, in the DiT's dtype (bf16 on a GPU)
+        encoder = reason1.load_encoder(text_spec, device=device, dtype=dtype, max_length=args.prompt_length)
+    else:
+        encoder = load_text_encoder(text_spec, device=device, max_length=args.prompt_length)
     if encoder.dim != width_needed:
-        what = " (Predict2.5: Cosmos-Reason1 embeddings)" if cfg.crossattn_proj_in else ""
+        what = (" (Predict2.5: Cosmos-Reason1 embeddings; --text-encoder reason1 --text-encoder-path FOLDER)"
+                if cfg.crossattn_proj_in else "")
         raise GenerateError(f"the text encoder {encoder.name!r} gives {encoder.dim}-d embeddings, but the DiT "
                             f"{cfg.name!r} reads {width_needed}-d text tokens{what}; pass a matching --text-encoder")
     prompts = list(dict.fromkeys([j.spec.prompt for j in jobs] + [j.spec.negative_prompt for j in jobs
@@ -487,6 +508,8 @@ def _run(args) -> int:
     enc = encoder.encode(prompts).embeddings
     text = {p: enc[i] for i, p in enumerate(prompts)}
     del encoder, enc
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the text encoder (Reason1: 8B parameters) is gone before the DiT loads
 
     # conditional latents
     cond = {}
@@ -604,11 +627,17 @@ def register_diffusion(modes) -> None:
     v.add_argument("--latent-scale", dest="latent_scale", type=float, default=None,
                    help="the factor the normalised latents were multiplied by in training (default: 0.5 for "
                         "cosmos-cv8x8x8, 1 for wan2.1, as `prepare latents`)")
-    v.add_argument("--text-encoder", dest="text_encoder", default="t5-11b", metavar="NAME_OR_PATH",
-                   help="t5-11b (default; the released Predict1/2 models), minilm (offline, 384-d), or a transformers "
-                        "encoder folder; its width must be the DiT's text width")
+    v.add_argument("--text-encoder", dest="text_encoder", default=None, metavar="NAME_OR_PATH",
+                   help="t5-11b (the released Predict1/2 models; default for them), reason1 (Predict2.5: "
+                        "Cosmos-Reason1 computed online, 28 normalised layers concatenated, 100352-d; default for "
+                        "Predict2.5 models; needs --text-encoder-path), reason1-tiny (a random 512-d Reason1 for "
+                        "tiny_predict25 on a CPU), minilm (offline, 384-d), or a transformers encoder folder (a "
+                        "Qwen2.5-VL one is Reason1); its width must be the DiT's text width")
+    v.add_argument("--text-encoder-path", dest="text_encoder_path", default=None, metavar="FOLDER",
+                   help="reason1: the local Cosmos-Reason1-7B checkpoint (a download of nvidia/Cosmos-Reason1-7B, or "
+                        "a diffusers Cosmos-Predict2.5 folder with text_encoder/ and tokenizer/)")
     v.add_argument("--prompt-length", dest="prompt_length", type=int, default=None,
-                   help="text tokens per prompt (default: the encoder's, 512 for T5)")
+                   help="text tokens per prompt (default: the encoder's, 512 for T5 and Reason1)")
     s = p.add_argument_group("sampling")
     s.add_argument("--num_steps", "--num-steps", dest="num_steps", type=int, default=35,
                    help="sampler steps where a spec has no num_steps (default 35)")
