@@ -106,6 +106,47 @@ def test_lora_transform_on_the_dit():
     assert "trainable" in out["summary"] and "%" in out["summary"]
 
 
+def _optimizer_holds() -> dict:
+    """What megatron's DDP and optimizer hold for a LoRA model, after one step."""
+    from cosmos_nemo import parallel
+    from cosmos_nemo.models.dit.config import dit_config
+    from cosmos_nemo.models.dit.model import build_dit_model
+    from cosmos_nemo.peft.lora import LoRAConfig, apply_lora
+    from cosmos_nemo.training import harness
+    from cosmos_nemo.training.config import OptimizerConfig
+
+    parallel.setup()
+    cfg = dit_config(TINY)
+
+    def provide(pre, post):
+        model = build_dit_model(cfg, pre, post)
+        apply_lora(model, LoRAConfig(rank=2, alpha=2))
+        return model
+
+    chunks = harness.wrap_model(provide)
+    optimizer = harness.build_optimizer(chunks, OptimizerConfig(lr=1e-3))
+    names = {id(p): n for n, p in chunks[0].module.named_parameters()}
+    x, t, text = _inputs(cfg)
+    chunks[0].zero_grad_buffer()
+    chunks[0](x, t, text).square().mean().backward()
+    chunks[0].finish_grad_sync()
+    optimizer.step()
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    in_optimizer = {names[id(p)] for opt in inner for g in opt.optimizer.param_groups for p in g["params"]}
+    with_state = {names[id(p)] for opt in inner for p in opt.optimizer.state}
+    in_ddp = {names[id(p)] for p in chunks[0].param_to_bucket_group} if hasattr(chunks[0], "param_to_bucket_group") else set()
+    parallel.teardown()
+    return {"optimizer": sorted(in_optimizer), "state": sorted(with_state), "ddp": sorted(in_ddp),
+            "all": sorted(names.values())}
+
+
+def test_only_adapters_reach_ddp_and_the_optimizer():
+    out = run_in_processes(_optimizer_holds, 1)[0]
+    adapters = sorted(n for n in out["all"] if "_lora." in n)
+    assert adapters and out["optimizer"] == adapters and out["state"] == adapters
+    assert not out["ddp"] or out["ddp"] == adapters
+
+
 def _counts(name: str, targets, rank: int, alpha: float, first_n=None) -> int:
     from cosmos_nemo import parallel
     from cosmos_nemo.models.dit.config import dit_config

@@ -20,7 +20,7 @@ that. So the pointer only ever names a complete folder, and a run killed at any 
 removes. `keep_last` pruning runs after the pointer moves and never deletes the folder it names.
 
 `COSMOS_NEMO_KILL_AT=<point>` is a test hook: the process SIGKILLs itself at that point of a save
-(`model_shard`: between the model's shard writes inside dist_checkpointing.save; `after_model`,
+(`model_shard`: inside dist_checkpointing.save, the model's shards written but not its metadata; `after_model`,
 `after_optim`, `before_rename`, `before_pointer`), once `COSMOS_NEMO_KILL_STEP` (if set) is reached.
 """
 
@@ -58,9 +58,6 @@ def _kill_point(point: str, step: int) -> None:
     if os.environ.get("COSMOS_NEMO_KILL_AT") == point:
         at = os.environ.get("COSMOS_NEMO_KILL_STEP")
         if at is None or int(at) == step:
-            # dist-ckpt may write from a worker process: take the trainer process down, then this one.
-            trainer_pid = int(os.environ.get("COSMOS_NEMO_TRAINER_PID", os.getpid()))
-            os.kill(trainer_pid, signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -82,28 +79,29 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
 
 
 def _kill_inside_dist_ckpt(step: int):
-    """Context for the `model_shard` kill point: SIGKILL after the first tensor write of a save."""
+    """Context for the `model_shard` kill point: SIGKILL inside `dist_checkpointing.save`, once the model's
+    shard files are written and before the folder's metadata is (megatron collects its writers' results in the
+    saving process, whichever processes or threads wrote the files)."""
     import contextlib
 
     if os.environ.get("COSMOS_NEMO_KILL_AT") != "model_shard":
         return contextlib.nullcontext()
-    from megatron.core.dist_checkpointing.strategies import filesystem_async as filesystem
+    from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
 
-    os.environ["COSMOS_NEMO_TRAINER_PID"] = str(os.getpid())
-    original = filesystem._write_item
+    original = FileSystemWriterAsync.retrieve_write_results
 
-    def write_then_die(*args, **kwargs):
-        result = original(*args, **kwargs)
+    def collect_then_die(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
         _kill_point("model_shard", step)
         return result
 
     @contextlib.contextmanager
     def patched():
-        filesystem._write_item = write_then_die
+        FileSystemWriterAsync.retrieve_write_results = collect_then_die
         try:
             yield
         finally:
-            filesystem._write_item = original
+            FileSystemWriterAsync.retrieve_write_results = original
 
     return patched()
 
