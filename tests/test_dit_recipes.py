@@ -161,3 +161,16 @@ def test_tiny_recipe_trains_at_tp2_like_tp1(tmp_path):
     assert sorted(a) == sorted(b) == [1, 2, 3]
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-5 * abs(b[step]), (step, a[step], b[step])
+
+
+def test_launcher_refuses_lora_without_a_base(tmp_path):
+    recipe = build_recipe("cosmos_predict25_tiny_lora")
+    apply_overrides(recipe, [f"data.paths=[{tmp_path}]"])
+    with pytest.raises(LaunchError, match="needs checkpoint.pretrained"):
+        preflight(recipe, 1, check_data=False)
+    apply_overrides(recipe, ["checkpoint.mode=pretrain"])
+    with pytest.raises(LaunchError, match="never starts from random weights"):
+        preflight(recipe, 1, check_data=False)
+    apply_overrides(recipe, ["checkpoint.mode=finetune", "checkpoint.pretrained=/x", "peft.rank=0"])
+    with pytest.raises(LaunchError, match="peft.rank must be a positive integer"):
+        preflight(recipe, 1, check_data=False)

@@ -396,7 +396,7 @@ def export_lora_run(source, output, ema: bool = False, dtype: torch.dtype = torc
             for pair in adapter.pairs().values():
                 pair.lora_A = torch.nn.Parameter(torch.zeros(pair.lora_A.shape), requires_grad=False)
                 pair.lora_B = torch.nn.Parameter(torch.zeros(pair.lora_B.shape), requires_grad=False)
-            adapter._mark_parallel()
+            adapter.mark_parallel()
         model.lora_info = info
         dist_ckpt.load_model([model], folder)  # adapters only, checked against lora.json
         return save_diffusers_lora(model, out, dtype=dtype, bake_scale=bake_scale, overwrite=overwrite)

@@ -227,12 +227,13 @@ class LoRAAdapter(nn.Module):
             if part in parts:
                 self.add_module(part, LoRAPair(in_local, parts[part], rank, device))
         del out_local
-        self._mark_parallel()
+        self.mark_parallel()
 
     def pairs(self) -> dict[str, LoRAPair]:
         return {name: module for name, module in self.named_children() if isinstance(module, LoRAPair)}
 
-    def _mark_parallel(self) -> None:
+    def mark_parallel(self) -> None:
+        """Give the pairs megatron's tensor-parallel attributes (again after their tensors are replaced)."""
         from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
         for pair in self.pairs().values():

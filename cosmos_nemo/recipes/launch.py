@@ -100,6 +100,17 @@ def preflight(recipe: run.Partial, world_size: int, check_data: bool = True) -> 
     )
     if recipe.trainer.precision not in ("fp32", "bf16"):
         raise LaunchError(f"trainer.precision must be 'fp32' or 'bf16', got {recipe.trainer.precision!r}")
+    peft = recipe.__arguments__.get("peft")
+    if peft is not None:
+        from cosmos_nemo.peft.lora import LoRAError
+
+        try:
+            fdl.build(peft).validate()
+        except LoRAError as err:
+            raise LaunchError(str(err)) from None
+        if recipe.checkpoint.mode != "finetune":
+            raise LaunchError("LoRA (peft) trains adapters on a pretrained base: set checkpoint.mode=finetune and "
+                              "checkpoint.pretrained (LoRA never starts from random weights)")
     if recipe.checkpoint.mode == "finetune" and not recipe.checkpoint.pretrained:
         raise LaunchError("checkpoint.mode=finetune needs checkpoint.pretrained (a Cosmos .pt, a dist-ckpt folder, "
                           "a run folder or a hub id)")
