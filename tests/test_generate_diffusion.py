@@ -21,18 +21,16 @@ FRAMES = 9  # 3 latent frames at 4x temporal compression
 TEXT_WIDTH = 512  # tiny_predict25's crossattn_proj_in
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> dict:
+def write_tiny_predict25_assets(root: Path) -> dict:
+    """A random tiny Predict2.5 DiT as a released file, and a tiny random Wan2.1 VAE folder, under `root`."""
     from safetensors.torch import save_file
 
     from cosmos_nemo import parallel
-    from cosmos_nemo.compat import hide_unusable_torchvision
     from cosmos_nemo.data_prep.vae import import_autoencoder_kl_wan
     from cosmos_nemo.models.dit import convert
     from cosmos_nemo.models.dit.config import dit_config
     from cosmos_nemo.models.dit.model import build_dit_model
 
-    root = tmp_path_factory.mktemp("gen_diffusion")
     torch.manual_seed(0)
     parallel.setup()
     try:
@@ -45,12 +43,18 @@ def assets(tmp_path_factory) -> dict:
     finally:
         parallel.teardown()
     save_file({k: v.contiguous() for k, v in state.items()}, str(root / "dit.safetensors"))
-
-    AutoencoderKLWan = import_autoencoder_kl_wan()
     torch.manual_seed(0)
-    AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                     temperal_downsample=[False, True, True]).save_pretrained(root / "vae")
+    import_autoencoder_kl_wan()(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                                temperal_downsample=[False, True, True]).save_pretrained(root / "vae")
+    return {"dit": root / "dit.safetensors", "vae": root / "vae"}
 
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict:
+    from cosmos_nemo.compat import hide_unusable_torchvision
+
+    root = tmp_path_factory.mktemp("gen_diffusion")
+    write_tiny_predict25_assets(root)
     hide_unusable_torchvision()
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 

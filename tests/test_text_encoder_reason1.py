@@ -200,31 +200,9 @@ def test_reason1_without_a_checkpoint_is_an_error_naming_the_hub_id(tmp_path, ca
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory) -> dict:
-    from safetensors.torch import save_file
+    from test_generate_diffusion import write_tiny_predict25_assets
 
-    from cosmos_nemo import parallel
-    from cosmos_nemo.data_prep.vae import import_autoencoder_kl_wan
-    from cosmos_nemo.models.dit import convert
-    from cosmos_nemo.models.dit.config import dit_config
-    from cosmos_nemo.models.dit.model import build_dit_model
-
-    root = tmp_path_factory.mktemp("reason1_gen")
-    torch.manual_seed(0)
-    parallel.setup()
-    try:
-        cfg = dit_config("tiny_predict25")
-        model = build_dit_model(cfg)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0, 0.05)
-        state = convert.with_cosmos_prefix(convert.export_released(model, cfg))
-    finally:
-        parallel.teardown()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(root / "dit.safetensors"))
-    torch.manual_seed(0)
-    import_autoencoder_kl_wan()(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                                temperal_downsample=[False, True, True]).save_pretrained(root / "vae")
-    return {"dit": root / "dit.safetensors", "vae": root / "vae"}
+    return write_tiny_predict25_assets(tmp_path_factory.mktemp("reason1_gen"))
 
 
 def _gen_args(released: dict, out: Path, *extra: str) -> list[str]:
