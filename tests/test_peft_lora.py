@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 
 import numpy as np
 import pytest
@@ -47,7 +48,11 @@ def _randomise_adapters(model, seed: int = 7, std: float = 0.05) -> None:
                 if axis is not None:
                     shape[axis] *= size
                 full = torch.randn(*shape, generator=g) * std
-                if axis is not None:
+                if axis is not None and getattr(adapter, "gated", False) and p is pair.lora_B:
+                    # a gated fc1's rows are [gate; up] on each rank: the full B is [gate_all; up_all]
+                    half, local = shape[0] // 2, p.shape[0] // 2
+                    full = torch.cat([full[rank * local:(rank + 1) * local], full[half + rank * local:half + (rank + 1) * local]])
+                elif axis is not None:
                     full = full.narrow(axis, rank * p.shape[axis], p.shape[axis])
                 p.data.copy_(full)
 
@@ -60,7 +65,7 @@ def pair_items(adapter):
 # the transform on a model
 
 
-def _transform_checks() -> dict:
+def _transform_checks(targets=None) -> dict:
     from cosmos_nemo import parallel
     from cosmos_nemo.models.dit.config import dit_config
     from cosmos_nemo.models.dit.model import build_dit_model
@@ -72,7 +77,7 @@ def _transform_checks() -> dict:
     x, t, text = _inputs(cfg)
     with torch.no_grad():
         base = model(x, t, text)
-    report = apply_lora(model, LoRAConfig(rank=4, alpha=8), seed=5)
+    report = apply_lora(model, LoRAConfig(rank=4, alpha=8, **({"targets": targets} if targets else {})), seed=5)
     out = {"summary": report.summary(), "trainable": report.trainable, "total": report.total}
     with torch.no_grad():
         out["step0_equal"] = torch.equal(model(x, t, text), base)
@@ -92,15 +97,18 @@ def _transform_checks() -> dict:
     return out
 
 
-def test_lora_transform_on_the_dit():
-    out = run_in_processes(_transform_checks, 1)[0]
+@pytest.mark.parametrize("targets", [None, ["q_proj", "v_proj"], ["FA[to_k]", "CA[to_v]", "mlp.layer2"]])
+def test_lora_transform_on_the_dit(targets):
+    out = run_in_processes(_transform_checks, 1, targets)[0]
     assert out["step0_equal"], "a fresh LoRA model must equal its base bit for bit (B = 0)"
     assert out["A_nonzero"] and out["B_zero"], "A is drawn at random, B starts at zero (never both zero)"
     assert out["adapter_dtypes"] == {"torch.float32"}
     assert out["trainable_names"] and all("_lora." in n for n in out["trainable_names"]), "the base must be frozen"
     # q, k, v of self-attention are separate pairs on the fused linear_qkv; cross-attention k, v on linear_kv
-    assert "decoder.layers.0.self_attention.linear_qkv_lora.q.lora_A" in out["trainable_names"]
-    assert "decoder.layers.1.cross_attention.linear_kv_lora.v.lora_B" in out["trainable_names"]
+    names = out["trainable_names"]
+    assert ("decoder.layers.0.self_attention.linear_qkv_lora.q.lora_A" in names) == (targets != ["FA[to_k]", "CA[to_v]", "mlp.layer2"])
+    assert "decoder.layers.1.cross_attention.linear_kv_lora.v.lora_B" in names
+    assert ("decoder.layers.1.cross_attention.linear_kv_lora.k.lora_B" in names) == (targets is None)
     assert out["adapted_diff"] > 1e-3
     assert out["merged_err"] <= 1e-5 and out["unmerged_err"] <= 1e-5
     assert "trainable" in out["summary"] and "%" in out["summary"]
@@ -534,3 +542,51 @@ def test_ar_lora_trains_with_and_without_cpu_accelerations(tmp_path):
                                        "linear_fc2.weight")) for k in changed), sorted(changed)
     for key in plain_w:
         np.testing.assert_allclose(fast_w[key], plain_w[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def _ar_tp(tp: int, base: str, lora: bool = True, targets=None) -> dict:
+    """The tiny AR V2W model with LoRA at TP=tp; the base weights are TP=1's (written to / read from the
+    dist-ckpt folder `base`, which re-shards them, fused SwiGLU included)."""
+    from cosmos_nemo import parallel
+    from cosmos_nemo.checkpoint import dist as dist_ckpt
+    from cosmos_nemo.models.ar.config import ar_config
+    from cosmos_nemo.models.ar.model import build_ar_model
+    from cosmos_nemo.peft.lora import LoRAConfig, apply_lora
+
+    parallel.setup(tensor_parallel=tp, seed=3)
+    cfg = ar_config("tiny_v2w")
+    model = build_ar_model(cfg).eval()
+    if tp == 1:
+        dist_ckpt.save_model([model], base)
+    else:
+        dist_ckpt.load_model([model], base)
+    if lora:
+        # the six reference targets by default: self- and cross-attention, the MLP
+        apply_lora(model, LoRAConfig(rank=4, alpha=8, **({"targets": targets} if targets else {})), seed=5)
+        _randomise_adapters(model)
+    g = torch.Generator().manual_seed(2)
+    grid = (2, 3, 4)
+    tokens = torch.randint(0, 1000, (2, 24), generator=g)
+    context = torch.randn(2, 5, cfg.context_dim, generator=g)
+    with torch.no_grad():
+        logits = model(tokens, grid, context=context)
+    out = {"logits": logits}
+    if lora and tp == 2:  # the adapter checkpoint re-shards: TP=2 writes it ...
+        model.lora_info = {"adapter": model.lora_report.describe()}
+        dist_ckpt.save_model([model], base + "_adapter")
+    elif lora and tp == 1 and os.path.isdir(base + "_adapter"):  # ... and TP=1 reads it
+        dist_ckpt.load_model([model], base + "_adapter")
+        with torch.no_grad():
+            out["reloaded"] = model(tokens, grid, context=context)
+    parallel.teardown()
+    return out
+
+
+@pytest.mark.distributed
+def test_ar_lora_at_tp2_equals_tp1(tmp_path):
+    """The tiny AR Video2World model (GQA, SwiGLU, cross-attention) with adapters on the six reference targets."""
+    one = run_in_processes(_ar_tp, 1, 1, str(tmp_path / "base"))[0]
+    for r in run_in_processes(_ar_tp, 2, 2, str(tmp_path / "base")):
+        assert (T(r["logits"]) - T(one["logits"])).abs().max() <= 1e-4
+    again = run_in_processes(_ar_tp, 1, 1, str(tmp_path / "base"))[0]  # loads the TP=2 adapter checkpoint
+    assert (T(again["reloaded"]) - T(one["logits"])).abs().max() <= 1e-4

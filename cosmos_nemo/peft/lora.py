@@ -213,14 +213,17 @@ class LoRAAdapter(nn.Module):
     layout on this TP rank (q/k/v deltas interleaved per query group for a fused linear)."""
 
     def __init__(self, linear: nn.Module, parts: dict[str, int], kind: str, rank: int, scale: float, dropout: float,
-                 groups: int = 1, layout: tuple = ("all",), norm=None):
+                 groups: int = 1, layout: tuple = ("all",), norm=None, sizes: Optional[dict] = None,
+                 gated: bool = False):
         super().__init__()
         out_local, in_local = linear.weight.shape
         self.kind, self.scale, self.groups, self.layout = kind, float(scale), groups, tuple(layout)
-        self.sizes = dict(parts)  # part -> local output rows of that part
+        # local output rows of every part of the layout (the adapted ones are `parts`)
+        self.sizes = dict(sizes or parts)
         self.sequence_parallel = bool(getattr(linear, "sequence_parallel", False)) and kind != "replicated"
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.merged = False
+        self.gated = gated and kind == "column"  # a gated MLP's fc1: rows [gate; up] per TP rank
         self.norm = norm  # Transformer Engine's fused layer-norm linears normalise their input inside
         device = linear.weight.device
         for part in self.layout:
@@ -313,9 +316,21 @@ class LoRAAdapter(nn.Module):
                 axis[f"{part}.lora_A"] = 1
         state = self.state_dict(prefix="", keep_vars=True)
         dp_cp = (metadata or {}).get("dp_cp_group") or parallel_state.get_data_parallel_group(with_context_parallel=True)
-        return make_sharded_tensors_for_checkpoint(state, prefix, axis, sharded_offsets,
-                                                   tp_group=parallel_state.get_tensor_model_parallel_group(),
-                                                   dp_cp_group=dp_cp)
+        tp_group = parallel_state.get_tensor_model_parallel_group()
+        out = make_sharded_tensors_for_checkpoint(state, prefix, axis, sharded_offsets, tp_group=tp_group,
+                                                  dp_cp_group=dp_cp)
+        if self.gated:  # B's rows are [gate; up] on each TP rank: stored as megatron stores the gated fc1 weight
+            import inspect
+
+            from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
+
+            extra = {}
+            params = inspect.signature(apply_swiglu_sharded_factory).parameters
+            if "tp_group" in params:
+                extra = {"tp_group": tp_group, "dp_group": dp_cp}
+            key = f"{prefix}all.lora_B"
+            out[key] = apply_swiglu_sharded_factory(out[key], sharded_offsets, **extra)
+        return out
 
     def hook(self, module, args, output):
         """Forward hook on the base linear: add the adapter's update to its output (megatron linears return
@@ -563,8 +578,12 @@ def _attach(holder, scope, linear_name, linear, name, block, parts, cfg, seed, m
         chosen = {p: sizes[p] for p in layout if p in parts or None in parts}
     else:
         layout, groups, chosen = ("all",), 1, {"all": out_local}
+        sizes = chosen
     adapter = LoRAAdapter(linear, chosen, kind, cfg.rank, cfg.scale, cfg.dropout, groups, layout,
-                          norm=_fused_norm(linear, getattr(model, "config", None)))
+                          norm=_fused_norm(linear, getattr(model, "config", None)),
+                          sizes={p: sizes[p] for p in layout},
+                          gated=linear_name == "linear_fc1" and bool(getattr(getattr(model, "config", None),
+                                                                             "gated_linear_unit", False)))
     for part, pair in adapter.pairs().items():
         _init_pair(pair, f"{block}.{scope}.{linear_name}.{part}", kind, cfg, seed)
     holder.add_module(linear_name + ADAPTER_SUFFIX, adapter)
