@@ -590,3 +590,14 @@ def test_ar_lora_at_tp2_equals_tp1(tmp_path):
         assert (T(r["logits"]) - T(one["logits"])).abs().max() <= 1e-4
     again = run_in_processes(_ar_tp, 1, 1, str(tmp_path / "base"))[0]  # loads the TP=2 adapter checkpoint
     assert (T(again["reloaded"]) - T(one["logits"])).abs().max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_lora_trains_in_bf16_with_fp32_adapters(base_run):
+    """bf16 weights and compute with fp32 adapters: megatron's mixed-precision optimizer keeps them as they are."""
+    root, base_dir = base_run
+    out = run_in_processes(_train, 1, str(root), "lora_bf16", 2, base_dir, _lora(), 1e-2, "bf16")[0]
+    assert len(out["losses"]) == 2 and all(math.isfinite(v) for v in out["losses"])
+    inside = run_in_processes(_base_tensor_hashes, 1, out["run_dir"])[0]
+    assert {str(T(v).dtype) for v in inside["adapters"].values()} == {"torch.float32"}
+    assert any(T(v).abs().sum() > 0 for k, v in inside["adapters"].items() if k.endswith("lora_B"))

@@ -58,7 +58,13 @@ def wrap_model(model_provider: Callable[[bool, bool], torch.nn.Module], overlap_
 
 
 def build_optimizer(model_chunks, cfg: TrainOptimizerConfig, bf16: bool = False):
-    """megatron's AdamW over the chunks' parameters; the learning rate is set per step by the caller."""
+    """megatron's AdamW over the chunks' trainable parameters; the learning rate is set per step by the caller.
+
+    With `bf16`, megatron's mixed-precision optimizer (fp32 main copies) is used when some trainable parameter
+    is bf16; when every trainable parameter is already fp32 (LoRA adapters on a frozen bf16 base) the plain fp32
+    optimizer is (megatron's mixed-precision one cannot checkpoint fp32 parameters it holds beside bf16 ones)."""
+    bf16 = bf16 and any(p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)
+                        for chunk in model_chunks for p in chunk.parameters())
     config = OptimizerConfig(
         optimizer="adam",
         lr=cfg.lr,
