@@ -169,18 +169,23 @@ def _counts(name: str, targets, rank: int, alpha: float, first_n=None) -> int:
     return report.trainable
 
 
+def _all_counts(cases) -> list:
+    return [_counts(*case) for case in cases]
+
+
 def test_parameter_counts_are_the_references():
     six = ["q_proj", "k_proj", "v_proj", "output_proj", "mlp.layer1", "mlp.layer2"]
-    assert run_in_processes(_counts, 1, "predict25_2b", six, 32, 32)[0] == 45_875_200
-    # the same targets by their diffusers and megatron names
     diffusers = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
-    assert run_in_processes(_counts, 1, "predict25_2b", diffusers, 32, 32)[0] == 45_875_200
     megatron = ["linear_qkv", "linear_q", "linear_kv", "linear_proj", "linear_fc1", "linear_fc2"]
-    assert run_in_processes(_counts, 1, "predict25_2b", megatron, 32, 32)[0] == 45_875_200
+    cases = [("predict25_2b", six, 32, 32), ("predict25_2b", diffusers, 32, 32), ("predict25_2b", megatron, 32, 32),
+             ("predict1_7b_v2w", ["FA[to_q, to_v]", "CA[to_q, to_v]"], 8, 8, 28),
+             ("predict1_7b_v2w", ["FA[to_q, to_v]"], 8, 8, 10)]
+    counts = run_in_processes(_all_counts, 1, cases)[0]
+    # the same targets by their reference, diffusers and megatron names
+    assert counts[:3] == [45_875_200] * 3
     # Predict1 7B: q, v of self- and cross-attention, rank 8 = 8 (8192 + 8192 + 8192 + 5120) per block
-    p1 = run_in_processes(_counts, 1, "predict1_7b_v2w", ["FA[to_q, to_v]", "CA[to_q, to_v]"], 8, 8, 28)[0]
-    assert p1 == 28 * 8 * (8192 + 8192 + 8192 + 5120) == 6_651_904
-    assert run_in_processes(_counts, 1, "predict1_7b_v2w", ["FA[to_q, to_v]"], 8, 8, 10)[0] == 10 * 8 * 2 * 8192
+    assert counts[3] == 28 * 8 * (8192 + 8192 + 8192 + 5120) == 6_651_904
+    assert counts[4] == 10 * 8 * 2 * 8192
 
 
 def _target_error(targets, first_n=None, model_name=TINY) -> str:
