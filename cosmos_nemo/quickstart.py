@@ -9,6 +9,9 @@
 7. TokenBench PSNR/SSIM of the continuations (and of the tokenizer's reconstructions) against the clips;
 8. print where everything is.
 
+`--family diffusion` runs the diffusion path instead (quickstart_diffusion.py): a continuous tokenizer, latents
+and text embeddings, a tiny DiT, Text2World and Video2World generations.
+
 Every step is the production code path (the same recipe scales to 4B); only the sizes are small.
 """
 
@@ -24,10 +27,17 @@ import warnings
 from pathlib import Path
 
 TOKENIZER_COMPRESSION = (4, 8, 8)  # the tiny tokenizer's
+STEPS = 8
+
+# Flags whose default depends on --family (None in the parser, filled in by `apply_family_defaults`).
+FAMILY_DEFAULTS = {
+    "ar": dict(workdir="quickstart_out", tokenizer_steps=600, train_steps=60, lr=3e-3),
+    "diffusion": dict(workdir="quickstart_diffusion_out", tokenizer_steps=600, train_steps=300, lr=2e-3),
+}
 
 
-def _banner(i: int, text: str) -> None:
-    print(f"\n=== [{i}/8] {text}", flush=True)
+def _banner(i: int, text: str, total: int = STEPS) -> None:
+    print(f"\n=== [{i}/{total}] {text}", flush=True)
 
 
 def _run(cmd: list[str], env: dict | None = None) -> None:
@@ -46,33 +56,111 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def quickstart(args: argparse.Namespace) -> int:
-    # megatron-core and torch warn about optional GPU libraries and deprecations on every import; the steps
-    # that run in this process would bury the output in them (subprocesses get PYTHONWARNINGS=ignore).
+def _setup(args: argparse.Namespace) -> tuple[Path, dict]:
+    """The work folder (created) and the environment of the subprocess steps. megatron-core and torch warn
+    about optional GPU libraries and deprecations on every import; the steps that run in this process would
+    bury the output in them (subprocesses get PYTHONWARNINGS=ignore)."""
     warnings.filterwarnings("ignore")
-    start = time.time()
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
-    size, frames = args.size, args.frames
+    return work, dict(os.environ, PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
 
-    _banner(1, f"sample data: {args.num_videos} simulated videos of {args.video_frames} frames at {size}x{size}")
+
+def sample_data_step(work: Path, args: argparse.Namespace, total: int = STEPS) -> Path:
+    """Step 1: the captioned sample videos (reused when complete)."""
+    _banner(1, f"sample data: {args.num_videos} simulated videos of {args.video_frames} frames at {args.size}x{args.size}",
+            total)
     from cosmos_nemo.data_prep.sample_data import generate_sample_dataset
 
     sample = work / "sample"
     if not (sample / "prompts.jsonl").is_file():
         generate_sample_dataset(sample, num_videos=args.num_videos, seed=args.seed, num_frames=args.video_frames,
-                                height=size, width=size, progress=True)
+                                height=args.size, width=args.size, progress=True)
     print(f"wrote {sample}/videos/*.mp4 and metas/*.txt")
+    return sample
 
-    _banner(2, "fit the tiny video tokenizer to the sample videos")
+
+def tokenizer_step(sample: Path, tok_dir: Path, args: argparse.Namespace, tokenizer: str, what: str,
+                   total: int = STEPS) -> None:
+    """Step 2: fit the tiny tokenizer `tokenizer` (a registry name) to the sample videos (reused when complete)."""
+    _banner(2, f"fit the tiny {what} to the sample videos", total)
+    from cosmos_nemo.tokenizers.loading import CONFIG_FILE
     from cosmos_nemo.tokenizers.train import TrainTokenizerConfig, train_tokenizer
 
+    if (tok_dir / CONFIG_FILE).is_file():
+        print(f"reusing {tok_dir}")
+        return
+    result = train_tokenizer(TrainTokenizerConfig(data=str(sample / "videos"), output=str(tok_dir), tokenizer=tokenizer,
+                                                  num_frames=args.frames, height=args.size, width=args.size,
+                                                  steps=args.tokenizer_steps, seed=args.seed))
+    print(f"held-out reconstruction PSNR: {result.psnr_before:.2f} dB at random init -> {result.psnr_after:.2f} dB trained")
+
+
+def train_and_resume_steps(train_cmd: list[str], runs: Path, run_name: str, args: argparse.Namespace, env: dict,
+                           first: int, what: str, total: int = STEPS) -> Path:
+    """Steps `first` and `first + 1`: train for `args.train_steps`, then run the same command with
+    `args.resume_steps` more and check that it continued from the last checkpoint. Returns the run folder.
+    A run folder already trained that far (a rerun of the quickstart) is reused."""
+    _banner(first, f"train {what} for {args.train_steps} steps, TP={args.tensor_parallel} over {args.nproc} processes",
+            total)
+    previous = next(runs.glob(f"*/*/{run_name}"), None)
+    done = max((m["step"] for m in _metrics(previous) if "train/loss" in m), default=0) if previous else 0
+    if done >= args.train_steps + args.resume_steps:
+        print(f"reusing {previous}: already trained to step {done}")
+        _banner(first + 1, "resume-check: done by the run that trained it", total)
+        return previous
+    _run(train_cmd + [f"trainer.max_steps={args.train_steps}"], env)
+    run_dir = next(runs.glob(f"*/*/{run_name}"), None)
+    if run_dir is None:
+        raise SystemExit(f"quickstart: no run folder named {run_name} under {runs}")
+    metrics = _metrics(run_dir)
+
+    _banner(first + 1, f"resume-check: the same command with {args.resume_steps} more steps continues from the last "
+            "checkpoint", total)
+    _run(train_cmd + [f"trainer.max_steps={args.train_steps + args.resume_steps}"], env)
+    after = _metrics(run_dir)
+    resumed_steps = [m["step"] for m in after[len(metrics):] if "train/loss" in m]
+    if not resumed_steps or min(resumed_steps) != args.train_steps + 1:
+        raise SystemExit(f"quickstart: the resumed run did not continue at step {args.train_steps + 1}: {resumed_steps}")
+    print(f"resumed at step {min(resumed_steps)} and ran to step {max(resumed_steps)}")
+    return run_dir
+
+
+def tokenbench_step(pairs: list[tuple[Path, Path]], env: dict) -> None:
+    """`evaluate tokenbench` of each (reference folder, compared folder); the reports land in the latter."""
+    for gt, target in pairs:
+        _run(_cli("evaluate", "tokenbench", "--gtpath", str(gt), "--targetpath", str(target)), env)
+
+
+def print_summary(rows: dict[str, str], start: float) -> None:
+    """The last step: one aligned line per row (what: where), then the total time."""
+    for label, text in rows.items():
+        print(f"{label + ':':<19}{text}")
+    print(f"quickstart finished in {time.time() - start:.0f} s")
+
+
+def validation_summary(run_dir: Path) -> str | None:
+    """'A at step i -> B at step j' of the run's first and last validation loss, or None without any."""
+    vals = [m for m in _metrics(run_dir) if "val/loss" in m]
+    if not vals:
+        return None
+    return (f"{vals[0]['val/loss']:.4f} at step {vals[0]['step']} -> {vals[-1]['val/loss']:.4f} at step "
+            f"{vals[-1]['step']}")
+
+
+def quickstart(args: argparse.Namespace) -> int:
+    apply_family_defaults(args)
+    if args.family == "diffusion":
+        from cosmos_nemo.quickstart_diffusion import quickstart_diffusion
+
+        return quickstart_diffusion(args)
+    start = time.time()
+    work, env = _setup(args)
+    size, frames = args.size, args.frames
+
+    sample = sample_data_step(work, args)
     tok_dir = work / "tokenizer"
-    if not (tok_dir / "config.json").is_file():
-        result = train_tokenizer(TrainTokenizerConfig(data=str(sample / "videos"), output=str(tok_dir), num_frames=frames,
-                                                      height=size, width=size, steps=args.tokenizer_steps, seed=args.seed))
-        print(f"held-out reconstruction PSNR: {result.psnr_before:.2f} dB at random init -> {result.psnr_after:.2f} dB trained")
+    tokenizer_step(sample, tok_dir, args, "tiny", "video tokenizer")
 
     _banner(3, f"tokenize {frames}-frame windows (stride {args.stride}) into the AR token dataset")
     tokens = work / "tokens"
@@ -94,40 +182,26 @@ def quickstart(args: argparse.Namespace) -> int:
         f"optim.lr={args.lr}", f"trainer.val_interval={args.train_steps}", "trainer.val_batches=2",
         f"checkpoint.save_interval={args.train_steps}",
     )
-    _banner(4, f"train the tiny AR model for {args.train_steps} steps, TP={args.tensor_parallel} over {args.nproc} processes")
-    _run(train_cmd + [f"trainer.max_steps={args.train_steps}"], env)
-    run_dir = next(runs.glob(f"*/*/{run_name}"), None)
-    if run_dir is None:
-        raise SystemExit(f"quickstart: no run folder named {run_name} under {runs}")
-    metrics = _metrics(run_dir)
-
-    _banner(5, f"resume-check: the same command with {args.resume_steps} more steps continues from the last checkpoint")
-    _run(train_cmd + [f"trainer.max_steps={args.train_steps + args.resume_steps}"], env)
-    after = _metrics(run_dir)
-    resumed_steps = [m["step"] for m in after[len(metrics):] if "train/loss" in m]
-    if not resumed_steps or min(resumed_steps) != args.train_steps + 1:
-        raise SystemExit(f"quickstart: the resumed run did not continue at step {args.train_steps + 1}: {resumed_steps}")
-    print(f"resumed at step {min(resumed_steps)} and ran to step {max(resumed_steps)}")
+    run_dir = train_and_resume_steps(train_cmd, runs, run_name, args, env, 4, "the tiny AR model")
 
     _banner(6, "generate continuations of held-out clips from their first latent frames")
     samples = generate_heldout(run_dir, tokens, tok_dir, work / "generated", args)
 
     _banner(7, "TokenBench (PSNR/SSIM) of the continuations and of the tokenizer reconstructions")
-    _run(_cli("evaluate", "tokenbench", "--gtpath", str(samples / "reference"), "--targetpath", str(samples / "generated")), env)
-    _run(_cli("evaluate", "tokenbench", "--gtpath", str(samples / "reference"), "--targetpath", str(samples / "reconstructed")), env)
+    tokenbench_step([(samples / "reference", samples / "generated"), (samples / "reference", samples / "reconstructed")],
+                    env)
 
     _banner(8, "where everything is")
-    vals = [m for m in _metrics(run_dir) if "val/loss" in m]
-    if vals:
-        print(f"validation loss: {vals[0]['val/loss']:.4f} at step {vals[0]['step']} -> {vals[-1]['val/loss']:.4f} at step "
-              f"{vals[-1]['step']} (uniform over 64,000 codes: 11.07)")
-    print(f"sample videos:     {sample}/videos")
-    print(f"tokenizer:         {tok_dir}")
-    print(f"token dataset:     {tokens}")
-    print(f"run folder:        {run_dir}  (checkpoints/, tensorboard/, metrics.jsonl, config.yaml)")
-    print(f"continuations:     {samples}/generated/*.mp4, contact sheets {samples}/*.png")
-    print(f"TokenBench:        {samples}/generated/tokenbench.json, {samples}/reconstructed/tokenbench.json")
-    print(f"quickstart finished in {time.time() - start:.0f} s")
+    val = validation_summary(run_dir)
+    print_summary({
+        **({"validation loss": f"{val} (uniform over 64,000 codes: 11.07)"} if val else {}),
+        "sample videos": f"{sample}/videos",
+        "tokenizer": str(tok_dir),
+        "token dataset": str(tokens),
+        "run folder": f"{run_dir}  (checkpoints/, tensorboard/, metrics.jsonl, config.yaml)",
+        "continuations": f"{samples}/generated/*.mp4, contact sheets {samples}/*.png",
+        "TokenBench": f"{samples}/generated/tokenbench.json, {samples}/reconstructed/tokenbench.json",
+    }, start)
     return 0
 
 
@@ -175,29 +249,59 @@ def generate_heldout(run_dir: Path, tokens: Path, tok_dir: Path, out: Path, args
     return out
 
 
+def apply_family_defaults(args: argparse.Namespace) -> None:
+    """Fill the flags left unset (None) with the defaults of `args.family`."""
+    for key, value in FAMILY_DEFAULTS[args.family].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+def _by_family(key: str) -> str:
+    return ", ".join(f"{v[key]} for {family}" for family, v in FAMILY_DEFAULTS.items())
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quickstart",
-        help="run the whole path on a CPU in minutes: sample data, tokenizer, tokens, TP=2 training, resume, "
-        "generation, TokenBench",
-        description=__doc__.split("\n\n")[0] + " Steps: sample data -> fit a tiny tokenizer -> tokenize -> train the "
-        "tiny AR recipe with TP=2 over 2 processes -> resume-check -> generate continuations -> TokenBench. "
-        "Rerunning reuses finished steps (sample data, tokenizer, tokens, checkpoints).",
+        help="run the whole path on a CPU in minutes: sample data, tokenizer, tokens or latents, TP=2 training, "
+        "resume, generation, TokenBench (--family ar|diffusion)",
+        description=__doc__.split("\n\n")[0] + " Steps with --family ar (the default): sample data -> fit a tiny "
+        "tokenizer -> tokenize -> train the tiny AR recipe with TP=2 over 2 processes -> resume-check -> generate "
+        "continuations -> TokenBench. With --family diffusion: sample data -> fit a tiny continuous tokenizer (and its "
+        "latent statistics) -> text embeddings -> latents -> train the tiny Predict2.5 DiT with TP=2 over 2 processes "
+        "-> resume-check -> Text2World and Video2World generations of held-out clips -> TokenBench. "
+        "Rerunning reuses finished steps (sample data, tokenizer, tokens/latents, checkpoints).",
     )
-    p.add_argument("--workdir", default="quickstart_out", help="where everything is written (default quickstart_out)")
+    p.add_argument("--family", choices=sorted(FAMILY_DEFAULTS), default="ar",
+                   help="ar (default): discrete tokens and the tiny autoregressive model; diffusion: continuous latents "
+                   "and the tiny diffusion transformer (DiT), with Text2World and Video2World generation")
+    p.add_argument("--workdir", default=None, help=f"where everything is written (default {_by_family('workdir')})")
     p.add_argument("--num-videos", "--num_videos", type=int, default=24, help="sample videos (default 24)")
     p.add_argument("--video-frames", "--video_frames", type=int, default=33, help="frames per sample video (default 33)")
     p.add_argument("--frames", type=int, default=17, help="frames per training clip, 1 + 4k (default 17)")
     p.add_argument("--stride", type=int, default=8, help="frames between clip windows (default 8)")
-    p.add_argument("--size", type=int, default=64, help="frame height and width, a multiple of 8 (default 64)")
-    p.add_argument("--tokenizer-steps", "--tokenizer_steps", type=int, default=600, help="tokenizer training steps (default 600)")
-    p.add_argument("--train-steps", "--train_steps", type=int, default=60, help="AR training steps before the resume check (default 60)")
+    p.add_argument("--size", type=int, default=64,
+                   help="frame height and width, a multiple of 8 (diffusion: of 16, the tokenizer x the DiT patch; "
+                   "default 64)")
+    p.add_argument("--tokenizer-steps", "--tokenizer_steps", type=int, default=None,
+                   help=f"tokenizer training steps (default {_by_family('tokenizer_steps')})")
+    p.add_argument("--train-steps", "--train_steps", type=int, default=None,
+                   help=f"training steps before the resume check (default {_by_family('train_steps')})")
     p.add_argument("--resume-steps", "--resume_steps", type=int, default=5, help="steps run after resuming (default 5)")
     p.add_argument("--global-batch", "--global_batch", type=int, default=8, help="clips per optimizer step (default 8)")
-    p.add_argument("--lr", type=float, default=3e-3, help="AR learning rate (default 3e-3)")
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate (default {_by_family('lr')})")
     p.add_argument("--nproc", type=int, default=2, help="training processes (default 2)")
     p.add_argument("--tensor-parallel", "--tensor_parallel", type=int, default=2, help="tensor-parallel size (default 2)")
-    p.add_argument("--context-frames", "--context_frames", type=int, default=5, help="frames given to the model, 1 + 4k (default 5)")
-    p.add_argument("--num-generate", "--num_generate", type=int, default=2, help="held-out clips to continue (default 2)")
+    p.add_argument("--context-frames", "--context_frames", type=int, default=5,
+                   help="ar: frames given to the model, 1 + 4k (default 5); diffusion's Video2World always takes 2 "
+                   "latent frames (5 frames)")
+    p.add_argument("--num-generate", "--num_generate", type=int, default=2,
+                   help="held-out clips to continue (diffusion: each generated by Text2World and by Video2World; "
+                   "default 2)")
+    p.add_argument("--sampling-steps", "--sampling_steps", type=int, default=20,
+                   help="diffusion: sampler steps per generation (default 20)")
+    p.add_argument("--guidance", type=float, default=0.0,
+                   help="diffusion: classifier-free guidance (default 0: the tiny DiT is trained without dropping the "
+                   "text, so it has no unconditional branch to guide with)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, tokenizer and sampling (default 0)")
     p.set_defaults(func=quickstart)
