@@ -66,7 +66,7 @@ def register(sub) -> None:
     from cosmos_nemo.checkpoint import consolidate
 
     consolidate.register(sub)  # dcp-to-pt: a run's checkpoint -> model.pt, model_ema_fp32.pt, model_ema_bf16.pt
-    from cosmos_nemo.peft import export as lora_export
+    from cosmos_nemo.peft import lora_commands as lora_export
 
     lora_export.register(sub)  # lora-export (diffusers LoRA file), lora-merge (dit-export of a LoRA run)
 

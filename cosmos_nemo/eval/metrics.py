@@ -17,9 +17,13 @@ How this stays exact and fast:
   or int32 holds exactly, and so are the cancellation-prone variance numerators ``49*Sxx - Sx^2``. Only
   the final ratio is taken in floating point (float64), so there is no catastrophic cancellation anywhere:
   the result is the exact SSIM up to ~1e-15, and skimage's own float32 arithmetic is ~1e-7 from it.
-* PSNR accumulates an exact int64 sum of squared errors across chunks.
+* PSNR accumulates an exact int64 sum of squared errors across chunks; with SSIM it comes for free from
+  the per-pixel x^2 + y^2 and x*y that SSIM needs anyway (sum (x-y)^2 = sum (x^2+y^2) - 2 sum xy).
 * Frames are processed in horizontal strips of a few dozen rows, so the temporaries stay in cache;
   whole videos are never materialised, not even one frame as float.
+* On CPU (the default) everything is NumPy on the interleaved `[H, W, 3]` frames as decoded, so scoring
+  imports no torch (`evaluate tokenbench` starts in a fraction of a second). Another `device` (e.g. cuda)
+  runs the same integer formulation in torch on planar strips, whole frames at a time.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 # np.finfo(np.float32).eps, the constant the reference adds to sqrt(MSE).
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
@@ -57,7 +60,109 @@ def psnr_from_sse(sse: int, count: int) -> float:
     return 20.0 * math.log10(DATA_RANGE / (math.sqrt(mse) + FLOAT32_EPS))
 
 
-def _box7(x: torch.Tensor, dim: int) -> torch.Tensor:
+def _is_cpu(device) -> bool:
+    """Whether `device` (a string such as "cpu"/"cuda:0", or a torch.device) is the CPU, without importing torch."""
+    kind = getattr(device, "type", None)
+    return (kind if kind is not None else str(device).split(":", 1)[0]) == "cpu"
+
+
+def _is_float32(dtype) -> bool:
+    """`float_dtype` given as a NumPy or torch dtype (or None for float64)."""
+    return dtype is not None and str(dtype).rsplit(".", 1)[-1] == "float32"
+
+
+# ------------------------------------------------------------------------------------------------------
+# CPU: NumPy on interleaved [rows, W, 3] strips
+
+
+def _np_box7(x: np.ndarray, axis: int) -> np.ndarray:
+    """Sum of 7 consecutive elements along `axis` (0 or 1; valid positions only), via 2- and 4-wide partial sums."""
+    n = x.shape[axis] - (SSIM_WIN - 1)
+    if axis == 0:
+        s2 = x[: n + 5] + x[1 : n + 6]
+        out = s2[:n] + s2[2 : n + 2]
+        out += s2[4 : n + 4]
+        out += x[6 : n + 6]
+    else:
+        s2 = x[:, : n + 5] + x[:, 1 : n + 6]
+        out = s2[:, :n] + s2[:, 2 : n + 2]
+        out += s2[:, 4 : n + 4]
+        out += x[:, 6 : n + 6]
+    return out
+
+
+def _np_window_sums(q: np.ndarray) -> np.ndarray:
+    """Valid 7x7 window sums of `[h, W, C]` -> `[h-6, W-6, C]`."""
+    return _np_box7(_np_box7(q, 0), 1)
+
+
+def _np_strip(x8: np.ndarray, y8: np.ndarray, own: int, ratio_dtype) -> tuple[float, int]:
+    """(sum of the valid SSIM map over all channels, squared-error sum of the first `own` rows) of uint8
+    strips `[h, W, C]` (h >= 7)."""
+    # Window sums of x and y stay below 49*255 = 12495, so int16 holds them (half the memory traffic);
+    # the second moments need int32 (49 * 2 * 255^2 < 2^31).
+    x16 = x8.astype(np.int16)
+    y16 = y8.astype(np.int16)
+    sx = _np_window_sums(x16).astype(np.int32)
+    sy = _np_window_sums(y16).astype(np.int32)
+    x = x16.astype(np.int32)
+    y = y16.astype(np.int32)
+    q = x * x
+    q += np.multiply(y, y, out=y)  # x^2 + y^2
+    xy = np.multiply(x, y16, out=x)
+    # Squared errors of the rows this strip owns, exactly: sum (x-y)^2 = sum (x^2 + y^2) - 2 sum xy.
+    sse = int(q[:own].sum(dtype=np.int64)) - 2 * int(xy[:own].sum(dtype=np.int64))
+    sq = _np_window_sums(q)
+    sxy = _np_window_sums(xy)
+    p = sx * sy  # Sx*Sy
+    sx *= sx
+    sx += np.multiply(sy, sy, out=sy)  # b1 = Sx^2 + Sy^2
+    sxy *= _NP
+    sxy -= p
+    sxy *= 2  # 2 (49 Sxy - Sx Sy)
+    sq *= _NP
+    sq -= sx  # 49 Sq - Sx^2 - Sy^2
+    p *= 2
+    num = p.astype(ratio_dtype)
+    num += _C1S
+    num *= (sxy.astype(ratio_dtype) + _C2S)
+    den = sx.astype(ratio_dtype)
+    den += _C1S
+    den *= (sq.astype(ratio_dtype) + _C2S)
+    num /= den
+    # One contiguous reduction: the channels have equally many valid positions, so the mean of the
+    # per-channel means is the mean over everything (a per-channel reduction over the interleaved
+    # layout is many times slower in NumPy).
+    return float(num.sum(dtype=np.float64)), sse
+
+
+def _np_score_one(fa: np.ndarray, fb: np.ndarray, float32: bool, with_ssim: bool) -> tuple[float, int]:
+    """(SSIM, squared-error sum) of one uint8 `[H, W, C]` frame pair, on CPU."""
+    if not with_ssim:
+        d = fa.astype(np.int32)
+        d -= fb
+        d *= d
+        return math.nan, int(d.sum(dtype=np.int64))
+    height, width, channels = fa.shape
+    rows = strip_rows_for_width(width, "cpu")
+    ratio_dtype = np.float32 if float32 else np.float64
+    total, err = 0.0, 0
+    for r in range(0, height - 6, rows):
+        stop = min(r + rows + 6, height)
+        # Strips overlap by 6 rows for the window; squared errors count each row once.
+        own = stop - r if stop == height else rows
+        s, e = _np_strip(fa[r:stop], fb[r:stop], own, ratio_dtype)
+        total += s
+        err += e
+    valid = (height - 6) * (width - 6) * channels
+    return total / valid, err
+
+
+# ------------------------------------------------------------------------------------------------------
+# Other devices: torch on planar [C, rows, W] strips
+
+
+def _box7(x, dim: int):
     """Sum of 7 consecutive elements along `dim` (valid positions only), via 2- and 4-wide partial sums."""
     n = x.shape[dim] - (SSIM_WIN - 1)
     s2 = x.narrow(dim, 0, n + 5) + x.narrow(dim, 1, n + 5)
@@ -67,15 +172,15 @@ def _box7(x: torch.Tensor, dim: int) -> torch.Tensor:
     return out
 
 
-def _window_sums(q: torch.Tensor) -> torch.Tensor:
+def _window_sums(q):
     """Valid 7x7 window sums of `[C, h, W]` -> `[C, h-6, W-6]`."""
     return _box7(_box7(q, 2), 1)
 
 
-def _ssim_map_sum(x16: torch.Tensor, y16: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _ssim_map_sum(x16, y16, dtype):
     """Per-channel sum of the valid SSIM map of int16 planar strips `[C, h, W]` (h >= 7)."""
-    # Window sums of x and y stay below 49*255 = 12495, so int16 holds them (half the memory traffic);
-    # the second moments need int32 (49 * 2 * 255^2 < 2^31).
+    import torch
+
     sx = _window_sums(x16).to(torch.int32)
     sy = _window_sums(y16).to(torch.int32)
     x = x16.to(torch.int32)
@@ -96,9 +201,9 @@ def _ssim_map_sum(x16: torch.Tensor, y16: torch.Tensor, dtype: torch.dtype) -> t
     return num.div_(den).sum(dim=(1, 2), dtype=torch.float64)
 
 
-def strip_rows_for_width(width: int, device: torch.device | str = "cpu") -> int:
+def strip_rows_for_width(width: int, device="cpu") -> int:
     """Rows per strip: ~40k pixels per channel keeps CPU temporaries in cache; GPUs take whole frames."""
-    if torch.device(device).type != "cpu":
+    if not _is_cpu(device):
         return 1 << 30
     return max(16, 40960 // max(width, 1))
 
@@ -119,8 +224,10 @@ class FrameScores:
     sse: np.ndarray  # int64 [n]
 
 
-def _score_one(fa: torch.Tensor, fb: torch.Tensor, device: torch.device, float_dtype: torch.dtype, with_ssim: bool) -> tuple[float, int]:
-    """(SSIM, squared-error sum) of one uint8 `[H, W, C]` frame pair."""
+def _score_one(fa, fb, device, float_dtype, with_ssim: bool) -> tuple[float, int]:
+    """(SSIM, squared-error sum) of one uint8 `[H, W, C]` frame pair, on a torch device."""
+    import torch
+
     fa = fa.to(device, non_blocking=True)
     fb = fb.to(device, non_blocking=True)
     if not with_ssim:
@@ -143,24 +250,39 @@ def _score_one(fa: torch.Tensor, fb: torch.Tensor, device: torch.device, float_d
     return (per_channel / valid).mean().item(), int(err.item())
 
 
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach"):  # a torch tensor
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
 def score_frames(
-    a: np.ndarray | torch.Tensor,
-    b: np.ndarray | torch.Tensor,
-    device: torch.device | str = "cpu",
-    float_dtype: torch.dtype = torch.float64,
+    a,
+    b,
+    device="cpu",
+    float_dtype=None,
     with_ssim: bool = True,
     pool: Executor | None = None,
 ) -> FrameScores:
     """SSIM (skimage defaults) and exact squared-error sums for each frame pair of uint8 `[n, H, W, 3]`.
 
-    `float_dtype` is only used for the final ratio of exact integers; float64 (default) and float32 both
-    agree with skimage to ~1e-7. With `with_ssim=False` only the squared errors are computed (SSIM is
-    NaN), and frames of any size are accepted. With a thread `pool`, frames are scored in parallel
-    (torch releases the GIL); on CPU that scales better than torch's intra-op threads on a busy machine.
+    `a` and `b` are NumPy arrays or torch tensors. On CPU (the default) the work is NumPy and imports no
+    torch; any other `device` (e.g. "cuda") runs it in torch there. `float_dtype` (NumPy or torch
+    float32/float64; default float64) is only used for the final ratio of exact integers; both agree with
+    skimage to ~1e-7. With `with_ssim=False` only the squared errors are computed (SSIM is NaN), and
+    frames of any size are accepted. With a thread `pool`, frames are scored in parallel (NumPy and torch
+    release the GIL).
     """
-    a = torch.as_tensor(a)
-    b = torch.as_tensor(b)
-    if a.dtype != torch.uint8 or b.dtype != torch.uint8:
+    cpu = _is_cpu(device)
+    if cpu:
+        a, b = _as_numpy(a), _as_numpy(b)
+    else:
+        import torch
+
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+    if str(a.dtype).rsplit(".", 1)[-1] != "uint8" or str(b.dtype).rsplit(".", 1)[-1] != "uint8":
         raise TypeError(f"frames must be uint8, got {a.dtype} and {b.dtype}")
     if a.ndim == 3:
         a, b = a[None], b[None]
@@ -168,10 +290,18 @@ def score_frames(
         raise ValueError(f"frame shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     if with_ssim:
         check_frame_size(a.shape[1], a.shape[2])
-    device = torch.device(device)
+    float32 = _is_float32(float_dtype)
+    if cpu:
+        def one(i: int) -> tuple[float, int]:
+            return _np_score_one(a[i], b[i], float32, with_ssim)
+    else:
+        import torch
 
-    def one(i: int) -> tuple[float, int]:
-        return _score_one(a[i], b[i], device, float_dtype, with_ssim)
+        dev = torch.device(device)
+        dtype = torch.float32 if float32 else torch.float64
+
+        def one(i: int) -> tuple[float, int]:
+            return _score_one(a[i], b[i], dev, dtype, with_ssim)
 
     results = list(pool.map(one, range(len(a)))) if pool is not None else [one(i) for i in range(len(a))]
     return FrameScores(ssim=np.array([r[0] for r in results], dtype=np.float64),

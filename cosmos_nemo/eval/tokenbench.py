@@ -24,11 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
+# torch is imported only where LPIPS, FVD or a non-CPU device need it (eval/lpips.py, eval/fvd.py): PSNR and
+# SSIM on CPU are NumPy, so the command starts without torch's ~1.5 s import.
 from cosmos_nemo.eval.contact_sheet import DIFF_GAIN, WorstFrame, worst_frame, write_contact_sheet
-from cosmos_nemo.eval.fvd import FVD_MAX_FRAMES, FVDAccumulator, i3d_features, i3d_preprocess, load_i3d
-from cosmos_nemo.eval.lpips import load_lpips, lpips_per_frame
 from cosmos_nemo.eval.metrics import FrameTooSmallError, PairAccumulator, check_frame_size
 from cosmos_nemo.eval.sources import Preprocess, pair_videos, prefetch, subset_of, video_chunks
 from cosmos_nemo.io.atomic import atomic_write_text
@@ -138,12 +137,19 @@ def evaluate_pair(name: str, ref: Path, gen: Path, cfg: TokenBenchConfig, models
             else:
                 acc.frames += len(a)
             if models.lpips is not None:
+                from cosmos_nemo.eval.lpips import lpips_per_frame
+
                 lpips_sum += float(lpips_per_frame(models.lpips, a, b, cfg.lpips_batch).sum())
-            if models.i3d is not None and fvd_frames < FVD_MAX_FRAMES:
-                take = min(len(a), FVD_MAX_FRAMES - fvd_frames)
-                fvd_ref.append(i3d_preprocess(torch.from_numpy(a[:take]), cfg.device))
-                fvd_gen.append(i3d_preprocess(torch.from_numpy(b[:take]), cfg.device))
-                fvd_frames += take
+            if models.i3d is not None:
+                import torch
+
+                from cosmos_nemo.eval.fvd import FVD_MAX_FRAMES, i3d_preprocess
+
+                if fvd_frames < FVD_MAX_FRAMES:
+                    take = min(len(a), FVD_MAX_FRAMES - fvd_frames)
+                    fvd_ref.append(i3d_preprocess(torch.from_numpy(a[:take]), cfg.device))
+                    fvd_gen.append(i3d_preprocess(torch.from_numpy(b[:take]), cfg.device))
+                    fvd_frames += take
     finally:
         ref_src.close()
         gen_src.close()
@@ -158,6 +164,10 @@ def evaluate_pair(name: str, ref: Path, gen: Path, cfg: TokenBenchConfig, models
         values["lpips"] = lpips_sum / acc.frames
     feats = None
     if models.i3d is not None:
+        import torch
+
+        from cosmos_nemo.eval.fvd import i3d_features
+
         try:
             feats = (i3d_features(models.i3d, torch.cat(fvd_ref, dim=1)), i3d_features(models.i3d, torch.cat(fvd_gen, dim=1)))
         except RuntimeError as e:  # e.g. a clip shorter than the I3D's temporal receptive field
@@ -173,8 +183,12 @@ def evaluate_pair(name: str, ref: Path, gen: Path, cfg: TokenBenchConfig, models
 def _load_models(cfg: TokenBenchConfig) -> _Models:
     models = _Models()
     if "lpips" in cfg.metrics:
+        from cosmos_nemo.eval.lpips import load_lpips
+
         models.lpips = load_lpips(cfg.lpips_weights, cfg.device)
     if "fvd" in cfg.metrics:
+        from cosmos_nemo.eval.fvd import load_i3d
+
         models.i3d = load_i3d(cfg.fvd_weights, cfg.device)
     return models
 
@@ -201,24 +215,39 @@ def _atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=None if isinstance(obj, list) else 2, allow_nan=False))
 
 
+def _uses_torch(cfg: TokenBenchConfig) -> bool:
+    """Whether scoring runs torch: LPIPS/FVD networks, or the metrics on a non-CPU device."""
+    from cosmos_nemo.eval.metrics import _is_cpu
+
+    return "lpips" in cfg.metrics or "fvd" in cfg.metrics or not _is_cpu(cfg.device)
+
+
 class _single_threaded_torch:
     """On CPU, run torch ops single-threaded: its intra-op threads spin-wait on each other and slow down
-    many-fold when the cores are shared; our parallelism is over pairs instead."""
+    many-fold when the cores are shared; our parallelism is over pairs instead. A no-op (and no torch
+    import) when scoring uses no torch."""
 
-    def __init__(self, device: str):
-        self.active = torch.device(device).type == "cpu"
+    def __init__(self, cfg: TokenBenchConfig):
+        from cosmos_nemo.eval.metrics import _is_cpu
+
+        self.active = _uses_torch(cfg) and _is_cpu(cfg.device)
 
     def __enter__(self):
-        self.before = torch.get_num_threads()
         if self.active:
+            import torch
+
+            self.before = torch.get_num_threads()
             torch.set_num_threads(1)
 
     def __exit__(self, *exc):
-        torch.set_num_threads(self.before)
+        if self.active:
+            import torch
+
+            torch.set_num_threads(self.before)
 
 
 def _in_process(name, ref, gen, cfg, models, workdir) -> PairResult:
-    with _single_threaded_torch(cfg.device):
+    with _single_threaded_torch(cfg):
         return evaluate_pair(name, ref, gen, cfg, models, workdir)
 
 
@@ -227,7 +256,9 @@ _WORKER_MODELS: _Models | None = None
 
 def _worker_init(cfg: TokenBenchConfig) -> None:
     global _WORKER_MODELS
-    if torch.device(cfg.device).type == "cpu":
+    if _single_threaded_torch(cfg).active:
+        import torch
+
         torch.set_num_threads(1)
     _WORKER_MODELS = _load_models(cfg)
 
@@ -313,6 +344,8 @@ def _build_report(cfg: TokenBenchConfig, results: list[PairResult], skipped: lis
     means = {m: _mean([r.values[m] for r in results]) for m in metric_names}
     notes = {}
     if "fvd" in cfg.metrics:
+        from cosmos_nemo.eval.fvd import FVDAccumulator
+
         fvd = FVDAccumulator()
         for r in results:
             fvd.add_pair(*r.fvd_features)

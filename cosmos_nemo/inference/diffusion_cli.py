@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import torch
 
 MODES = {"text2world": 0, "image2world": 1, "video2world": 2}  # conditional latent frames
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -218,6 +216,8 @@ def resolve_model_config(checkpoint: Path, model: Optional[str]):
 
 def load_model(kind: str, cfg, checkpoint: Path, weights: str, dtype: torch.dtype):
     """The DiT in eval mode (parallel state must be set up). Returns (model, a note for the log)."""
+    import torch
+
     if kind == "run":
         from cosmos_nemo.inference.loading import load_trained_model
 
@@ -250,6 +250,8 @@ def parse_resolution(text: str) -> tuple[int, int]:
 
 def read_input(path: Path) -> np.ndarray:
     """uint8 [T, H, W, 3] of an image (T = 1) or a video."""
+    import numpy as np
+
     from cosmos_nemo.io.video import VideoDecodeError, read_frames
 
     if _is_image(path):
@@ -270,6 +272,8 @@ def read_input(path: Path) -> np.ndarray:
 
 def conditional_frames(frames: np.ndarray, n_px: int, height: int, width: int) -> np.ndarray:
     """The last `n_px` frames (the last repeated when there are fewer), resized and center-cropped."""
+    import numpy as np
+
     from cosmos_nemo.data_prep.clips import apply_geometry, geometry
 
     frames = frames[-n_px:]
@@ -320,6 +324,8 @@ def labelled_sheet(rows: list[tuple[str, dict[int, np.ndarray]]], columns: list[
 
 
 def sheet_columns(total: int, cond: int, max_frames: int = 9) -> list[int]:
+    import numpy as np
+
     cols = set(np.linspace(0, total - 1, min(max_frames, total)).round().astype(int).tolist())
     if cond:
         cols |= {cond - 1, min(cond, total - 1)}
@@ -453,6 +459,8 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    import torch
+
     from cosmos_nemo import parallel
     from cosmos_nemo.data_prep import reason1
     from cosmos_nemo.data_prep.vae import decode_latents, load_latent_encoder
