@@ -90,11 +90,12 @@ def test_pairing_top_level_and_recursive(tmp_path):
     for rel in ("a.mp4", "sub/b.mp4", "sub/deeper/c.mp4", "other/b.mp4", "only_gen.mp4"):
         write_mp4(gen / rel, frames, crf=30)
     (gen / "notes.txt").write_text("not a video")
-    assert run(gt, gen) == 0
-    report = strict_json(gen / "tokenbench.json")
+    assert run(gt, gen) == 1  # two files have no counterpart: unscored, and --max-skipped is 0 by default
+    report = strict_json(gen / "tokenbench.json")  # written all the same
     assert [v["name"] for v in report["videos"]] == ["a.mp4"]
     assert {s["name"] for s in report["skipped"]} == {"only_gt.mp4", "only_gen.mp4"}
-    assert run(gt, gen, "--recursive") == 0
+    assert run(gt, gen, "--max-skipped", "2") == 0
+    assert run(gt, gen, "--recursive", "--max-skipped", "3") == 0
     report = strict_json(gen / "tokenbench.json")
     assert [v["name"] for v in report["videos"]] == ["a.mp4", "sub/b.mp4", "sub/deeper/c.mp4"]
     skipped = {s["name"]: s["reason"] for s in report["skipped"]}
@@ -132,7 +133,7 @@ def test_bad_pairs_are_reported_and_excluded(tmp_path, capsys):
     _zero_frame_mp4(gt / "noframes.mp4")
     write_mp4(gt / "tiny.mp4", synthetic_frames(3, 5, 9), crf=0)
     write_mp4(gen / "tiny.mp4", synthetic_frames(3, 5, 9), crf=30)
-    assert run(gt, gen) == 0
+    assert run(gt, gen, "--max-skipped", "7") == 0
     report = strict_json(gen / "tokenbench.json")
     assert [v["name"] for v in report["videos"]] == ["good.mp4"]
     reasons = {s["name"]: s["reason"] for s in report["skipped"]}

@@ -13,8 +13,11 @@ define them: PSNR per video from one global MSE, SSIM per frame with scikit-imag
 window, sample covariance, data range 255, channel-averaged) averaged over frames, and optionally LPIPS
 (VGG) and FVD (StyleGAN-V I3D). Frames are decoded with PyAV as uint8 RGB and streamed in chunks.
 
-Files are paired by their path relative to --gtpath and --targetpath; unmatched files, undecodable files,
-and pairs whose frame counts or sizes differ are reported and skipped. Outputs go to --targetpath:
+Files are paired by their path relative to --gtpath and --targetpath (only files directly in each folder
+unless --recursive; videos left in subfolders are pointed out). Unmatched files, undecodable or truncated
+files, and pairs whose frame counts or sizes differ are reported and skipped; by default any such pair makes
+the command fail (exit status 1) after writing the report, and --max-skipped N accepts up to N of them.
+Outputs go to --targetpath:
 psnr.json and ssim.json (as NVIDIA's NeMo token_bench.py writes them: [[name, value], ...]), lpips.json
 with LPIPS, and tokenbench.json with per-video values, means, a per-subset breakdown by filename prefix,
 skipped files with reasons, and the settings used. tokenbench_worst.png shows the lowest-PSNR pairs at
@@ -41,6 +44,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -95,6 +105,11 @@ def register(subparsers) -> None:
                    help="torch device for the metrics, e.g. cpu or cuda (default: cpu). Decoding is always on CPU")
     p.add_argument("--lpips-batch", "--lpips_batch", dest="lpips_batch", type=_positive, default=4,
                    help="frames per LPIPS forward pass (default: 4)")
+    p.add_argument("--max-skipped", "--max_skipped", dest="max_skipped", type=_non_negative, default=0,
+                   help="how many pairs may go unscored (undecodable, truncated, mismatched frames or sizes, or a "
+                   "file with no counterpart in the other folder) before the command fails. Default 0: any "
+                   "unscored pair makes a non-zero exit with a message naming them; the report is written either "
+                   "way and lists every skipped pair with its reason")
     p.add_argument("--contact-sheet", "--contact_sheet", dest="contact_sheet", type=int, default=8,
                    help="rows in tokenbench_worst.png: the N lowest-PSNR pairs at their worst frame, as "
                    "reference | generated | 4x difference (default: 8; 0 writes no sheet)")
@@ -102,7 +117,8 @@ def register(subparsers) -> None:
 
 
 def _run_tokenbench(args) -> int:
-    from cosmos_nemo.eval.tokenbench import NoResultsError, TokenBenchConfig, format_table, run_tokenbench
+    from cosmos_nemo.eval.tokenbench import (NoResultsError, TokenBenchConfig, format_table, run_tokenbench,
+                                             skip_policy_error)
 
     if args.reencode and args.width is None and args.num_frames is None:
         print("error: --reencode applies to the reference preprocessing; give --width and/or --num_frames too",
@@ -113,13 +129,21 @@ def _run_tokenbench(args) -> int:
         width=args.width, num_frames=args.num_frames, reencode=args.reencode, metrics=args.metrics,
         lpips_weights=args.lpips_weights, fvd_weights=args.fvd_weights, workers=args.workers,
         chunk_size=args.chunk_size, device=args.device, lpips_batch=args.lpips_batch,
-        contact_sheet=args.contact_sheet,
+        contact_sheet=args.contact_sheet, max_skipped=args.max_skipped,
     )
     try:
         report = run_tokenbench(cfg)
     except (NoResultsError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # The worker processes are already stopped (run_tokenbench); one line, no traceback.
+        print("\ninterrupted: evaluate tokenbench stopped, no report written", file=sys.stderr)
+        return 130
     print(format_table(report))
     print(f"wrote {args.targetpath / 'tokenbench.json'}")
+    problem = skip_policy_error(report, args.max_skipped)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     return 0

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import signal
 import tempfile
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from cosmos_nemo.eval.contact_sheet import DIFF_GAIN, WorstFrame, worst_frame, w
 from cosmos_nemo.eval.metrics import FrameTooSmallError, PairAccumulator, check_frame_size
 from cosmos_nemo.eval.sources import Preprocess, pair_videos, prefetch, subset_of, video_chunks
 from cosmos_nemo.io.atomic import atomic_write_text
-from cosmos_nemo.io.video import VideoDecodeError
+from cosmos_nemo.io.video import VideoDecodeError, list_videos
 
 METRICS = ("psnr", "ssim", "lpips", "fvd")
 
@@ -53,6 +54,7 @@ class TokenBenchConfig:
     device: str = "cpu"
     lpips_batch: int = 4
     contact_sheet: int = 8  # rows of worst pairs in tokenbench_worst.png; 0 writes none
+    max_skipped: int = 0  # unscored pairs (and unmatched files) the command accepts before failing
     progress: bool = True
 
     @property
@@ -256,6 +258,8 @@ _WORKER_MODELS: _Models | None = None
 
 def _worker_init(cfg: TokenBenchConfig) -> None:
     global _WORKER_MODELS
+    # Ctrl-C reaches the whole process group; the parent stops the workers, so they neither react nor print.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if _single_threaded_torch(cfg).active:
         import torch
 
@@ -267,8 +271,71 @@ def _worker_pair(name, ref, gen, cfg, workdir) -> PairResult:
     return evaluate_pair(name, ref, gen, cfg, _WORKER_MODELS, workdir)
 
 
+def summarise(items: list[str], limit: int = 5) -> str:
+    """`a; b; c` for up to `limit` items, then `; and N more`."""
+    head = "; ".join(items[:limit])
+    return head + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def unsearched_subfolders(root: Path, ext: str) -> int:
+    """How many `*.ext` files lie in subfolders of `root` (which pairing without --recursive does not search)."""
+    suffix = "." + ext.lstrip(".").lower()
+    return sum(1 for p in list_videos(root, True, (suffix,)) if len(p.relative_to(root).parts) > 1)
+
+
+def _subfolder_warnings(cfg: TokenBenchConfig) -> list[str]:
+    if cfg.recursive:
+        return []
+    out = []
+    for root, flag in ((cfg.gtpath, "--gtpath"), (cfg.targetpath, "--targetpath")):
+        n = unsearched_subfolders(root, cfg.ext)
+        if n:
+            out.append(f"subfolders of {flag} {root} hold {n} *.{cfg.ext.lstrip('.')} file{'s' if n != 1 else ''} that "
+                       "were not searched (only files directly in the folder are paired; add --recursive to pair the "
+                       "whole tree by relative path)")
+    return out
+
+
+def skip_policy_error(report: dict, max_skipped: int) -> str | None:
+    """The message when more than `max_skipped` pairs (or unmatched files) were not scored, else None."""
+    skipped = report["skipped"]
+    if len(skipped) <= max_skipped:
+        return None
+    total = len(skipped) + len(report["videos"])
+    reasons = summarise([f"{s['name']} ({s['reason']})" for s in skipped])
+    return (f"{len(skipped)} of {total} pairs were not scored, more than --max-skipped {max_skipped} allows: {reasons}. "
+            f"The report lists every skipped pair with its reason; give --max-skipped {len(skipped)} to accept them")
+
+
+def _by_size(pairs: list[tuple[str, Path, Path]]) -> list[tuple[str, Path, Path]]:
+    """Largest pairs first, so that parallel workers finish together (longest job first)."""
+    def size(pair) -> int:
+        try:
+            return pair[1].stat().st_size + pair[2].stat().st_size
+        except OSError:
+            return 0
+    return sorted(pairs, key=lambda pair: (-size(pair), pair[0]))
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the worker processes now (on Ctrl-C or an error), leaving none behind."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+
+
 def run_tokenbench(cfg: TokenBenchConfig) -> dict:
-    """Evaluate, write the outputs into `cfg.targetpath`, and return the `tokenbench.json` content."""
+    """Evaluate, write the outputs into `cfg.targetpath`, and return the `tokenbench.json` content.
+
+    Ctrl-C (KeyboardInterrupt) stops the worker processes before it propagates; nothing is written then.
+    """
     unknown = [m for m in cfg.metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(METRICS)}")
@@ -276,48 +343,68 @@ def run_tokenbench(cfg: TokenBenchConfig) -> dict:
     if refused:
         raise ValueError("; ".join(f"{k}: {v}" for k, v in refused.items()))
     pairing = pair_videos(cfg.gtpath, cfg.targetpath, cfg.ext, cfg.recursive)
+    warnings = _subfolder_warnings(cfg)
     skipped = [{"name": n, "reason": "only in the reference folder (--gtpath)"} for n in pairing.only_reference]
     skipped += [{"name": n, "reason": "only in the generated folder (--targetpath)"} for n in pairing.only_generated]
     if not pairing.pairs:
         raise NoResultsError(
             f"no pairs: no *.{cfg.ext} file has the same relative path under {cfg.gtpath} and {cfg.targetpath}"
-            + ("" if cfg.recursive else " (top level only; add --recursive for subfolders)")
+            + ("".join(f"; {w}" for w in warnings) if warnings else
+               "" if cfg.recursive else " (searched the top level of each folder only)")
         )
     results: dict[str, PairResult] = {}
     workers = min(max(1, cfg.workers), len(pairing.pairs))
-    with tempfile.TemporaryDirectory(prefix="tokenbench_") as tmp:
-        workdir = Path(tmp)
-        if workers == 1:
-            # One pair at a time in this process: its two files decode in background threads while this
-            # thread scores, with torch single-threaded on CPU (see `_single_threaded_torch`).
-            models = _load_models(cfg)
-            pool = ThreadPoolExecutor(1, thread_name_prefix="tokenbench-pair")
-            futures = {pool.submit(_in_process, n, r, g, cfg, models, workdir): n for n, r, g in pairing.pairs}
-        else:
-            # Pairs in worker processes: threads would share one GIL, and a preempted GIL holder stalls all
-            # of them on a busy machine. Each worker loads the LPIPS/I3D weights once; loading them here
-            # first turns a bad weights file into a clear error instead of a broken pool.
-            _load_models(cfg)
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_worker_init, initargs=(cfg,))
-            futures = {pool.submit(_worker_pair, n, r, g, cfg, workdir): n for n, r, g in pairing.pairs}
-        with pool:
-            done = as_completed(futures)
-            if cfg.progress:
-                from tqdm import tqdm
+    progress = None
+    if cfg.progress:
+        from tqdm import tqdm
 
-                done = tqdm(done, total=len(futures), desc="tokenbench pairs", unit="pair")
-            for fut in done:
-                name = futures[fut]
+        progress = tqdm(total=len(pairing.pairs), desc="tokenbench pairs", unit="pair")
+
+    def record(name: str, get) -> None:
+        try:
+            results[name] = get()
+        except (PairError, VideoDecodeError, FrameTooSmallError) as e:
+            skipped.append({"name": name, "reason": str(e)})
+        if progress is not None:
+            progress.update(1)
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="tokenbench_") as tmp:
+            workdir = Path(tmp)
+            if workers == 1:
+                # One pair at a time in this thread: its two files decode in background threads while this
+                # thread scores (torch, if LPIPS/FVD use it, single-threaded on CPU: `_single_threaded_torch`).
+                # Ctrl-C lands here directly and the decode threads stop with their generators.
+                models = _load_models(cfg)
+                for n, r, g in pairing.pairs:
+                    record(n, lambda: _in_process(n, r, g, cfg, models, workdir))
+            else:
+                # Pairs in worker processes: threads would share one GIL, and a preempted GIL holder stalls all
+                # of them on a busy machine. Each worker loads the LPIPS/I3D weights once; loading them here
+                # first turns a bad weights file into a clear error instead of a broken pool. Workers ignore
+                # SIGINT: on Ctrl-C this process stops them (`_stop_pool`), so none is orphaned or prints.
+                _load_models(cfg)
+                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_worker_init, initargs=(cfg,))
                 try:
-                    results[name] = fut.result()
-                except (PairError, VideoDecodeError, FrameTooSmallError) as e:
-                    skipped.append({"name": name, "reason": str(e)})
+                    futures = {pool.submit(_worker_pair, n, r, g, cfg, workdir): n for n, r, g in _by_size(pairing.pairs)}
+                    for fut in as_completed(futures):
+                        record(futures[fut], fut.result)
+                except BaseException:
+                    _stop_pool(pool)
+                    raise
+                pool.shutdown(wait=True)
+    finally:
+        if progress is not None:
+            progress.close()
     if not results:
-        reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped[:5])
+        reasons = summarise([f"{s['name']}: {s['reason']}" for s in sorted(skipped, key=lambda s: s["name"])])
         raise NoResultsError(f"no pair could be scored ({reasons})")
     ordered = [results[n] for n in sorted(results)]
     report = _build_report(cfg, ordered, skipped)
+    report["warnings"] = warnings
+    report["skip_check"] = {"max_skipped": cfg.max_skipped, "skipped": len(skipped),
+                            "passed": skip_policy_error(report, cfg.max_skipped) is None}
     sheet = _write_worst_sheet(cfg, ordered)
     if sheet is not None:
         report["contact_sheet"] = sheet.name
@@ -404,6 +491,8 @@ def format_table(report: dict) -> str:
         lines.append(f"FVD (I3D, {len(report['videos'])} pairs): {report['means']['fvd']:.3f}")
     for metric, note in report["notes"].items():
         lines.append(f"{metric.upper()}: not computed, {note}")
+    for warning in report.get("warnings", []):
+        lines.append(f"note: {warning}")
     if report["skipped"]:
         lines.append(f"skipped {len(report['skipped'])}:")
         lines += [f"  {s['name']}: {s['reason']}" for s in report["skipped"]]

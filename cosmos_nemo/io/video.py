@@ -16,6 +16,9 @@ Errors are never silent (`VideoDecodeError`, with the reason):
   frames than the container's index lists, or a last frame that ends more than ~1.5 frames before the
   declared duration (a truncated webm/mkv) are errors: the frames before the damage are not passed off
   as the whole video.
+When such an error comes from a file that was cut short (an interrupted download or copy, a writer that
+did not finish), the message says `truncated` and why: for MP4/MOV, a top-level box that runs past the end
+of the file, or media data without its index (`moov`).
 Damage that the decoder itself conceals without reporting it (e.g. zeroed VP8 data) cannot be told
 from real content by any reader; such files decode "successfully" here as with the ffmpeg CLI.
 """
@@ -135,6 +138,50 @@ def display_transform(matrix: np.ndarray | None) -> tuple[str, int, bool]:
 # Decoding
 
 
+_ISO_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp", b"moof", b"sidx")
+
+
+def _iso_truncation(path: Path) -> str | None:
+    """Why an MP4/MOV (ISO-BMFF) file is cut short, from its top-level boxes; None if they are complete or the
+    file is not one. Reads only the box headers."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8 or head[4:8] not in _ISO_BOX_TYPES:
+                return None
+            pos, kinds = 0, set()
+            while pos + 8 <= size:
+                f.seek(pos)
+                hdr = f.read(16)
+                n, kind = int.from_bytes(hdr[:4], "big"), hdr[4:8].decode("latin-1")
+                if n == 1:  # 64-bit size
+                    if len(hdr) < 16:
+                        return f"the file ends inside the header of its '{kind}' box"
+                    n = int.from_bytes(hdr[8:16], "big")
+                elif n == 0:  # the box runs to the end of the file
+                    n = size - pos
+                if n < 8:
+                    return None  # not a box layout this check understands
+                kinds.add(kind)
+                if pos + n > size:
+                    return f"the file is {size} bytes but its '{kind}' box runs to byte {pos + n}"
+                pos += n
+    except OSError:
+        return None
+    if "mdat" in kinds and "moov" not in kinds and "moof" not in kinds:
+        return "it has media data but no index ('moov' box), which MP4 writers add last"
+    return None
+
+
+def _decode_error(path, detail: str) -> VideoDecodeError:
+    """The error for a file that fails to decode: `truncated` with the reason when it was cut short."""
+    why = _iso_truncation(Path(path))
+    if why is not None:
+        return VideoDecodeError(f"{path}: truncated: {why} ({detail})")
+    return VideoDecodeError(f"{path}: {detail}")
+
+
 def _open(path: str | os.PathLike):
     p = Path(path)
     if not p.is_file():
@@ -144,7 +191,7 @@ def _open(path: str | os.PathLike):
     try:
         container = av.open(str(p), mode="r")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
-        raise VideoDecodeError(f"{p}: not a readable media file ({e})") from e
+        raise _decode_error(p, f"not a readable media file: {e}") from e
     if not container.streams.video:
         container.close()
         raise VideoDecodeError(f"{p}: no video stream (audio-only or not a video)")
@@ -161,9 +208,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             for first in container.decode(stream):
                 break
         except (av.error.FFmpegError, ValueError) as e:
-            raise VideoDecodeError(f"{path}: cannot decode the first frame ({e})") from e
+            raise _decode_error(path, f"cannot decode the first frame ({e})") from e
         if first is None:
-            raise VideoDecodeError(f"{path}: the decoder produced zero frames")
+            raise _decode_error(path, "the decoder produced zero frames")
         _, rot, flipped = display_transform(_display_matrix(first))
         w, h = first.width, first.height
         if rot in (90, 270):
@@ -251,7 +298,7 @@ def iter_frames(
                     display = _TRANSFORMS[display_transform(_display_matrix(frame))[0]]
                     first_time = None if frame.pts is None else float(frame.pts * frame.time_base)
                 if frame.is_corrupt:
-                    raise VideoDecodeError(f"{path}: frame {index} is marked corrupt by the decoder (damaged data)")
+                    raise _decode_error(path, f"frame {index} is marked corrupt by the decoder (damaged data)")
                 last_end = _frame_end(frame)
                 if index < start:
                     continue
@@ -263,9 +310,9 @@ def iter_frames(
                     yield np.stack(buf)
                     buf = []
         except (av.error.FFmpegError, ValueError) as e:
-            raise VideoDecodeError(f"{path}: decoding failed after {index + 1} frames ({e})") from e
+            raise _decode_error(path, f"decoding failed after {index + 1} frames ({e})") from e
         if index < 0:
-            raise VideoDecodeError(f"{path}: the decoder produced zero frames")
+            raise _decode_error(path, "the decoder produced zero frames")
         if stop is None and check_complete:
             _check_complete(path, container, stream, index + 1, first_time, last_end)
         if buf:
@@ -278,11 +325,15 @@ _DECLARED_DURATION_FORMATS = ("matroska", "webm", "mov", "mp4", "avi", "flv", "a
 
 
 def _check_complete(path, container, stream, decoded: int, first_time, last_end) -> None:
+    why = _iso_truncation(Path(path))
+    if why is not None:  # e.g. an index cut short at its end: every frame may decode, the file is still incomplete
+        raise VideoDecodeError(f"{path}: truncated: {why} (decoded {decoded} frames)")
     listed = int(stream.frames or 0)
     if listed and decoded < listed:
-        raise VideoDecodeError(
-            f"{path}: truncated or damaged: decoded {decoded} frames but the container lists {listed}"
-        )
+        detail = f"decoded {decoded} frames but the container lists {listed}"
+        if _iso_truncation(Path(path)) is not None:
+            raise _decode_error(path, detail)
+        raise VideoDecodeError(f"{path}: truncated or damaged: {detail}")
     # Only containers whose header states the duration: for MPEG-PS/TS and raw streams FFmpeg estimates it
     # (from timestamps or the bitrate), which can be off by more than the tolerance on valid files.
     fmt = container.format.name or ""
@@ -320,9 +371,9 @@ def count_frames(path: str | os.PathLike) -> int:
             for _ in container.decode(stream):
                 n += 1
         except (av.error.FFmpegError, ValueError) as e:
-            raise VideoDecodeError(f"{path}: decoding failed after {n} frames ({e})") from e
+            raise _decode_error(path, f"decoding failed after {n} frames ({e})") from e
         if n == 0:
-            raise VideoDecodeError(f"{path}: the decoder produced zero frames")
+            raise _decode_error(path, "the decoder produced zero frames")
         return n
     finally:
         container.close()
