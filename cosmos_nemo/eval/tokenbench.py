@@ -197,13 +197,14 @@ def _load_models(cfg: TokenBenchConfig) -> _Models:
 
 def check_metric_weights(cfg: TokenBenchConfig) -> dict[str, str]:
     """Metrics that cannot run, with the reason (the file to provide)."""
-    from cosmos_nemo.eval.fvd import I3D_FILE
-    from cosmos_nemo.eval.lpips import HELP_WEIGHTS
-
     refused = {}
     if "lpips" in cfg.metrics and not cfg.lpips_weights:
+        from cosmos_nemo.eval.lpips import HELP_WEIGHTS
+
         refused["lpips"] = f"no --lpips-weights given; provide {HELP_WEIGHTS}"
     if "fvd" in cfg.metrics and cfg.fvd_weights is None:
+        from cosmos_nemo.eval.fvd import I3D_FILE
+
         refused["fvd"] = f"no --fvd-weights given; provide the StyleGAN-V I3D TorchScript file {I3D_FILE}"
     return refused
 

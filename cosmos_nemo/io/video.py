@@ -174,11 +174,12 @@ def _iso_truncation(path: Path) -> str | None:
     return None
 
 
-def _decode_error(path, detail: str) -> VideoDecodeError:
-    """The error for a file that fails to decode: `truncated` with the reason when it was cut short."""
+def _decode_error(path, detail: str, if_truncated: str | None = None) -> VideoDecodeError:
+    """The error for a file that fails to decode: `truncated` with the reason when it was cut short (with
+    `if_truncated`, when given, in place of `detail`: what the decoder saw, said as a cut-short file's symptom)."""
     why = _iso_truncation(Path(path))
     if why is not None:
-        return VideoDecodeError(f"{path}: truncated: {why} ({detail})")
+        return VideoDecodeError(f"{path}: truncated: {why} ({if_truncated or detail})")
     return VideoDecodeError(f"{path}: {detail}")
 
 
@@ -194,7 +195,7 @@ def _open(path: str | os.PathLike):
         raise _decode_error(p, f"not a readable media file: {e}") from e
     if not container.streams.video:
         container.close()
-        raise VideoDecodeError(f"{p}: no video stream (audio-only or not a video)")
+        raise _decode_error(p, "no video stream (audio-only or not a video)")
     return container
 
 
@@ -298,7 +299,8 @@ def iter_frames(
                     display = _TRANSFORMS[display_transform(_display_matrix(frame))[0]]
                     first_time = None if frame.pts is None else float(frame.pts * frame.time_base)
                 if frame.is_corrupt:
-                    raise _decode_error(path, f"frame {index} is marked corrupt by the decoder (damaged data)")
+                    raise _decode_error(path, f"frame {index} is marked corrupt by the decoder (damaged data)",
+                                        f"the data ends within frame {index}")
                 last_end = _frame_end(frame)
                 if index < start:
                     continue
@@ -325,15 +327,13 @@ _DECLARED_DURATION_FORMATS = ("matroska", "webm", "mov", "mp4", "avi", "flv", "a
 
 
 def _check_complete(path, container, stream, decoded: int, first_time, last_end) -> None:
+    listed = int(stream.frames or 0)
     why = _iso_truncation(Path(path))
     if why is not None:  # e.g. an index cut short at its end: every frame may decode, the file is still incomplete
-        raise VideoDecodeError(f"{path}: truncated: {why} (decoded {decoded} frames)")
-    listed = int(stream.frames or 0)
+        of = f" of the {listed} the container lists" if listed else ""
+        raise VideoDecodeError(f"{path}: truncated: {why} (decoded {decoded} frames{of})")
     if listed and decoded < listed:
-        detail = f"decoded {decoded} frames but the container lists {listed}"
-        if _iso_truncation(Path(path)) is not None:
-            raise _decode_error(path, detail)
-        raise VideoDecodeError(f"{path}: truncated or damaged: {detail}")
+        raise VideoDecodeError(f"{path}: truncated or damaged: decoded {decoded} frames but the container lists {listed}")
     # Only containers whose header states the duration: for MPEG-PS/TS and raw streams FFmpeg estimates it
     # (from timestamps or the bitrate), which can be off by more than the tolerance on valid files.
     fmt = container.format.name or ""
