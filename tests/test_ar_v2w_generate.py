@@ -264,3 +264,21 @@ def test_cli_refuses_bad_prompt_input_and_writes_nothing(tmp_path, capsys):
                   "--batch_input_path", str(jsonl)), "give one or the other")
     bad_width = _v2w_run(tmp_path / "wide", context_dim=768)
     refused(_args(bad_width, *common, "--prompt", "a teal robot"), "768-d", "--text_encoder")
+
+
+def test_prompt_length_defaults_to_the_runs_training_text(tmp_path):
+    """Without --prompt_length the text is cut to the length of the embeddings the run trained on."""
+    import yaml
+
+    from cosmos_nemo.data.ar_dataset import write_text_embeddings
+    from cosmos_nemo.inference.commands import _training_text_length
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert _training_text_length(str(run)) is None  # no config.yaml: the encoder's own default applies
+    data = tmp_path / "data"
+    write_text_embeddings(data, torch.randn(2, 12, 384), torch.ones(2, 12, dtype=torch.bool))
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"paths": [str(data)]}}))
+    assert _training_text_length(str(run)) == 12
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"paths": [str(tmp_path)]}}))  # a folder of datasets
+    assert _training_text_length(str(run)) == 12

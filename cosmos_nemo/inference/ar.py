@@ -77,10 +77,11 @@ def row_generators(seeds: Sequence[int], device) -> list[torch.Generator]:
 @torch.no_grad()
 def generate_tokens(model, prompt: torch.Tensor, grid, num_tokens: int, sampling: SamplingConfig = SamplingConfig(),
                     context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                    seeds: Sequence[int] | None = None) -> torch.Tensor:
+                    seeds: Sequence[int] | None = None, progress: bool = False) -> torch.Tensor:
     """Continue `prompt` [B, P] (positions 0..P-1 of the grid's layout) by `num_tokens` tokens, with the
     KV cache. Video2World: `context` [B, Lc, D] text embeddings and `context_mask` [B, Lc] (True = attend),
-    as in training. Row i samples with a generator seeded `seeds[i]` (default `sampling.seed + i`)."""
+    as in training. Row i samples with a generator seeded `seeds[i]` (default `sampling.seed + i`).
+    `progress`: a progress bar (tokens, rate, ETA) on stderr."""
     from cosmos_nemo.models.ar.model import make_inference_context
 
     model.eval()
@@ -95,13 +96,22 @@ def generate_tokens(model, prompt: torch.Tensor, grid, num_tokens: int, sampling
     logits = model(prompt, grid=grid, inference_context=ctx, **extra)
     ctx.sequence_len_offset += length
     out = [prompt]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_tokens, desc=f"generating {batch} clip(s)", unit="token", dynamic_ncols=True)
     for i in range(num_tokens):
         token = sample_next(logits[:, -1, : model.ar_config.output_vocab_size or logits.shape[-1]], sampling, generator)
         out.append(token[:, None])
+        if bar is not None:
+            bar.update(1)
         if i + 1 == num_tokens:
             break
         logits = model(token[:, None], grid=grid, inference_context=ctx, **extra)
         ctx.sequence_len_offset += 1
+    if bar is not None:
+        bar.close()
     return torch.cat(out, dim=1)
 
 
@@ -178,7 +188,7 @@ def _model_device(model) -> torch.device:
 @torch.no_grad()
 def continue_clips(model, tokenizer, frames, context_frames: int, sampling: SamplingConfig = SamplingConfig(),
                    context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                   seeds: Sequence[int] | None = None) -> Continuation:
+                   seeds: Sequence[int] | None = None, progress: bool = False) -> Continuation:
     """Encode B clips (uint8 [B, T, H, W, 3], T = 1 + k*t, one shape), keep the latent frames that cover
     their first `context_frames` frames, generate the rest of the grid as one batch, and decode.
 
@@ -216,7 +226,8 @@ def continue_clips(model, tokenizer, frames, context_frames: int, sampling: Samp
         prompt = torch.cat([bov, prompt], dim=1)
         extra = {"context": context.to(device),
                  "context_mask": None if context_mask is None else context_mask.to(device)}
-    out = generate_tokens(model, prompt, tuple(grid), tokens.shape[1] - prompt_len, sampling, seeds=seeds, **extra)
+    out = generate_tokens(model, prompt, tuple(grid), tokens.shape[1] - prompt_len, sampling, seeds=seeds,
+                          progress=progress, **extra)
     video_ids = out[:, 1:] if cfg.video2world else out
     video_ids = video_ids.reshape(indices.shape).to(indices.device)
     generated = np.stack([video_to_uint8(tokenizer.decode(video_ids[i : i + 1])) for i in range(batch)])

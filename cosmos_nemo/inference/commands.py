@@ -234,7 +234,8 @@ def _generate(args) -> int:
     try:
         model, _, ckpt = load_trained_model(args.ar_model_dir, args.weights)
         result = ar.continue_clips(model, tokenizer, np.stack(clips), num_input, sampling, context=context,
-                                   context_mask=context_mask, seeds=[args.seed + k for k in range(len(clips))])
+                                   context_mask=context_mask, seeds=[args.seed + k for k in range(len(clips))],
+                                   progress=True)
     except (ValueError, OSError) as e:
         raise _InputError(str(e)) from None
     finally:
