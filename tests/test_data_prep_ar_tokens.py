@@ -216,9 +216,13 @@ def test_all_skipped_writes_nothing(tmp_path):
     root.mkdir()
     (root / "empty.mp4").write_bytes(b"")
     out = tmp_path / "out"
-    with pytest.raises(PrepareError, match="zero-byte"):
+    with pytest.raises(PrepareError, match="(?s)nothing was written.*zero-byte"):
         prepare_ar_tokens(_cfg(root, out))
-    assert not any(p.name in ("tokens.bin", "tokens.idx", "manifest.jsonl", "dataset.json") for p in out.iterdir())
+    assert not out.exists(), "the folder this run made is removed again, parts and all"
+    out.mkdir()  # a folder the user made is kept, empty: no .parts/ left behind
+    with pytest.raises(PrepareError, match="nothing was written"):
+        prepare_ar_tokens(_cfg(root, out))
+    assert out.is_dir() and list(out.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from cosmos_nemo.data.layout import (
     frame_document,
     latent_grid_tuple,
 )
-from cosmos_nemo.io.atomic import atomic_path, atomic_write_bytes, fsync_dir, fsync_file, is_temporary
+from cosmos_nemo.io.atomic import atomic_path, atomic_write_bytes, fsync_dir, fsync_file, is_temporary, kill_point
 
 FORMAT_NAME = "cosmos_nemo.ar_token_dataset"
 FORMAT_VERSION = 1
@@ -676,6 +676,7 @@ def write_ar_dataset(
         for name in names:
             if src[name] != out / name:
                 os.replace(src[name], out / name)
+                kill_point("merge:moved")  # test hook: a kill with the dataset's files half moved in
         fsync_dir(out)
         atomic_write_bytes(out / META_NAME, info_bytes)
         fsync_dir(out)

@@ -26,7 +26,7 @@ from typing import Iterable, Mapping, Optional
 import torch
 
 from cosmos_nemo.data.dit_dataset import DOCS_PER_SHARD, FORMAT, DiTDatasetError, _shard_name
-from cosmos_nemo.io.atomic import fsync_dir, fsync_file
+from cosmos_nemo.io.atomic import fsync_dir, fsync_file, kill_point
 
 STAGING_PREFIX = ".dit_write."
 MANIFEST = "manifest.jsonl"
@@ -148,6 +148,7 @@ def write_dit_dataset_streaming(
                 old.unlink()  # a shard of an overwritten, larger dataset
         for name in names:
             os.replace(tmp / name, out / name)
+            kill_point("merge:moved")  # test hook: a kill with the dataset's files half moved in
         fsync_dir(out)
         from cosmos_nemo.io.atomic import atomic_write_text
 

@@ -20,10 +20,13 @@ from cosmos_nemo.data_prep.engine import (
     PrepareError,
     Report,
     SourceItem,
+    abandon,
+    begin_writing,
     check_output_dir,
     fingerprint,
     finish,
     iter_documents,
+    inspect_output,
     load_tokenizer,
     prepare_parts_dir,
     read_parts,
@@ -31,6 +34,7 @@ from cosmos_nemo.data_prep.engine import (
     run_parts,
 )
 from cosmos_nemo.data_prep.settings import ARTokensConfig
+from cosmos_nemo.io.atomic import remove_tree_atomically
 from cosmos_nemo.io.video import VIDEO_EXTENSIONS, list_videos
 
 
@@ -126,17 +130,17 @@ def run_prepare(
 
             torch.cuda.empty_cache()
     fp = fingerprint(settings, items, extra_fingerprint)
-    record = read_prepare_record(out)
-    ours = record is not None and record.get("fingerprint") == fp
-    complete = (out / "dataset.json").is_file()
-    if complete and ours and not (out / PARTS_DIR).is_dir():
-        info = json.loads((out / "dataset.json").read_text())
-        rep = Report(output_dir=str(out), already_complete=True, **record["report"])
-        rep.num_documents = info["num_documents"]
+    created = not out.exists()
+    state = inspect_output(out, fp)
+    if state.recorded:
+        # Complete and made by this very command (a run killed while it removed its parts leaves them).
+        remove_tree_atomically(out / PARTS_DIR)
+        rep = Report(output_dir=str(out), already_complete=True, **read_prepare_record(out)["report"])
+        rep.num_documents = int(state.info.get("num_documents", rep.num_documents))
         return rep
-    if complete and not ours and not overwrite:
-        info = json.loads((out / "dataset.json").read_text())
-        tok_info = info.get("tokenizer", {})
+    if state.complete and not state.ours and not overwrite:
+        info = state.info
+        tok_info = info.get("tokenizer") if isinstance(info.get("tokenizer"), dict) else {}
         raise PrepareError(
             f"--output_prefix {out} already holds a different dataset ({info.get('num_documents')} clips, tokenizer "
             f"{tok_info.get('name')} {tok_info.get('compression')}, {info.get('frames')}x{info.get('height')}x"
@@ -159,6 +163,7 @@ def run_prepare(
         resumed_parts=done_before,
     )
     if report.num_used == 0:
+        abandon(out, created)
         raise PrepareError("no usable clips in any input video; nothing was written.\n" + report.summary())
     meta = ARDatasetMeta(
         tokenizer=tok_name,
@@ -170,10 +175,11 @@ def run_prepare(
         task=task,
         skipped=skipped,
     )
+    begin_writing(out)
     try:
         write_ar_dataset(
             out, iter_documents(parts, part_meta, settings, grid), meta,
-            overwrite=overwrite or ours, text_embeddings=emb, progress=progress,
+            overwrite=overwrite or state.ours, text_embeddings=emb, progress=progress,
         )
     except ARDatasetError as e:
         raise PrepareError(str(e)) from None

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import re
 import sys
 import time
 from collections import Counter
@@ -38,7 +38,16 @@ import numpy as np
 import torch
 
 from cosmos_nemo.data_prep.clips import RESIZE_MODES, frames_to_tokenizer_input, geometry, iter_windows
-from cosmos_nemo.io.atomic import atomic_path, atomic_write_bytes, is_temporary
+from cosmos_nemo.io.atomic import (
+    atomic_path,
+    atomic_write_bytes,
+    fsync_dir,
+    is_stale,
+    is_temporary,
+    kill_point,
+    remove_path,
+    remove_tree_atomically,
+)
 from cosmos_nemo.io.video import VideoDecodeError, probe
 
 PARTS_DIR = ".parts"
@@ -47,7 +56,9 @@ FINGERPRINT = "fingerprint.json"
 # Files the contract puts in DIR plus our own bookkeeping (and the temporaries of an interrupted write:
 # the dataset writer's staging folder, `io.atomic` temporaries); anything else means DIR is not ours.
 _OWN_NAMES = {"tokens.bin", "tokens.idx", "manifest.jsonl", "dataset.json", "text_embeddings.safetensors", PARTS_DIR, PREPARE_RECORD}
-_OWN_PREFIXES = (".ar_write.",)
+# The dataset writers' staging folders (data/ar_dataset.py, data/dit_writer.py): `.<kind>_write.<pid>...`.
+_OWN_PREFIXES = (".ar_write.", ".dit_write.")
+_STAGING_OWNER = re.compile(r"^\.(?:ar|dit)_write\.(\d+)")
 
 
 class PrepareError(RuntimeError):
@@ -171,29 +182,108 @@ def fingerprint(settings: EngineSettings, items: Sequence[SourceItem], extra: di
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def check_output_dir(out: Path) -> None:
-    """Refuse an output directory that holds anything but a dataset (or an interrupted one) of ours."""
+def is_own_temporary(path: Path) -> bool:
+    """Whether `path` is a temporary one of our writers makes (and a kill may leave): an `io.atomic`
+    temporary (`.<name>.tmp-<pid>-...`: parts, records, dataset.json, a folder being removed) or a dataset
+    writer's staging folder."""
+    return path.name.startswith(_OWN_PREFIXES) or is_temporary(path)
+
+
+def remove_stale_temporaries(folder: Path) -> list[str]:
+    """Remove the temporaries killed writers left in `folder` (those of a writer still running are kept);
+    returns their names."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if not is_own_temporary(p):
+            continue
+        m = _STAGING_OWNER.match(p.name)
+        if is_stale(p, int(m.group(1)) if m else None):
+            remove_path(p)
+            removed.append(p.name)
+    return removed
+
+
+def check_output_dir(out: Path, flag: str = "--output_prefix", own: Callable[[str], bool] | None = None,
+                     command: str = "cosmos-nemo prepare") -> None:
+    """Refuse an output directory that holds anything but a dataset (or an interrupted one) of ours:
+    the contract's files (`own(name)`, default: the AR token dataset's), our bookkeeping and temporaries."""
     if out.exists() and not out.is_dir():
-        raise PrepareError(f"--output_prefix {out} exists and is a file; give a directory path")
+        raise PrepareError(f"{flag} {out} exists and is a file; give a directory path")
     if not out.is_dir():
         return
+    own = own or (lambda name: name in _OWN_NAMES)
     foreign = sorted(
         p.name for p in out.iterdir()
-        if p.name not in _OWN_NAMES and not p.name.startswith(_OWN_PREFIXES) and not is_temporary(p)
+        if not own(p.name) and p.name not in (PARTS_DIR, PREPARE_RECORD) and not is_own_temporary(p)
     )
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise PrepareError(
-            f"--output_prefix {out} already holds other files ({shown}); it must be a new or empty directory, or a "
-            "dataset written by `cosmos-nemo prepare`"
+            f"{flag} {out} already holds other files ({shown}); it must be a new or empty directory, or a "
+            f"dataset written by `{command}`"
         )
 
 
-def read_prepare_record(out: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A json object file's content, or None when it is missing or damaged."""
     try:
-        return json.loads((out / PREPARE_RECORD).read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def read_prepare_record(out: Path) -> dict | None:
+    return read_json(out / PREPARE_RECORD)
+
+
+@dataclass(frozen=True)
+class OutputState:
+    """What a rerun finds in the output folder (see `inspect_output`)."""
+
+    complete: bool  # dataset.json is there and readable
+    recorded: bool  # ... and the state file says this very command made it (a finished run)
+    ours: bool  # this command's run made or was making it (finished, or its parts are there)
+    info: dict | None  # dataset.json
+
+
+def inspect_output(out: Path, fp: str) -> OutputState:
+    """Clean the temporaries killed writers left in `out`, then say what is there.
+
+    The state file `.prepare.json` is written after `dataset.json` and removed (`begin_writing`) before a
+    merge changes the dataset, so when it names `fp` the dataset beside it is this command's, complete. The
+    parts' fingerprint names the command whose run was interrupted: a rerun of it continues (the first
+    run passed the checks, `--overwrite` included), so a kill between the dataset and the state file, or
+    during the merge, never turns the folder into "a different dataset"."""
+    remove_stale_temporaries(out)
+    remove_stale_temporaries(out / PARTS_DIR)
+    info = read_json(out / "dataset.json")
+    record = read_prepare_record(out)
+    recorded = info is not None and record is not None and record.get("fingerprint") == fp
+    parts = read_json(out / PARTS_DIR / FINGERPRINT)
+    ours = recorded or (parts is not None and parts.get("fingerprint") == fp) or (
+        record is not None and record.get("fingerprint") == fp)
+    return OutputState(complete=info is not None, recorded=recorded, ours=ours, info=info)
+
+
+def begin_writing(out: Path) -> None:
+    """Before the merge changes the dataset: drop the state file, so that it never vouches for a
+    dataset.json that a kill leaves half replaced (until then it keeps vouching for the old dataset, so a
+    run that fails or is killed before its merge leaves that one as it was)."""
+    record = out / PREPARE_RECORD
+    if record.exists():
+        record.unlink()
+        fsync_dir(out)
+
+
+def abandon(out: Path, created: bool) -> None:
+    """A run that wrote nothing (every input skipped): remove its parts, and the folder when this run made
+    it and it is empty now."""
+    remove_tree_atomically(out / PARTS_DIR)
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
 
 
 def prepare_parts_dir(out: Path, fp: str) -> tuple[Path, bool]:
@@ -201,12 +291,9 @@ def prepare_parts_dir(out: Path, fp: str) -> tuple[Path, bool]:
     parts = out / PARTS_DIR
     marker = parts / FINGERPRINT
     if parts.is_dir():
-        try:
-            old = json.loads(marker.read_text()).get("fingerprint")
-        except (OSError, ValueError):
-            old = None
+        old = (read_json(marker) or {}).get("fingerprint")
         if old != fp:
-            shutil.rmtree(parts)
+            remove_tree_atomically(parts)
     reused = parts.is_dir()
     parts.mkdir(parents=True, exist_ok=True)
     for stale in parts.iterdir():
@@ -443,15 +530,21 @@ def finish(out: Path, fp: str, report: Report) -> None:
     # Only what depends on the inputs and settings, so this file too is identical across reruns/workers.
     stable = {k: v for k, v in asdict(report).items() if k not in ("output_dir", "seconds", "resumed_parts", "already_complete")}
     atomic_write_bytes(out / PREPARE_RECORD, json.dumps({"fingerprint": fp, "report": stable}, sort_keys=True, indent=1).encode())
-    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+    kill_point("prepare:recorded")
+    remove_tree_atomically(out / PARTS_DIR)
 
 
 __all__ = [
     "EngineSettings",
+    "OutputState",
     "PrepareError",
     "Report",
     "SourceItem",
+    "abandon",
+    "begin_writing",
     "check_output_dir",
+    "inspect_output",
+    "remove_stale_temporaries",
     "fingerprint",
     "iter_documents",
     "prepare_parts_dir",

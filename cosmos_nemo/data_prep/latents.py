@@ -44,15 +44,19 @@ from cosmos_nemo.data_prep.engine import (
     SourceItem,
     _skip,
     _strip_path,
+    abandon,
+    begin_writing,
     finish,
+    inspect_output,
     input_listing,
     part_paths,
     prepare_parts_dir,
     read_prepare_record,
     run_jobs,
 )
+from cosmos_nemo.data_prep.engine import check_output_dir as engine_check_output_dir
 from cosmos_nemo.data_prep.settings import LatentsConfig, compute_dtype, resolve_device
-from cosmos_nemo.io.atomic import atomic_path, atomic_write_bytes, is_temporary
+from cosmos_nemo.io.atomic import atomic_path, atomic_write_bytes, remove_tree_atomically
 from cosmos_nemo.io.video import VideoDecodeError, probe
 
 LATENT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -134,15 +138,7 @@ def _is_own(name: str) -> bool:
 
 
 def check_output_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise PrepareError(f"--output_dir {out} exists and is a file; give a directory path")
-    if not out.is_dir():
-        return
-    foreign = sorted(p.name for p in out.iterdir() if not _is_own(p.name) and not is_temporary(p))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-        raise PrepareError(f"--output_dir {out} already holds other files ({shown}); it must be a new or empty directory, "
-                           "or a dataset written by `cosmos-nemo prepare latents`")
+    engine_check_output_dir(out, flag="--output_dir", own=_is_own, command="cosmos-nemo prepare latents")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -305,19 +301,21 @@ def prepare_latents(cfg: LatentsConfig) -> LatentsReport:
     text = text_identity(cfg, layout, root)
     draft = [SourceItem(source=f"videos/{Path(it.video).name}", path=it.video, caption=it.caption) for it in layout]
     fp = _fingerprint(settings, draft, text)
-    record = read_prepare_record(out)
-    ours = record is not None and record.get("fingerprint") == fp
-    complete = (out / "dataset.json").is_file()
-    if complete and ours and not (out / PARTS_DIR).is_dir():
-        info = json.loads((out / "dataset.json").read_text())
+    created = not out.exists()
+    state = inspect_output(out, fp)
+    if state.recorded:
+        # Complete and made by this very command (a run killed while it removed its parts leaves them).
+        remove_tree_atomically(out / PARTS_DIR)
+        record = read_prepare_record(out)
         rep = LatentsReport(output_dir=str(out), already_complete=True,
                             **{k: v for k, v in record["report"].items() if k != "already_complete"})
-        rep.num_documents = int(info["documents"])
+        rep.num_documents = int(state.info.get("documents", rep.num_documents))
         return rep
-    if complete and not ours and not cfg.overwrite:
-        info = json.loads((out / "dataset.json").read_text())
+    if state.complete and not state.ours and not cfg.overwrite:
+        info = state.info
+        vae_info = info.get("vae") if isinstance(info.get("vae"), dict) else {}
         raise PrepareError(f"--output_dir {out} already holds a different dataset ({info.get('documents')} clips, VAE "
-                           f"{info.get('vae', {}).get('name')}, made from other inputs or settings); choose another "
+                           f"{vae_info.get('name')}, made from other inputs or settings); choose another "
                            "directory or pass --overwrite")
     from cosmos_nemo.data_prep.text_embeddings import resolve_source
 
@@ -335,6 +333,7 @@ def prepare_latents(cfg: LatentsConfig) -> LatentsReport:
     report = LatentsReport(output_dir=str(out), num_sources=len(items), num_used=sum(m["status"] == "ok" for m in metas),
                            skipped=skipped, resumed_parts=done_before)
     if report.num_used == 0:
+        abandon(out, created)
         raise PrepareError("no usable clips in any input video; nothing was written.\n" + report.summary())
     # Only the rows of captions whose videos gave clips, in first-use order.
     used: dict[int, int] = {}
@@ -364,6 +363,7 @@ def prepare_latents(cfg: LatentsConfig) -> LatentsReport:
                        "sequence_interval": settings.frame_step, "start_frame_interval": settings.stride,
                        "resize_mode": settings.resize_mode},
              "skipped": skipped}
+    begin_writing(out)
     try:
         write_dit_dataset_streaming(out, documents(), sub.embeddings, sub.mask, vae=encoder.info(), text=sub.info(),
                                     overwrite=True, extra_info=extra)

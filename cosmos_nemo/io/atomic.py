@@ -9,20 +9,36 @@ fsynced, and is renamed over the target only once complete. On any error the tem
     with atomic_dir("out/export") as tmp_dir:            # a folder filled by several writers
         ...
 
-Temporary names start with `.<name>.tmp-`, which `is_temporary` recognises (resume and data prep skip
-and clean them).
+Temporary names start with `.<name>.tmp-<pid>-`, which `is_temporary` recognises (resume and data prep
+skip and clean them; `temporary_owner` reads the writer's process id back, so a cleanup spares the
+temporaries of a writer still running).
+
+`kill_point(name)` is a test hook for crash windows: when the environment variable `COSMOS_NEMO_KILL_AT`
+equals `name`, the process SIGKILLs itself there (no cleanup code runs, as after a power cut or an OOM
+kill). Every atomic write offers the point `write:<file name>`, after the temporary is complete and
+before the rename; other modules name their own points.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
+import signal
 from pathlib import Path
 from typing import Iterator
 
 _TMP_MARK = ".tmp-"
+_TMP_OWNER = re.compile(r"\.tmp-(\d+)-")
+KILL_ENV = "COSMOS_NEMO_KILL_AT"
+
+
+def kill_point(name: str) -> None:
+    """Test hook: SIGKILL this process here when `COSMOS_NEMO_KILL_AT` is `name` (see the module docstring)."""
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def temporary_name(path: str | os.PathLike, suffix: str = "") -> Path:
@@ -35,6 +51,55 @@ def is_temporary(path: str | os.PathLike) -> bool:
     """Whether `path` is a temporary left by one of this module's writers (e.g. after a kill)."""
     name = Path(path).name
     return name.startswith(".") and _TMP_MARK in name
+
+
+def temporary_owner(path: str | os.PathLike) -> int | None:
+    """The process id that made the temporary `path` (None when the name does not say)."""
+    m = _TMP_OWNER.search(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process `pid` exists (another user's process counts as alive)."""
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale(path: str | os.PathLike, owner: int | None = None) -> bool:
+    """Whether a temporary (or staging folder of process `owner`) was left by a writer that is gone: its
+    process no longer runs, or it is this process (which has no write in flight when it cleans up)."""
+    pid = owner if owner is not None else temporary_owner(path)
+    return pid is None or pid == os.getpid() or not pid_alive(pid)
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file or a folder tree, whichever `path` is (nothing when it is gone)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_tree_atomically(path: str | os.PathLike) -> None:
+    """Remove the folder `path` so that a kill at any moment leaves it whole or gone from its name: it is
+    first renamed to a temporary name (one atomic step), then deleted (a kill then leaves a temporary,
+    which cleanups recognise)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    aside = temporary_name(path)
+    os.replace(path, aside)
+    fsync_dir(path.parent)
+    kill_point(f"remove:{path.name}")
+    remove_path(aside)
 
 
 def fsync_file(path: Path) -> None:
@@ -77,6 +142,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", overwrite: bool = Tru
         _fsync(tmp)
         if not overwrite and path.exists():
             raise FileExistsError(f"{path} appeared while it was being written")
+        kill_point(f"write:{path.name}")
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -1,0 +1,127 @@
+"""Crash windows of `prepare ar-tokens` and `prepare latents`: a SIGKILL at each named point of a run (the
+`COSMOS_NEMO_KILL_AT` hook of io/atomic.py: parts, the merge, dataset.json, the state file, the removal
+of the parts), then the same command, with or without `--overwrite`, gives the folder an uninterrupted
+run gives, byte for byte, with no temporary left. The killed run is a forked child (no re-import of
+torch), killed by the hook with SIGKILL: no cleanup code of ours runs."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from cosmos_nemo.data_prep.ar_tokens import ARTokensConfig, prepare_ar_tokens
+from cosmos_nemo.data_prep.engine import PrepareError
+from cosmos_nemo.io import synthetic as syn
+from cosmos_nemo.io.atomic import KILL_ENV
+from cosmos_nemo.io.video import write_mp4
+
+H, W, FRAMES = 24, 32, 5
+
+AR_POINTS = [
+    "write:fingerprint.json",  # making the parts folder
+    "write:00000001.tokens",  # a part's ids, before its commit marker
+    "write:00000002.json",  # a part's commit marker
+    "merge:moved",  # the merge, with the dataset's files half moved in
+    "write:dataset.json",
+    "write:.prepare.json",  # the state file
+    "prepare:recorded",  # after the state file, before the parts are removed
+    "remove:.parts",  # the parts renamed aside, not yet deleted
+]
+
+
+def _tree(out: Path) -> dict[str, bytes | None]:
+    """Every entry under `out`, hidden ones included: files with their bytes, folders as None."""
+    return {p.relative_to(out).as_posix(): (p.read_bytes() if p.is_file() else None) for p in sorted(out.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    for i in range(3):
+        write_mp4(root / f"v{i}.mp4", syn.pattern_frames(10, H, W, seed=i), fps=10)
+    (root / "v3.mp4").write_bytes(b"")  # skipped with a reason: the report is part of the output
+    return root
+
+
+def _cfg(videos: Path, out: Path, **kw) -> ARTokensConfig:
+    base = dict(input_videos_dir=videos, output_prefix=out, encoder_path="tiny", width=W, height=H,
+                num_context_frames=FRAMES, progress=False, decode_threads=1, device="cpu", dtype="float32")
+    base.update(kw)
+    return ARTokensConfig(**base)
+
+
+def _killed_child(point: str, run, *args) -> None:
+    os.environ[KILL_ENV] = point
+    run(*args)
+    os._exit(3)  # the point was never reached
+
+
+_CTX = None
+
+
+def kill_at(point: str, run, *args) -> None:
+    """Run `run(*args)` in a child that SIGKILLs itself at `point`; fail unless it died there."""
+    global _CTX
+    if _CTX is None:
+        _CTX = mp.get_context("forkserver")
+        _CTX.set_forkserver_preload(["torch", "cosmos_nemo.data_prep.ar_tokens", "cosmos_nemo.data_prep.latents"])
+    proc = _CTX.Process(target=_killed_child, args=(point, run, *args))
+    proc.start()
+    proc.join(120)
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
+    assert proc.exitcode == -signal.SIGKILL, f"{point}: the child ended with {proc.exitcode}, not at the kill point"
+
+
+@pytest.fixture(scope="module")
+def reference(videos, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("ref") / "ds"
+    prepare_ar_tokens(_cfg(videos, out))
+    tree = _tree(out)
+    assert ".prepare.json" in tree and not any(name.startswith(".parts") for name in tree)
+    return tree
+
+
+@pytest.mark.parametrize("point", AR_POINTS)
+def test_ar_tokens_kill_then_rerun(point, videos, reference, tmp_path):
+    for overwrite in (False, True):
+        out = tmp_path / f"ds-{overwrite}"
+        kill_at(point, prepare_ar_tokens, _cfg(videos, out))
+        assert out.is_dir() and _tree(out) != reference, "the kill left an unfinished folder"
+        prepare_ar_tokens(_cfg(videos, out, overwrite=overwrite))
+        assert _tree(out) == reference, (point, overwrite)
+
+
+def test_ar_tokens_killed_overwrite_keeps_or_replaces(videos, reference, tmp_path):
+    """A complete dataset, then a run with other settings and `--overwrite` killed before its merge: the
+    old command still finds its dataset complete; the killed command, rerun without `--overwrite`,
+    continues what it began (it passed the checks once)."""
+    out = tmp_path / "ds"
+    prepare_ar_tokens(_cfg(videos, out))
+    for point in ("write:00000001.tokens", "merge:moved"):
+        kill_at(point, prepare_ar_tokens, _cfg(videos, out, stride=2, overwrite=True))
+        prepare_ar_tokens(_cfg(videos, out, stride=2))
+        other = _tree(out)
+        assert other != reference and not any(name.startswith(".parts") for name in other)
+        kill_at("write:00000001.tokens", prepare_ar_tokens, _cfg(videos, out, overwrite=True))
+        report = prepare_ar_tokens(_cfg(videos, out))  # not recorded any more: its parts say it is ours
+        assert not report.already_complete and _tree(out) == reference
+    # Killed before its merge, the old dataset is still the recorded one: a rerun of the old command is a no-op.
+    kill_at("write:00000001.tokens", prepare_ar_tokens, _cfg(videos, out, stride=2, overwrite=True))
+    report = prepare_ar_tokens(_cfg(videos, out))
+    assert report.already_complete and _tree(out) == reference
+    with pytest.raises(PrepareError, match="already holds a different dataset"):
+        prepare_ar_tokens(_cfg(videos, out, stride=3))
+
+
+def test_foreign_temporary_is_still_foreign(videos, tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / ".holiday.jpg").write_bytes(b"x")
+    with pytest.raises(PrepareError, match=r"already holds other files \(\.holiday\.jpg\)"):
+        prepare_ar_tokens(_cfg(videos, out))
