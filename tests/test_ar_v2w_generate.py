@@ -229,8 +229,15 @@ def test_cli_generates_from_a_prompt_and_a_batch(tmp_path, capsys, monkeypatch):
     other = tmp_path / "other.mp4"
     assert main(_args(run, "--input-image-or-video-path", str(videos[1]), "--prompt", "snow falls on a quiet forest",
                       "--seed", "8", "--temperature", "1.0", "--top-p", "0.9", "--video-save-name", str(other),
-                      "--disable_diffusion_decoder")) == 0
+                      "--tokenizer_compression_factor", "4,8,8", "--decoder_path", "tiny",
+                      "--disable_diffusion_decoder")) == 0  # the reference video2world.py command line (seed 003)
     assert not np.array_equal(_frames(other), batch[1])
+    # --batch-size 1 splits the jsonl into batches of one clip: the same clips (seed + k per record)
+    assert main(_args(run, "--batch_input_path", str(jsonl), "--video_save_folder", str(tmp_path / "split"),
+                      "--seed", "7", "--temperature", "1.0", "--top_p", "0.9", "--batch-size", "1")) == 0
+    assert "2 batches of up to 1" in capsys.readouterr().out
+    for k in range(2):
+        np.testing.assert_array_equal(_frames(tmp_path / "split" / f"{k}.mp4"), batch[k])
 
 
 @pytest.mark.slow

@@ -215,7 +215,8 @@ def continue_clips(model, tokenizer, frames, context_frames: int, sampling: Samp
     context_latents = check_frames(context_frames, tokenizer.compression)
     if context_latents >= grid.T:
         raise ValueError(f"{context_frames} context frames cover all {grid.T} latent frames: nothing left to generate")
-    indices = tokenizer.encode(frames_to_tokenizer_input(frames))  # [B, T, H, W]
+    # one clip per call: a clip's tokens do not depend on its batch (and the encoder's memory stays one clip's)
+    indices = torch.cat([tokenizer.encode(frames_to_tokenizer_input(frames[i : i + 1])) for i in range(batch)])  # [B, T, H, W]
     device = _model_device(model)
     tokens = indices.reshape(batch, -1).long().to(device)
     prompt_len = context_latents * grid.H * grid.W

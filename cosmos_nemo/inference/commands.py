@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
           help="a jsonl with one {\"prompt\": ..., \"visual_input\": path} per line (the `prepare v2w` input; "
                "paths relative to the jsonl's folder; \"prompt\" only for Video2World models); all records run as "
                "one batch and need the same --input_type; outputs go to --video_save_folder as <line>.mp4")
+    _flag(p, "--batch-size", type=int, default=None,
+          help="with --batch_input_path: clips per generation batch (default: all records in one batch); the "
+               "tokens do not depend on it (record k always samples with seed --seed + k)")
     _flag(p, "--video_save_folder", default="outputs",
           help="with --batch_input_path: folder of the outputs 0.mp4, 1.mp4, ... (default outputs)")
     _flag(p, "--ar_model_dir", default=None, help="(required) a run folder written by `cosmos-nemo train` (its latest checkpoint is used)")
@@ -230,22 +233,33 @@ def _generate(args) -> int:
         if args.no_text_mask:
             context_mask = None
     sampling = ar.SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    size = args.batch_size or len(clips)
+    if size < 1:
+        raise _InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     parallel.setup()
     try:
         model, _, ckpt = load_trained_model(args.ar_model_dir, args.weights)
-        result = ar.continue_clips(model, tokenizer, np.stack(clips), num_input, sampling, context=context,
-                                   context_mask=context_mask, seeds=[args.seed + k for k in range(len(clips))],
-                                   progress=True)
+        generated = []
+        for start in range(0, len(clips), size):
+            part = slice(start, start + size)
+            result = ar.continue_clips(
+                model, tokenizer, np.stack(clips[part]), num_input, sampling,
+                context=None if context is None else context[part],
+                context_mask=None if context_mask is None else context_mask[part],
+                seeds=[args.seed + k for k in range(start, min(start + size, len(clips)))], progress=True)
+            generated.extend(result.generated)
     except (ValueError, OSError) as e:
         raise _InputError(str(e)) from None
     finally:
         parallel.teardown()
     grid, prompt_len = result.grid, result.prompt_len
+    batches = -(-len(clips) // size)
     print(f"checkpoint {ckpt}; latent grid {tuple(grid)}: {prompt_len} context tokens, "
-          f"{grid.num_tokens - prompt_len} generated per clip, {len(clips)} clip(s) in one batch")
+          f"{grid.num_tokens - prompt_len} generated per clip, {len(clips)} clip(s) in "
+          + ("one batch" if batches == 1 else f"{batches} batches of up to {size}"))
     for k, out_path in enumerate(outputs):
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out = write_mp4(out_path, result.generated[k], fps=args.fps)
-        sheet = contact_sheet({"input": clips[k], "generated": result.generated[k]}, Path(out).with_suffix(".png"))
+        out = write_mp4(out_path, generated[k], fps=args.fps)
+        sheet = contact_sheet({"input": clips[k], "generated": generated[k]}, Path(out).with_suffix(".png"))
         print(f"wrote {out}" + (f"  ({prompts[k][:60]!r})" if prompts[k] else "") + f"\nwrote {sheet}")
     return 0
