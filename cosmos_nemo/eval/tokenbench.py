@@ -20,6 +20,7 @@ import math
 import multiprocessing
 import signal
 import tempfile
+import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -318,6 +319,21 @@ def _by_size(pairs: list[tuple[str, Path, Path]]) -> list[tuple[str, Path, Path]
     return sorted(pairs, key=lambda pair: (-size(pair), pair[0]))
 
 
+def _start_workers(pool: ProcessPoolExecutor, n: int) -> None:
+    """Start the pool's `n` processes now, from this thread, with SIGINT ignored: they inherit that through
+    exec and Python then keeps it, so a Ctrl-C even while a worker is still starting cannot make it print
+    (`_stop_pool` ends the workers). Submitting a no-op per worker starts them (a pool starts its processes
+    on submit)."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    try:
+        for _ in range(n):
+            pool.submit(int)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
     """Cancel what has not started and end the worker processes now (on Ctrl-C or an error), leaving none behind."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
@@ -372,29 +388,59 @@ def run_tokenbench(cfg: TokenBenchConfig) -> dict:
     try:
         with tempfile.TemporaryDirectory(prefix="tokenbench_") as tmp:
             workdir = Path(tmp)
-            if workers == 1:
-                # One pair at a time in this thread: its two files decode in background threads while this
-                # thread scores (torch, if LPIPS/FVD use it, single-threaded on CPU: `_single_threaded_torch`).
-                # Ctrl-C lands here directly and the decode threads stop with their generators.
-                models = _load_models(cfg)
-                for n, r, g in pairing.pairs:
-                    record(n, lambda: _in_process(n, r, g, cfg, models, workdir))
-            else:
-                # Pairs in worker processes: threads would share one GIL, and a preempted GIL holder stalls all
-                # of them on a busy machine. Each worker loads the LPIPS/I3D weights once; loading them here
-                # first turns a bad weights file into a clear error instead of a broken pool. Workers ignore
-                # SIGINT: on Ctrl-C this process stops them (`_stop_pool`), so none is orphaned or prints.
-                _load_models(cfg)
-                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+            # Pairs are taken largest first from one shared list by this thread, which scores them here (its two
+            # files decode in background threads meanwhile; torch, when LPIPS/FVD use it, is single-threaded on
+            # CPU: `_single_threaded_torch`), and with --workers N > 1 also by N - 1 feeder threads, each
+            # handing one pair at a time to a worker process. Processes rather than threads: threads would
+            # share one GIL, and a preempted GIL holder stalls all of them on a busy machine. This process
+            # scoring too saves one worker's start-up. Ctrl-C lands in this thread: `_stop_pool` then ends
+            # the workers (which ignore SIGINT), so none is orphaned or prints.
+            models = _load_models(cfg)  # also turns a bad weights file into a clear error before any worker starts
+            todo = iter(_by_size(pairing.pairs))
+            lock = threading.Lock()
+            stopped = threading.Event()
+            feeder_errors: list[BaseException] = []
+
+            def take():
+                with lock:
+                    return None if stopped.is_set() else next(todo, None)
+
+            pool = None
+            feeders: list[threading.Thread] = []
+            if workers > 1:
+                pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"),
                                            initializer=_worker_init, initargs=(cfg,))
-                try:
-                    futures = {pool.submit(_worker_pair, n, r, g, cfg, workdir): n for n, r, g in _by_size(pairing.pairs)}
-                    for fut in as_completed(futures):
-                        record(futures[fut], fut.result)
-                except BaseException:
+                _start_workers(pool, workers - 1)
+
+                def feed() -> None:
+                    try:
+                        while (pair := take()) is not None:
+                            fut = pool.submit(_worker_pair, pair[0], pair[1], pair[2], cfg, workdir)
+                            record(pair[0], fut.result)
+                    except BaseException as e:  # a broken pool, or futures cancelled on the way out
+                        if not stopped.is_set():
+                            feeder_errors.append(e)
+                            stopped.set()
+
+                feeders = [threading.Thread(target=feed, daemon=True, name=f"tokenbench-feed-{k}")
+                           for k in range(workers - 1)]
+            try:
+                for t in feeders:
+                    t.start()
+                while (pair := take()) is not None:
+                    name, ref, gen = pair
+                    record(name, lambda: _in_process(name, ref, gen, cfg, models, workdir))
+                for t in feeders:
+                    t.join()
+            except BaseException:
+                stopped.set()
+                if pool is not None:
                     _stop_pool(pool)
-                    raise
+                raise
+            if pool is not None:
                 pool.shutdown(wait=True)
+            if feeder_errors:
+                raise feeder_errors[0]
     finally:
         if progress is not None:
             progress.close()
