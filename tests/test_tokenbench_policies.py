@@ -195,24 +195,26 @@ def test_ctrl_c_prints_one_line_and_leaves_no_worker(tmp_path, workers, delay):
     for i in range(12):  # many long pairs from two files: the run lasts well beyond the interrupt
         os.link(tmp_path / "ref.mp4", gt / f"p{i:02d}.mp4")
         os.link(tmp_path / "gen.mp4", gen / f"p{i:02d}.mp4")
+    err_file = tmp_path / "stderr.txt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "cosmos_nemo", "evaluate", "tokenbench", "--gtpath", str(gt), "--targetpath", str(gen),
          "--workers", str(workers)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=err_file.open("w"), text=True, start_new_session=True,
     )
     pgid = proc.pid
     try:
         deadline = time.monotonic() + 60
-        # Interrupt once the pairs are being scored: at 2 workers once the worker process is up beside this
-        # one (which scores too), at 1 worker after a moment of scoring.
+        # Interrupt once scoring has begun (the progress bar is up) and, at 2 workers, the worker process
+        # has appeared beside this one (which scores too); then `delay` seconds later.
         while time.monotonic() < deadline and proc.poll() is None:
-            if _group_size(pgid) >= workers:
+            if "tokenbench pairs" in err_file.read_text() and _group_size(pgid) >= workers:
                 break
             time.sleep(0.05)
         time.sleep(delay)
         assert proc.poll() is None, "the run ended before the interrupt; make the pairs longer"
         os.killpg(pgid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
-        out, err = proc.communicate(timeout=60)
+        proc.communicate(timeout=60)
+        err = err_file.read_text()
     finally:
         if proc.poll() is None:
             os.killpg(pgid, signal.SIGKILL)
