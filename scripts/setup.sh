@@ -2,7 +2,8 @@
 # Create a virtual environment and install cosmos-nemo with its tested stack.
 #
 # Usage: bash scripts/setup.sh [--dev] [--min]
-#   --dev   also the test/benchmark packages (requirements-dev.txt, the lpips/torchvision peers)
+#   --dev   also the test/benchmark/docs packages (requirements-dev.txt: pytest, mkdocs, ...; the lpips/torchvision
+#           peers)
 #   --min   install every runtime dependency at its tested lower bound (requirements-min.txt): the
 #           secondary stack that CI runs
 # Environment:
@@ -29,7 +30,7 @@ for arg in "$@"; do
   case "$arg" in
     --dev) DEV=1 ;;
     --min) MIN=1 ;;
-    -h|--help) sed -n "2,22p" "$0"; exit 0 ;;
+    -h|--help) sed -n "2,23p" "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument $arg (use --dev, --min, --help)" >&2; exit 2 ;;
   esac
 done
@@ -98,7 +99,7 @@ fi
 "$VPY" -m pip install -q "${CONSTRAINTS[@]}" -r requirements.txt
 "$VPY" -m pip install -q --no-deps -e .
 if [ "$DEV" = 1 ]; then
-  # The test/benchmark-only packages (pytest, the imageio-ffmpeg decoder, scipy, scikit-image): none of
+  # The test/benchmark/docs-only packages (pytest, the imageio-ffmpeg decoder, scipy, scikit-image, mkdocs): none of
   # them depends on torch, so the torch build above stays (the rule in requirements-dev.txt).
   "$VPY" -m pip install -q "${CONSTRAINTS[@]}" -r requirements-dev.txt
   # lpips is only the test peer for our LPIPS; --no-deps keeps it from pulling torchvision and CUDA torch.
