@@ -125,3 +125,64 @@ def test_foreign_temporary_is_still_foreign(videos, tmp_path):
     (out / ".holiday.jpg").write_bytes(b"x")
     with pytest.raises(PrepareError, match=r"already holds other files \(\.holiday\.jpg\)"):
         prepare_ar_tokens(_cfg(videos, out))
+
+
+# ------------------------------------------------------------------------------------------------------
+# prepare latents: the same engine (parts, merge, state file) and its own writer; the text embeddings are
+# computed once (`prepare text-embeddings`) and read from their file, so no run loads a text encoder
+
+LATENT_POINTS = ["write:00000001.latents", "merge:moved", "write:.prepare.json", "remove:.parts"]
+
+
+@pytest.fixture(scope="module")
+def latent_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    from cosmos_nemo.tokenizers import load_video_tokenizer
+
+    root = tmp_path_factory.mktemp("dit") / "ds"
+    (root / "metas").mkdir(parents=True)
+    for i in range(3):
+        write_mp4(root / "videos" / f"c{i}.mp4", syn.pattern_frames(10, 24, 40, seed=i), fps=10)
+        (root / "metas" / f"c{i}.txt").write_text(f"caption {i % 2}\n")
+    vae = tmp_path_factory.mktemp("tiny_cv")
+    load_video_tokenizer("tiny-cv").save(vae)
+    import torch
+
+    torch.save((torch.zeros(16 * 3), torch.ones(16 * 3)), vae / "mean_std.pt")
+    from cosmos_nemo.data_prep.settings import TextEmbeddingsConfig
+    from cosmos_nemo.data_prep.text_embeddings import prepare_text_embeddings
+
+    text = tmp_path_factory.mktemp("text") / "emb.safetensors"
+    prepare_text_embeddings(TextEmbeddingsConfig(dataset_path=root, output=text, text_encoder="minilm", progress=False,
+                                                 device="cpu", dtype="float32"))
+    return root, vae, text
+
+
+def _latents_cfg(inputs: tuple[Path, Path, Path], out: Path, **kw):
+    from cosmos_nemo.data_prep.settings import LatentsConfig
+
+    base = dict(dataset_path=inputs[0], output_dir=out, vae="cosmos-cv", vae_path=str(inputs[1]), num_frames=5,
+                video_size=[16, 32], text_source=str(inputs[2]), progress=False, decode_threads=1,
+                device="cpu", dtype="float32")
+    base.update(kw)
+    return LatentsConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def latents_reference(latent_inputs, tmp_path_factory) -> dict:
+    from cosmos_nemo.data_prep.latents import prepare_latents
+
+    out = tmp_path_factory.mktemp("lref") / "ds"
+    prepare_latents(_latents_cfg(latent_inputs, out))
+    return _tree(out)
+
+
+@pytest.mark.parametrize("point", LATENT_POINTS)
+def test_latents_kill_then_rerun(point, latent_inputs, latents_reference, tmp_path):
+    from cosmos_nemo.data_prep.latents import prepare_latents
+
+    for overwrite in (False, True):
+        out = tmp_path / f"ds-{overwrite}"
+        kill_at(point, prepare_latents, _latents_cfg(latent_inputs, out))
+        assert out.is_dir() and _tree(out) != latents_reference
+        prepare_latents(_latents_cfg(latent_inputs, out, overwrite=overwrite))
+        assert _tree(out) == latents_reference, (point, overwrite)
