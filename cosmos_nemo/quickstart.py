@@ -27,6 +27,9 @@ import warnings
 from pathlib import Path
 
 TOKENIZER_COMPRESSION = (4, 8, 8)  # the tiny tokenizer's
+BALL_SCALE = 1.8  # sample data: balls of 6-14 px radius at 64x64 (measured: see benchmarks/README.md)
+LOSSLESS = {"crf": 0, "pix_fmt": "yuv444p"}  # H.264 near-lossless: compare the frames, not the codec
+SAMPLE_FPS = 12  # the sample videos' frame rate (the simulation steps by it, so the foreground masks need it)
 STEPS = 8
 
 # Flags whose default depends on --family (None in the parser, filled in by `apply_family_defaults`).
@@ -75,7 +78,8 @@ def sample_data_step(work: Path, args: argparse.Namespace, total: int = STEPS) -
     sample = work / "sample"
     if not (sample / "prompts.jsonl").is_file():
         generate_sample_dataset(sample, num_videos=args.num_videos, seed=args.seed, num_frames=args.video_frames,
-                                height=args.size, width=args.size, progress=True)
+                                height=args.size, width=args.size, fps=SAMPLE_FPS, progress=True,
+                                ball_scale=args.ball_scale)
     print(f"wrote {sample}/videos/*.mp4 and metas/*.txt")
     return sample
 
@@ -139,6 +143,14 @@ def print_summary(rows: dict[str, str], start: float) -> None:
     print(f"quickstart finished in {time.time() - start:.0f} s")
 
 
+def heldout_summary(out: Path) -> dict[str, str]:
+    """The summary rows of `out/heldout_psnr.json` (see `report_heldout`)."""
+    m = json.loads((out / "heldout_psnr.json").read_text())["means"]
+    return {"generated PSNR": f"{m['generated']:.2f} dB vs {m['repeat_last_frame']:.2f} dB repeating the last context "
+                              f"frame (balls alone: {m['generated_balls']:.2f} vs {m['repeat_last_frame_balls']:.2f} dB)",
+            "tokenizer PSNR": f"{m['reconstruction']:.2f} dB, balls alone {m['reconstruction_balls']:.2f} dB"}
+
+
 def validation_summary(run_dir: Path) -> str | None:
     """'A at step i -> B at step j' of the run's first and last validation loss, or None without any."""
     vals = [m for m in _metrics(run_dir) if "val/loss" in m]
@@ -195,6 +207,7 @@ def quickstart(args: argparse.Namespace) -> int:
     val = validation_summary(run_dir)
     print_summary({
         **({"validation loss": f"{val} (uniform over 64,000 codes: 11.07)"} if val else {}),
+        **heldout_summary(samples),
         "sample videos": f"{sample}/videos",
         "tokenizer": str(tok_dir),
         "token dataset": str(tokens),
@@ -215,7 +228,8 @@ def generate_heldout(run_dir: Path, tokens: Path, tok_dir: Path, out: Path, args
     from cosmos_nemo.data_prep.clips import apply_geometry, geometry
     from cosmos_nemo.inference.ar import SamplingConfig, continue_clip
     from cosmos_nemo.inference.loading import load_trained_model
-    from cosmos_nemo.inference.media import contact_sheet
+    from cosmos_nemo.data_prep.sample_data import foreground_masks
+    from cosmos_nemo.inference.diffusion_cli import labelled_sheet, sheet_columns
     from cosmos_nemo.io.video import read_frames, write_mp4
     from cosmos_nemo.tokenizers import load_video_tokenizer
 
@@ -229,6 +243,7 @@ def generate_heldout(run_dir: Path, tokens: Path, tok_dir: Path, out: Path, args
         print(f"model from {ckpt}")
         for sub in ("reference", "reconstructed", "generated"):
             (out / sub).mkdir(parents=True, exist_ok=True)
+        scores = []
         for doc in docs:
             record = dataset[doc].record
             clip = read_frames(Path(args.workdir).resolve() / "sample" / "videos" / record["source"],
@@ -238,15 +253,81 @@ def generate_heldout(run_dir: Path, tokens: Path, tok_dir: Path, out: Path, args
             generated, recon, grid, prompt_len = continue_clip(model, tokenizer, clip, args.context_frames,
                                                                SamplingConfig(top_p=0.8, seed=args.seed))
             name = f"doc{doc:04d}.mp4"
-            write_mp4(out / "reference" / name, clip, fps=12)
-            write_mp4(out / "reconstructed" / name, recon, fps=12)
-            write_mp4(out / "generated" / name, generated, fps=12)
-            contact_sheet({"reference": clip, "reconstructed": recon, "generated": generated}, out / f"doc{doc:04d}.png")
+            for sub, video in (("reference", clip), ("reconstructed", recon), ("generated", generated)):
+                write_mp4(out / sub / name, video, fps=SAMPLE_FPS, **LOSSLESS)
+            # Scored as written (near-lossless: only the RGB/YUV rounding), so the files reproduce the numbers.
+            clip, recon, generated = (read_frames(out / sub / name) for sub in ("reference", "reconstructed", "generated"))
+            n = args.context_frames
+            start = record["start_frame"]
+            mask = foreground_masks(args.seed, sample_index(record["source"]), args.video_frames, args.size, args.size,
+                                    SAMPLE_FPS, args.ball_scale)[start: start + clip.shape[0]]
+            scores.append(heldout_scores(clip, recon, generated, n, mask))
+            columns = sheet_columns(clip.shape[0], n)
+            labelled_sheet([(label, {i: video[i] for i in columns}) for label, video in
+                            (("reference", clip), ("reconstructed", recon), ("generated", generated))], columns, n,
+                           f"doc {doc}: {record['source']} from frame {start}; generated after frame {n - 1} (red line)",
+                           out / f"doc{doc:04d}.png")
             print(f"doc {doc} ({record['source']} from frame {record['start_frame']}): {prompt_len} context tokens, "
                   f"{grid.num_tokens - prompt_len} generated in {time.time() - t0:.1f} s")
     finally:
         parallel.teardown()
+    report_heldout(scores, out, "the AR continuation")
     return out
+
+
+def psnr(a, b, mask=None) -> float:
+    """PSNR (dB) of two uint8 videos `[T, H, W, 3]` from one MSE over all their values (TokenBench's per-video
+    definition), or over the pixels where `mask` `[T, H, W]` is true."""
+    import numpy as np
+
+    err = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
+    mse = float(err[mask].mean()) if mask is not None else float(err.mean())
+    return float(20 * np.log10(255.0 / (np.sqrt(mse) + np.finfo(np.float32).eps)))
+
+
+def sample_index(source: str) -> int:
+    """The sample video's index from its file name (`sample_0021.mp4` -> 21)."""
+    import re
+
+    found = re.search(r"sample_(\d+)\.", Path(source).name)
+    if found is None:
+        raise ValueError(f"{source} is not a sample-data video (sample_NNNN.mp4)")
+    return int(found.group(1))
+
+
+def heldout_scores(clip, recon, generated, n_context: int, mask) -> dict[str, float]:
+    """What the quickstart prints for one held-out clip (uint8 `[T, H, W, 3]` each; `mask` `[T, H, W]` the
+    simulator's ball pixels): PSNR of the generated frames (from `n_context` on) against the clip, of the
+    "repeat the last context frame" baseline over the same frames, and of the tokenizer's reconstruction over
+    the whole clip and over the balls alone."""
+    import numpy as np
+
+    future = slice(n_context, clip.shape[0])
+    repeat = np.repeat(clip[n_context - 1: n_context], clip.shape[0] - n_context, axis=0)
+    return {
+        "generated": psnr(generated[future], clip[future]),
+        "repeat_last_frame": psnr(repeat, clip[future]),
+        "generated_balls": psnr(generated[future], clip[future], mask[future]),
+        "repeat_last_frame_balls": psnr(repeat, clip[future], mask[future]),
+        "reconstruction": psnr(recon, clip),
+        "reconstruction_balls": psnr(recon, clip, mask),
+    }
+
+
+def report_heldout(scores: list[dict[str, float]], out: Path, what: str) -> dict[str, float]:
+    """Print the held-out means (generation vs the repeat-last-frame baseline, reconstruction overall and on the
+    balls) and write them with the per-clip values to `out/heldout_psnr.json`."""
+    from cosmos_nemo.io.atomic import atomic_write_text
+
+    means = {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
+    verdict = "beats" if means["generated"] > means["repeat_last_frame"] else "does not beat"
+    print(f"held-out PSNR over {len(scores)} clip(s), generated frames only: {what} {means['generated']:.2f} dB vs "
+          f"repeat-last-context-frame {means['repeat_last_frame']:.2f} dB ({verdict} the baseline); on the balls "
+          f"alone {means['generated_balls']:.2f} vs {means['repeat_last_frame_balls']:.2f} dB")
+    print(f"tokenizer reconstruction PSNR: {means['reconstruction']:.2f} dB overall, {means['reconstruction_balls']:.2f} "
+          "dB on the balls alone (the simulator's foreground mask)")
+    atomic_write_text(out / "heldout_psnr.json", json.dumps({"means": means, "clips": scores}, indent=2) + "\n")
+    return means
 
 
 def apply_family_defaults(args: argparse.Namespace) -> None:
@@ -278,6 +359,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default=None, help=f"where everything is written (default {_by_family('workdir')})")
     p.add_argument("--num-videos", "--num_videos", type=int, default=24, help="sample videos (default 24)")
     p.add_argument("--video-frames", "--video_frames", type=int, default=33, help="frames per sample video (default 33)")
+    p.add_argument("--ball-scale", "--ball_scale", type=float, default=BALL_SCALE,
+                   help=f"sample data: ball radius multiplier (default {BALL_SCALE}: balls a 4x8x8 tokenizer at 64x64 "
+                   "can represent; 1 gives sample-data's own sizes)")
     p.add_argument("--frames", type=int, default=17, help="frames per training clip, 1 + 4k (default 17)")
     p.add_argument("--stride", type=int, default=8, help="frames between clip windows (default 8)")
     p.add_argument("--size", type=int, default=64,

@@ -27,11 +27,17 @@ import time
 from pathlib import Path
 
 from cosmos_nemo.quickstart import (
+    LOSSLESS,
+    SAMPLE_FPS,
     _banner,
     _cli,
     _run,
     _setup,
+    heldout_scores,
+    heldout_summary,
     print_summary,
+    report_heldout,
+    sample_index,
     sample_data_step,
     tokenizer_step,
     tokenbench_step,
@@ -46,7 +52,6 @@ RUN_NAME = "quickstart_diffusion"
 STATS_FILE = "mean_std.safetensors"
 TEXT_ENCODER = "minilm"
 SPLIT = "8,1,1"
-LOSSLESS = {"crf": 0, "pix_fmt": "yuv444p"}  # what generate's --lossless writes: compare frames, not codecs
 
 
 def quickstart_diffusion(args: argparse.Namespace) -> int:
@@ -95,6 +100,7 @@ def quickstart_diffusion(args: argparse.Namespace) -> int:
               "--num_output_frames", str(frames), "--num_steps", str(args.sampling_steps), "--guidance", str(args.guidance),
               "--seed", str(args.seed), "--fps", str(fps), "--batch-size", "1", "--lossless"), env)
     contact_sheets(out, docs, docs[0]["n_input"])
+    heldout_psnr(out, docs, args)
 
     _banner(8, "TokenBench (PSNR/SSIM) of the generations (T2W, V2W) and of the tokenizer reconstructions", STEPS)
     tokenbench_step([(out / "reference", out / "generated"), (out / "held_out", out / "reconstructed")], env)
@@ -104,6 +110,7 @@ def quickstart_diffusion(args: argparse.Namespace) -> int:
     print_summary({
         **({"validation loss": f"{val} (flow matching: the velocity's mean squared error)"} if val else {}),
         "TokenBench PSNR": psnr_summary(out),
+        **heldout_summary(out),
         "sample videos": f"{sample}/videos, captions {sample}/metas, text embeddings {sample}/text_embeddings.safetensors",
         "tokenizer": f"{tok_dir}  (with its latent statistics {STATS_FILE})",
         "latent dataset": str(latents),
@@ -197,6 +204,25 @@ def contact_sheets(out: Path, docs: list[dict], n_input: int) -> None:
         rows = [(label, {i: video[i] for i in columns}) for label, video in frames.items()]
         labelled_sheet(rows, columns, n_input, f"{name}: {d['source']} from frame {d['start_frame']}; Video2World "
                        f"from its first {n_input} frames (red line)", out / f"{name}.png")
+
+
+def heldout_psnr(out: Path, docs: list[dict], args: argparse.Namespace) -> dict[str, float]:
+    """The Video2World continuations against the repeat-last-conditional-frame baseline, and the tokenizer's
+    reconstructions overall and on the balls alone (the simulator's foreground mask), printed and written to
+    `OUT/heldout_psnr.json`."""
+    from cosmos_nemo.data_prep.sample_data import foreground_masks
+    from cosmos_nemo.io.video import read_frames
+
+    scores = []
+    for d in docs:
+        clip = read_frames(out / "held_out" / f"{d['name']}.mp4")
+        recon = read_frames(out / "reconstructed" / f"{d['name']}.mp4")
+        generated = read_frames(out / "generated" / f"v2w_{d['name']}.mp4")
+        n = min(len(clip), len(recon), len(generated))
+        mask = foreground_masks(args.seed, sample_index(d["source"]), args.video_frames, args.size, args.size,
+                                SAMPLE_FPS, args.ball_scale)[d["start_frame"]: d["start_frame"] + n]
+        scores.append(heldout_scores(clip[:n], recon[:n], generated[:n], d["n_input"], mask))
+    return report_heldout(scores, out, "Video2World")
 
 
 def psnr_summary(out: Path) -> str:

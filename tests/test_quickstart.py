@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from quickstart_checks import check_heldout_report
 
 
 @pytest.mark.slow
@@ -34,3 +35,9 @@ def test_quickstart_smallest_size_runs_every_step(tmp_path):
         report = json.loads((work / "generated" / side / "tokenbench.json").read_text())
         assert report["means"]["psnr"] > 5.0  # a real comparison of decodable videos, not NaN
     assert list((work / "generated").glob("*.png"))
+
+    # The printed held-out PSNRs are the real run's: recompute them from the written videos with scikit-image
+    # and the simulator's own ball masks.
+    check_heldout_report(out, work, work / "generated", "reference", "generated", "reconstructed", "doc*.mp4",
+                         context_frames=5, video_frames=17, size=32)
+

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from quickstart_checks import check_heldout_report
 
 
 @pytest.mark.slow
@@ -44,3 +45,7 @@ def test_diffusion_quickstart_smallest_size_runs_every_step(tmp_path):
     assert all(math.isfinite(p) and p > 5.0 for p in psnrs), psnrs  # real comparisons of decodable videos
     assert "TokenBench PSNR:   T2W" in out and "V2W" in out
     assert list(gen.glob("doc*.png"))
+
+    # The printed held-out PSNRs are the real run's (Video2World from the first 5 frames vs repeating frame 4).
+    check_heldout_report(out, work, gen, "held_out", "generated", "reconstructed", "doc*.mp4", context_frames=5,
+                         video_frames=17, size=32, gen_prefix="v2w_")

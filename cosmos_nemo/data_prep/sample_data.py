@@ -75,7 +75,7 @@ def _colour_distance(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, float) - np.asarray(b, float)))
 
 
-def _choose_scene(rng: np.random.Generator, height: int, width: int):
+def _choose_scene(rng: np.random.Generator, height: int, width: int, ball_scale: float = 1.0):
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     bg_rgb = BACKGROUNDS[background]
     # Only colours clearly visible on this background; all balls in a scene have different colours so
@@ -87,7 +87,7 @@ def _choose_scene(rng: np.random.Generator, height: int, width: int):
     balls = []
     for colour in colours:
         size = ORDINAL_SIZE[rng.integers(3)]
-        balls.append(Ball(colour, size, SIZES[size] * short))
+        balls.append(Ball(colour, size, SIZES[size] * short * ball_scale))
     return background, balls
 
 
@@ -272,14 +272,32 @@ def _times(k: int) -> str:
     return {1: "once", 2: "twice"}.get(k, f"{k} times")
 
 
-def make_clip(seed: int, index: int, num_frames: int, height: int, width: int, fps: float):
-    """Frames `[T, H, W, 3]` uint8 and the caption of sample `index` for `seed`."""
+def _simulate_clip(seed: int, index: int, num_frames: int, height: int, width: int, fps: float, ball_scale: float):
     rng = np.random.default_rng([seed, index])
-    background, balls = _choose_scene(rng, height, width)
+    background, balls = _choose_scene(rng, height, width, ball_scale)
     pos, vel = _initial_state(rng, balls, height, width)
     positions, log = simulate(balls, pos, vel, num_frames, height, width, fps)
+    return background, balls, positions, vel, log
+
+
+def make_clip(seed: int, index: int, num_frames: int, height: int, width: int, fps: float, ball_scale: float = 1.0):
+    """Frames `[T, H, W, 3]` uint8 and the caption of sample `index` for `seed`."""
+    background, balls, positions, vel, log = _simulate_clip(seed, index, num_frames, height, width, fps, ball_scale)
     frames = render(balls, positions, background, height, width)
     return frames, caption_for(balls, background, positions, vel, log, height, width)
+
+
+def foreground_masks(seed: int, index: int, num_frames: int, height: int, width: int, fps: float,
+                     ball_scale: float = 1.0) -> np.ndarray:
+    """bool `[T, H, W]`: the pixels the balls of sample `index` cover (at least half), from the simulation
+    itself, for measuring how well a model reproduces the moving objects rather than the background."""
+    _, balls, positions, _, _ = _simulate_clip(seed, index, num_frames, height, width, fps, ball_scale)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    masks = np.zeros((num_frames, height, width), bool)
+    for t in range(num_frames):
+        for b, (x, y) in zip(balls, positions[t]):
+            masks[t] |= np.hypot(xx - x, yy - y) <= b.radius
+    return masks
 
 
 def generate_sample_dataset(
@@ -291,9 +309,11 @@ def generate_sample_dataset(
     width: int = 128,
     fps: int = 12,
     progress: bool = False,
+    ball_scale: float = 1.0,
 ) -> list[Path]:
     """Write `num_videos` captioned clips under `out_dir` (layout in the module docstring).
 
+    `ball_scale` multiplies every ball's radius (the small/medium/large radii are 5.5/8.5/12 % of the short side).
     Returns the mp4 paths in order. Every file is written under a temporary name and renamed when
     complete; `prompts.jsonl` is written last, so its presence means the set is complete.
     """
@@ -305,6 +325,8 @@ def generate_sample_dataset(
         raise ValueError(f"height and width must be >= 16 pixels, got {height}x{width}")
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    if not 0.25 <= ball_scale <= 3.0:
+        raise ValueError(f"ball_scale must be in [0.25, 3], got {ball_scale}")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "metas").mkdir(parents=True, exist_ok=True)
@@ -316,7 +338,7 @@ def generate_sample_dataset(
 
         indices = tqdm(indices, desc="sample-data", unit="video")
     for i in indices:
-        frames, caption = make_clip(seed, i, num_frames, height, width, fps)
+        frames, caption = make_clip(seed, i, num_frames, height, width, fps, ball_scale)
         stem = f"sample_{i:04d}"
         video = write_mp4(out / "videos" / f"{stem}.mp4", frames, fps=fps, crf=18, deterministic=True)
         atomic_write_text(out / "metas" / f"{stem}.txt", caption + "\n")
