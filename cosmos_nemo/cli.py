@@ -43,7 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (`train` handles its own, parallel/lifeline.py)
+        print(f"\ninterrupted: cosmos-nemo {args.command} stopped; the same command resumes or redoes what was "
+              "not finished", file=sys.stderr)
+        return 130
+    except Exception as e:
+        # A weight file that is missing, empty, truncated or not what it claims: its message names the file and
+        # the problem (io/tensors.py). The module is looked up, not imported: the CLI stays free of torch.
+        tensors = sys.modules.get("cosmos_nemo.io.tensors")
+        if tensors is not None and isinstance(e, tensors.TensorFileError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -186,3 +186,95 @@ def test_latents_kill_then_rerun(point, latent_inputs, latents_reference, tmp_pa
         assert out.is_dir() and _tree(out) != latents_reference
         prepare_latents(_latents_cfg(latent_inputs, out, overwrite=overwrite))
         assert _tree(out) == latents_reference, (point, overwrite)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Ctrl-C and a killed parent: one line, exit 130, no worker left, and the same command finishes the job
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group `pgid` (from /proc; zombies do not count)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _wait_gone(pgid: int, seconds: float = 20.0) -> list[int]:
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline and _group_members(pgid):
+        time.sleep(0.1)
+    return _group_members(pgid)
+
+
+@pytest.fixture(scope="module")
+def many_videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("many")
+    for i in range(16):
+        write_mp4(root / f"v{i:02d}.mp4", syn.pattern_frames(30, H, W, seed=i), fps=10)
+    return root
+
+
+def _start_cli(videos: Path, out: Path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "cosmos_nemo", "prepare", "ar-tokens", "--input_videos_dir", str(videos),
+           "--output_prefix", str(out), "--encoder_path", "tiny", "--width", str(W), "--height", str(H),
+           "--num_context_frames", str(FRAMES), "--no-progress", "--decode-threads", "1", "--workers", "2",
+           "--device", "cpu", "--dtype", "float32"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_parts(proc, out: Path, count: int) -> None:
+    import time
+
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((out / ".parts").glob("0*.json"))) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {count} parts before the run ended: {proc.communicate()}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_ctrl_c_in_prepare(many_videos, tmp_path):
+    ref = tmp_path / "ref"
+    prepare_ar_tokens(_cfg(many_videos, ref))
+    reference = _tree(ref)
+
+    out = tmp_path / "ds"
+    proc = _start_cli(many_videos, out)
+    _wait_for_parts(proc, out, 2)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [
+        "interrupted: cosmos-nemo prepare stopped; the same command resumes or redoes what was not finished"]
+    assert _wait_gone(proc.pid) == [], "workers left running"
+    assert not (out / "dataset.json").exists()
+    report = prepare_ar_tokens(_cfg(many_videos, out))
+    assert report.resumed_parts >= 2 and _tree(out) == reference
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_parent_killed_workers_end_quietly(many_videos, tmp_path):
+    out = tmp_path / "ds"
+    proc = _start_cli(many_videos, out)
+    _wait_for_parts(proc, out, 2)
+    workers = [pid for pid in _group_members(proc.pid) if pid != proc.pid]
+    assert workers, "a pool of 2 workers"
+    os.kill(proc.pid, signal.SIGKILL)  # the parent only
+    _, stderr = proc.communicate(timeout=60)
+    assert _wait_gone(proc.pid) == [], "workers outlived their parent"
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    prepare_ar_tokens(_cfg(many_videos, out))
+    assert (out / "dataset.json").is_file() and not (out / ".parts").exists()

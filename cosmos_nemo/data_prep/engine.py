@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections import Counter
@@ -410,6 +411,31 @@ def _work(index: int) -> dict:
     return process_source(index, w["items"][index], w["settings"], w["tokenizer"], w["parts"])
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGTERM this process when its parent dies (Linux), so a parent killed by SIGKILL
+    leaves no worker running on; elsewhere nothing (the pool's own pipes end the workers)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _init_pool_worker(parent: int, init: Callable, initargs: tuple) -> None:
+    """Every pool worker: Ctrl-C is the parent's to handle (it reaches the whole process group; the parent
+    then terminates the pool), and the worker ends quietly with its parent. Then the job's `init`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(parent)
+    init(*initargs)
+
+
 def run_jobs(total: int, pending: Sequence[int], workers: int, desc: str, threads: int, device: str,
              run_one: Callable[[int], dict],
              init: Callable, initargs: tuple, work: Callable[[int], dict], progress: bool = True,
@@ -455,7 +481,9 @@ def run_jobs(total: int, pending: Sequence[int], workers: int, desc: str, thread
             if fork_ok and before_fork is not None:
                 before_fork()
             try:
-                with ctx.Pool(workers, initializer=init, initargs=initargs) as pool:
+                # Leaving the block (done, an error, Ctrl-C) terminates the workers; they ignore SIGINT and
+                # die with the parent (see `_init_pool_worker`), so none is left behind or prints a traceback.
+                with ctx.Pool(workers, initializer=_init_pool_worker, initargs=(os.getpid(), init, initargs)) as pool:
                     for result in pool.imap_unordered(work, pending, chunksize=1):
                         tick(result)
             finally:
