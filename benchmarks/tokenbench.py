@@ -14,8 +14,19 @@ The pair is a synthetic natural-looking clip (`cosmos_nemo.eval.synthetic`) enco
 and crf 32 (generated), made once and cached in --workdir. Targets on 2 cores: metric part >= 3x, end to
 end >= 3x, peak RSS <= 1/4 of the reference method (300-frame 720p pair).
 
+`--set` measures the command itself instead: `cosmos-nemo evaluate tokenbench` run as a user runs it (a
+fresh process, start-up included) on a set of 5 pairs of realistic footage synthesised here and encoded with
+PyAV (a panning multi-octave textured scene, textured objects moving across it, lighting drift and sensor
+noise, at 720x405, 640x360, 480x270, 704x396 and 720x405 in yuv444p/yuv420p; the reference side at crf 18,
+the generated side blurred and at crf 30), against the reference method run the same way: a fresh Python
+process that decodes each file with the ffmpeg command line (`-f rawvideo -pix_fmt rgb24`, as mediapy does;
+imageio-ffmpeg's binary, else PyAV), converts to float32, PSNR from one global MSE and scikit-image SSIM per
+frame. It also runs the command with --workers 2 and `cosmos-nemo --help`. Targets: >= 3x at 1 worker,
+2 workers faster than 1, --help under 0.5 s. Each timing is the median of --repeat runs.
+
     python benchmarks/tokenbench.py            # 300 frames, 1280x720 (the reference method needs ~11 GB)
     python benchmarks/tokenbench.py --small    # 48 frames, 640x360
+    python benchmarks/tokenbench.py --set      # the CLI end to end on 5 realistic pairs
 """
 
 from __future__ import annotations
@@ -33,6 +44,207 @@ from pathlib import Path
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+# ------------------------------------------------------------------------------------------------------
+# --set: the command end to end on realistic footage
+
+# (name, height, width, frames, fps)
+SET_PAIRS = (
+    ("street_a.mp4", 405, 720, 49, 30),
+    ("drive_b.mp4", 360, 640, 57, 24),
+    ("hand_c.mp4", 270, 480, 61, 30),
+    ("robot_d.mp4", 396, 704, 41, 25),
+    ("walk_e.mp4", 405, 720, 33, 30),
+)
+
+
+def _value_noise(rng, h: int, w: int, octaves=((6, 1.0), (20, 0.6), (70, 0.35), (220, 0.2))):
+    """Multi-octave smooth noise `[h, w]` (smoothstep-interpolated random lattices), a natural-image-like texture."""
+    import numpy as np
+
+    out = np.zeros((h, w), np.float32)
+    for cells, amp in octaves:
+        gh, gw = max(2, h * cells // max(h, w)), max(2, w * cells // max(h, w))
+        g = rng.standard_normal((gh + 1, gw + 1)).astype(np.float32)
+        yy = np.linspace(0, gh, h, dtype=np.float32, endpoint=False)
+        xx = np.linspace(0, gw, w, dtype=np.float32, endpoint=False)
+        y0, x0 = yy.astype(int), xx.astype(int)
+        fy, fx = (yy - y0)[:, None], (xx - x0)[None, :]
+        fy, fx = fy * fy * (3 - 2 * fy), fx * fx * (3 - 2 * fx)
+        top = g[y0][:, x0] * (1 - fx) + g[y0][:, x0 + 1] * fx
+        bottom = g[y0 + 1][:, x0] * (1 - fx) + g[y0 + 1][:, x0 + 1] * fx
+        out += amp * (top * (1 - fy) + bottom * fy)
+    return out
+
+
+def realistic_frames(frames: int, height: int, width: int, seed: int):
+    """uint8 `[frames, height, width, 3]`: a camera panning over a textured scene, textured objects moving
+    across it, a slow lighting drift and sensor noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pan = rng.uniform(1.5, 4.0, size=2) * rng.choice([-1, 1], size=2)
+    ch, cw = height + int(abs(pan[0]) * frames) + 8, width + int(abs(pan[1]) * frames) + 8
+    tint = rng.uniform(0.7, 1.2, size=3).astype(np.float32)
+    scene = np.stack([_value_noise(rng, ch, cw) for _ in range(3)], -1)
+    scene = 115 + 42 * (0.7 * scene.mean(-1, keepdims=True) + 0.3 * scene) * tint
+    objects = []
+    for _ in range(3):
+        oh, ow = int(rng.uniform(0.15, 0.35) * height), int(rng.uniform(0.1, 0.3) * width)
+        tex = 128 + 60 * np.stack([_value_noise(rng, oh, ow, ((4, 1.0), (30, 0.5))) for _ in range(3)], -1)
+        pos = rng.uniform(0, 1, size=2) * (height - oh, width - ow)
+        vel = rng.uniform(-6, 6, size=2)
+        objects.append((tex, pos, vel))
+    out = np.empty((frames, height, width, 3), np.uint8)
+    for t in range(frames):
+        oy = int(4 + (pan[0] * t if pan[0] > 0 else abs(pan[0]) * (frames - t)))
+        ox = int(4 + (pan[1] * t if pan[1] > 0 else abs(pan[1]) * (frames - t)))
+        f = scene[oy : oy + height, ox : ox + width].copy()
+        for tex, pos, vel in objects:
+            y, x = pos + vel * t
+            y, x = int(y) % max(1, height - tex.shape[0]), int(x) % max(1, width - tex.shape[1])
+            f[y : y + tex.shape[0], x : x + tex.shape[1]] = tex
+        f *= 1 + 0.08 * np.sin(0.15 * t + seed)
+        f += rng.normal(0, 3.0, size=f.shape).astype(np.float32)
+        out[t] = np.clip(np.rint(f), 0, 255).astype(np.uint8)
+    return out
+
+
+def _blurred(frames):
+    """A tokenizer-like loss of detail: a [1, 2, 1]/4 blur in each direction."""
+    import numpy as np
+
+    f = frames.astype(np.uint16)
+    f[:, 1:-1] = (f[:, :-2] + 2 * f[:, 1:-1] + f[:, 2:] + 2) // 4
+    f[:, :, 1:-1] = (f[:, :, :-2] + 2 * f[:, :, 1:-1] + f[:, :, 2:] + 2) // 4
+    return f.astype(np.uint8)
+
+
+def make_set(root: Path) -> tuple[Path, Path]:
+    """The --set pairs under root/reference and root/generated (made once, then reused)."""
+    from cosmos_nemo.io.video import write_mp4
+
+    gt, gen = root / "reference", root / "generated"
+    gt.mkdir(parents=True, exist_ok=True)
+    gen.mkdir(parents=True, exist_ok=True)
+    for i, (name, h, w, n, fps) in enumerate(SET_PAIRS):
+        if (gt / name).exists() and (gen / name).exists():
+            continue
+        print(f"making {name}: {n} frames {w}x{h} ...", flush=True)
+        frames = realistic_frames(n, h, w, seed=i)
+        write_mp4(gt / name, frames, fps=fps, crf=18)
+        write_mp4(gen / name, _blurred(frames), fps=fps, crf=30)
+    return gt, gen
+
+
+def _ffmpeg_exe() -> str | None:
+    import shutil
+
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception:
+        return shutil.which("ffmpeg")
+
+
+# The reference method, run as its own Python process (start-up and imports included, as for the command).
+_REFERENCE_SCRIPT = r"""
+import json, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+from skimage.metrics import structural_similarity
+
+gt, gen, ffmpeg = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+
+def read_video(path):
+    if ffmpeg:  # as mediapy.read_video: the ffmpeg CLI's rgb24 pipe
+        import av
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            h, w = s.codec_context.height, s.codec_context.width
+        raw = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24",
+                              "-fps_mode", "passthrough", "-"], check=True, capture_output=True).stdout
+        return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
+    import av
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+psnr, ssim = {}, {}
+for p in sorted(gt.glob("*.mp4")):
+    v0 = read_video(p).astype(np.float32)
+    v1 = read_video(gen / p.name).astype(np.float32)
+    mse = np.mean((v0 - v1) ** 2)
+    psnr[p.name] = float(20 * np.log10(255.0 / (np.sqrt(mse) + np.finfo(np.float32).eps)))
+    ssim[p.name] = float(np.mean([structural_similarity(a, b, data_range=255.0, channel_axis=-1) for a, b in zip(v0, v1)]))
+print(json.dumps({"psnr": psnr, "ssim": ssim}))
+"""
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(cmd: list[str], cpu: list[float] | None = None) -> tuple[float, str]:
+    """Wall seconds and stdout of `cmd`; its CPU seconds (all its processes and threads) go to `cpu`."""
+    t, c = time.perf_counter(), _children_cpu()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if cpu is not None:
+        cpu.append(_children_cpu() - c)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    return seconds, proc.stdout
+
+
+def run_set(args) -> None:
+    import statistics
+
+    root = args.workdir / "set"
+    gt, gen = make_set(root)
+    ffmpeg = _ffmpeg_exe() or ""
+    frames = sum(n for *_, n, _fps in SET_PAIRS)
+    print(f"set: {len(SET_PAIRS)} pairs, {frames} frames, up to 720x405; cpu cores {os.cpu_count()}; "
+          f"reference decode: {'ffmpeg CLI ' + ffmpeg if ffmpeg else 'PyAV'}", flush=True)
+    cli = [sys.executable, "-m", "cosmos_nemo"]
+    ours = cli + ["evaluate", "tokenbench", "--gtpath", str(gt), "--targetpath", str(gen), "--contact-sheet", "0"]
+    runs: dict[str, list[float]] = {"help": [], "ours_1": [], "ours_2": [], "reference": []}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    out_ref = out_ours = ""
+    _timed(ours + ["--workers", "1"])  # warm the page cache and the bytecode caches once
+    for _ in range(args.repeat):
+        t, _out = _timed(cli + ["--help"], cpu["help"])
+        runs["help"].append(t)
+        t, out_ours = _timed(ours + ["--workers", "1"], cpu["ours_1"])
+        runs["ours_1"].append(t)
+        ours_report = json.loads((gen / "tokenbench.json").read_text())
+        t, _out = _timed(ours + ["--workers", "2"], cpu["ours_2"])
+        runs["ours_2"].append(t)
+        t, out_ref = _timed([sys.executable, "-c", _REFERENCE_SCRIPT, str(gt), str(gen), ffmpeg], cpu["reference"])
+        runs["reference"].append(t)
+        print("  " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in runs.items()) + f" (load {os.getloadavg()[0]:.1f})",
+              flush=True)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    mcpu = {k: statistics.median(v) for k, v in cpu.items()}
+    ref = json.loads(out_ref.strip().splitlines()[-1])
+    ours_vals = {v["name"]: v for v in ours_report["videos"]}
+    d_psnr = max(abs(ours_vals[n]["psnr"] - ref["psnr"][n]) for n in ref["psnr"])
+    d_ssim = max(abs(ours_vals[n]["ssim"] - ref["ssim"][n]) for n in ref["ssim"])
+    print()
+    print(f"{'measure (median of ' + str(args.repeat) + ')':<44}{'wall s':>8}{'ratio':>8}{'target':>9}{'CPU s':>8}{'ratio':>8}")
+    print(f"{'reference method (ffmpeg + scikit-image)':<44}{med['reference']:>8.2f}{'':>8}{'':>9}{mcpu['reference']:>8.2f}")
+    for k in ("ours_1", "ours_2"):
+        label = f"evaluate tokenbench --workers {k[-1]}"
+        print(f"{label:<44}{med[k]:>8.2f}{med['reference'] / med[k]:>8.2f}{'>= 3x' if k == 'ours_1' else '':>9}"
+              f"{mcpu[k]:>8.2f}{mcpu['reference'] / mcpu[k]:>8.2f}")
+    print(f"{'--workers 2 vs --workers 1':<44}{'':>8}{med['ours_1'] / med['ours_2']:>8.2f}{'> 1':>9}")
+    print(f"{'cosmos-nemo --help':<44}{med['help']:>8.2f}{'':>8}{'< 0.5 s':>9}{mcpu['help']:>8.2f}")
+    load = os.getloadavg()
+    print(f"load average after the run (1/5/15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")
+    print(f"agreement with the reference method: max |dPSNR| {d_psnr:.2e} dB, max |dSSIM| {d_ssim:.2e}; "
+          f"PSNR mean {ours_report['means']['psnr']:.3f} dB, SSIM mean {ours_report['means']['ssim']:.4f}")
 
 
 def _make_pair(workdir: Path, frames: int, height: int, width: int) -> tuple[Path, Path]:
@@ -138,12 +350,19 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="frame threads for ours (default 1, as the command; >1 is for experiments)")
     p.add_argument("--chunk", type=int, default=16, help="frames per chunk for ours")
+    p.add_argument("--set", action="store_true",
+                   help="time the `evaluate tokenbench` command end to end on 5 realistic pairs vs the reference method")
+    p.add_argument("--repeat", type=int, default=3, help="--set: runs of each command (the median is reported)")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     p.add_argument("--_gt", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--_gen", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:
         print(json.dumps(_child(args._child, args._gt, args._gen, args.threads, args.chunk)))
+        return
+    if args.set:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        run_set(args)
         return
 
     frames, height, width = (48, 360, 640) if args.small else (300, 720, 1280)
