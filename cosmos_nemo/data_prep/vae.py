@@ -191,9 +191,9 @@ def read_mean_std(path: Path, channels: int) -> tuple[torch.Tensor, torch.Tensor
         raise PrepareError(f"no latent statistics at {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from cosmos_nemo.io.tensors import read_safetensors
 
-            t = load_file(str(path))
+            t = read_safetensors(path, required=("mean", "std"))
             mean, std = t["mean"], t["std"]
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)

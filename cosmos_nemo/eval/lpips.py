@@ -12,7 +12,7 @@ Weights (`--lpips-weights`, one or more local files, merged; nothing is download
 * two files: torchvision's VGG16 ImageNet weights `vgg16-397923af.pth` (keys `features.I.weight/bias`) and
   the lpips package's linear heads `lpips/weights/v0.1/vgg.pth` (keys `linK.model.1.weight`).
 
-Torch files are read with `torch.load(weights_only=True)`; safetensors with `safetensors.torch.load_file`.
+Files are read by `cosmos_nemo.io.tensors.read_weights`: torch files weights-only, safetensors checked whole.
 """
 
 from __future__ import annotations
@@ -79,16 +79,9 @@ class LPIPSVGG(nn.Module):
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from cosmos_nemo.io.tensors import read_weights
 
-        return load_file(str(path))
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state_dict (a dict of tensors), got {type(obj).__name__}")
-    return obj
+    return read_weights(path)  # truncated / foreign / empty files: a TensorFileError naming the file
 
 
 _CONV_KEY = re.compile(r"^(?:net\.slice\d\.|features\.)(\d+)\.(weight|bias)$")

@@ -7,10 +7,16 @@ refuses missing or unexpected keys with both lists in the message (the project's
 `read_state_dict` reads weights a user downloads (released `model.pt` / `.safetensors`): no pickle with
 classes, optionally lazily (`LazyTensors`), and `strip_prefix` removes a key prefix such as `model.`.
 These live here, below the models, so every model family's key map reads files the same way.
+
+Every weight file the library reads goes through `read_safetensors` / `open_safetensors` / `read_weights`
+here, which check a file before handing it to safetensors or torch: a missing, empty, truncated or
+foreign file, or one without a needed tensor, is a `TensorFileError` that names the file and says which
+of these it is (never a `SafetensorError` from deep inside).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
@@ -34,23 +40,140 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
     return path
 
 
-def load_tensors(path: str | os.PathLike, expected: Iterable[str] | None = None, device: str = "cpu") -> dict[str, torch.Tensor]:
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the json header
+
+
+def check_safetensors(path: str | os.PathLike) -> dict:
+    """The json header of the safetensors file `path`, after checking that the file is whole: it exists,
+    is not empty, starts with a header length and a json header, and holds every byte its tensors need.
+    Raises `TensorFileError` saying what is wrong (no such file / empty / truncated / not a safetensors
+    file / damaged)."""
+    p = Path(path)
+    if not p.exists():
+        raise TensorFileError(f"{p}: no such file")
+    if p.is_dir():
+        raise TensorFileError(f"{p}: is a folder, not a safetensors file")
+    size = p.stat().st_size
+    if size == 0:
+        raise TensorFileError(f"{p}: empty file (0 bytes), not a safetensors file; download or write it again")
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise TensorFileError(f"{p}: truncated or not a safetensors file: {size} bytes, shorter than the 8-byte "
+                                  "header length every safetensors file starts with")
+        n = int.from_bytes(head, "little")
+        first = f.read(1)
+        if first != b"{" or n < 2 or n > _MAX_HEADER:
+            raise TensorFileError(f"{p}: not a safetensors file (its first bytes are not a header length and a json "
+                                  f"header; {size} bytes, starting {head[:8]!r})")
+        if 8 + n > size:
+            raise TensorFileError(f"{p}: truncated: {size} bytes, shorter than its own {n}-byte header; download or "
+                                  "write it again")
+        raw = first + f.read(n - 1)
+    try:
+        header = json.loads(raw)
+    except ValueError as e:
+        raise TensorFileError(f"{p}: not a safetensors file, or a damaged one: its header is not json ({e})") from None
+    if not isinstance(header, dict):
+        raise TensorFileError(f"{p}: not a safetensors file: its header is not a json object")
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise TensorFileError(f"{p}: damaged safetensors header: tensor {key!r} has no valid data_offsets")
+        end = max(end, offsets[1])
+    need = 8 + n + end
+    if need > size:
+        raise TensorFileError(f"{p}: truncated: its tensors need {need} bytes, the file has {size} "
+                              f"({need - size} missing); download or write it again")
+    if need < size:
+        raise TensorFileError(f"{p}: damaged: {size - need} bytes after the last tensor its header lists")
+    return header
+
+
+def _safetensors_error(path: Path, err: Exception) -> TensorFileError:
+    return TensorFileError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})")
+
+
+def read_safetensors(path: str | os.PathLike, expected: Iterable[str] | None = None, device: str = "cpu",
+                     required: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, checked first (`check_safetensors`). `expected`: the exact key
+    set (missing and unexpected keys are listed); `required`: keys that must be there (others allowed)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise TensorFileError(f"{path}: no such file")
+    check_safetensors(path)
     try:
         tensors = load_file(str(path), device=device)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise TensorFileError(f"{path}: not a readable safetensors file ({e})") from e
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _safetensors_error(path, e) from e
     if expected is not None:
         want = set(expected)
         missing, unexpected = sorted(want - set(tensors)), sorted(set(tensors) - want)
         if missing or unexpected:
             raise TensorFileError(f"{path}: missing keys {missing}, unexpected keys {unexpected}")
+    if required is not None:
+        require_tensors(tensors, required, path)
     return tensors
+
+
+def require_tensors(tensors: Mapping[str, torch.Tensor], keys: Iterable[str], path: str | os.PathLike) -> None:
+    """Refuse `tensors` (read from `path`) unless every key of `keys` is there, naming the missing ones."""
+    missing = sorted(set(keys) - set(tensors))
+    if missing:
+        shown = ", ".join(missing[:20]) + (f" ... and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise TensorFileError(f"{path}: missing tensor(s) {shown} ({len(tensors)} tensors in the file)")
+
+
+def open_safetensors(path: str | os.PathLike):
+    """`safetensors.safe_open(path)` (torch), after `check_safetensors`; errors are `TensorFileError`s."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    check_safetensors(path)
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _safetensors_error(path, e) from e
+
+
+def read_weights(path: str | os.PathLike, nested: Sequence[str] = ("state_dict",)) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file a user gives: `.safetensors` (checked, see `check_safetensors`), else a
+    torch file loaded with `weights_only=True` (a flat dict of tensors, or one nested under a key of
+    `nested`). Anything unreadable is a `TensorFileError` naming the file and the problem."""
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        return read_safetensors(p)
+    if not p.is_file():
+        raise TensorFileError(f"{p}: no such file")
+    if p.stat().st_size == 0:
+        raise TensorFileError(f"{p}: empty file (0 bytes), not a weights file; download or write it again")
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, a pickle with classes, not a torch file at all
+        raise TensorFileError(
+            f"{p}: not a readable weights-only torch file, or a truncated one ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
+    if isinstance(obj, Mapping):
+        for key in nested:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise TensorFileError(f"{p}: holds a {type(obj).__name__}, not a state dict of tensors")
+    bad = [f"{k}: {type(v).__name__}" for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TensorFileError(f"{p}: has non-tensor entries: " + ", ".join(bad[:20]))
+    return dict(obj)
+
+
+def load_tensors(path: str | os.PathLike, expected: Iterable[str] | None = None, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file this library wrote (`save_tensors`), strictly: see `read_safetensors`."""
+    return read_safetensors(path, expected=expected, device=device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -66,10 +189,8 @@ class LazyTensors(Mapping):
 
     def __init__(self, path: str | os.PathLike, names: Optional[dict[str, str]] = None,
                  overrides: Optional[dict[str, torch.Tensor]] = None):
-        from safetensors import safe_open
-
         self.path = str(path)
-        with safe_open(self.path, framework="pt") as f:
+        with open_safetensors(self.path) as f:
             self._shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         self._names = names if names is not None else {k: k for k in self._shapes}
         self._overrides = dict(overrides or {})
@@ -94,9 +215,9 @@ class LazyTensors(Mapping):
     def __getitem__(self, key: str) -> torch.Tensor:
         if key in self._overrides:
             return self._overrides[key]
-        from safetensors import safe_open
-
-        with safe_open(self.path, framework="pt") as f:
+        if key not in self._names:
+            raise KeyError(key)
+        with open_safetensors(self.path) as f:
             return f.get_tensor(self._names[key])
 
     def __contains__(self, key) -> bool:  # Mapping's default would read the tensor
@@ -136,9 +257,7 @@ def read_state_dict(path: str | os.PathLike, lazy: bool = False,
     if p.suffix == ".safetensors":
         if lazy:
             return LazyTensors(p)
-        from safetensors.torch import load_file
-
-        return load_file(str(p))
+        return read_safetensors(p)
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # a pickle with classes, or not a torch file at all

@@ -227,20 +227,19 @@ def read_diffusers_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
     """(state with bare keys `transformer_blocks.{i}...lora_A.weight`, the PEFT config diffusers would build, the
     file's scale lora_alpha / r, where the scale came from) of a diffusers / PEFT LoRA file. A folder is read
     as diffusers reads one: its `pytorch_lora_weights.safetensors`."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     p = Path(path)
     if p.is_dir():
         p = p / DEFAULT_NAME
     if not p.is_file():
         raise FileNotFoundError(f"{p} not found: give a diffusers LoRA .safetensors file (or its folder)")
+    from cosmos_nemo.io.tensors import TensorFileError, open_safetensors, read_safetensors
+
     try:
-        raw = load_file(str(p))
-        with safe_open(str(p), framework="pt") as f:
+        raw = read_safetensors(p)
+        with open_safetensors(p) as f:
             file_meta = f.metadata() or {}
-    except Exception as err:  # not safetensors, truncated
-        raise LoRAError(f"cannot read {p} as a safetensors LoRA file: {type(err).__name__}: {err}") from None
+    except TensorFileError as err:  # not safetensors, truncated, empty
+        raise LoRAError(f"cannot read the LoRA file: {err}") from None
     state = {}
     for key, value in raw.items():
         for prefix in (PIPELINE_PREFIX, "base_model.model."):

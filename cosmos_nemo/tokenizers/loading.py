@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from .configs import REGISTRY, TokenizerConfig, resolve_name
@@ -74,7 +73,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        return load_file(str(path), device="cpu")
+        from cosmos_nemo.io.tensors import read_safetensors
+
+        return read_safetensors(path)  # a truncated or foreign file is a TensorFileError naming it
     if path.suffix in (".jit", ".pt", ".ts"):
         try:
             module = torch.jit.load(str(path), map_location="cpu")
