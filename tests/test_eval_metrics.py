@@ -137,3 +137,24 @@ def test_psnr_from_sse_formula():
     assert psnr_from_sse(4 * 100, 100) == pytest.approx(20 * np.log10(255 / (2 + float(EPS32))), abs=1e-12)
     with pytest.raises(ValueError):
         psnr_from_sse(0, 0)
+
+
+def test_torch_path_for_other_devices_equals_the_numpy_path(monkeypatch):
+    """On CPU the scores come from NumPy; any other device runs the same formulation in torch. The torch
+    code is run here on CPU tensors (as it runs on a GPU, whole frames at a time and in strips)."""
+    torch = pytest.importorskip("torch")
+    import cosmos_nemo.eval.metrics as m
+
+    rng = np.random.default_rng(11)
+    a = rng.integers(0, 256, (2, 37, 51, 3), dtype=np.uint8)
+    b = _noisy_copy(a, 50, 3)
+    ref = score_frames(a, b)
+    for rows in (1 << 30, 9):
+        monkeypatch.setattr(m, "strip_rows_for_width", lambda w, d="cpu", r=rows: r)
+        for i in range(len(a)):
+            ssim, sse = m._score_one(torch.from_numpy(a[i]), torch.from_numpy(b[i]), torch.device("cpu"),
+                                     torch.float64, True)
+            assert abs(ssim - ref.ssim[i]) < 1e-12
+            assert sse == ref.sse[i]
+    # Tensors are accepted on the NumPy path too, and the result is the same.
+    assert np.array_equal(score_frames(torch.from_numpy(a), torch.from_numpy(b)).sse, ref.sse)

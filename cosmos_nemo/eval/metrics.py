@@ -33,6 +33,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 # np.finfo(np.float32).eps, the constant the reference adds to sqrt(MSE).
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
@@ -75,30 +76,50 @@ def _is_float32(dtype) -> bool:
 # CPU: NumPy on interleaved [rows, W, 3] strips
 
 
-def _np_box7(x: np.ndarray, axis: int) -> np.ndarray:
-    """Sum of 7 consecutive elements along `axis` (0 or 1; valid positions only), via 2- and 4-wide partial sums."""
-    n = x.shape[axis] - (SSIM_WIN - 1)
-    if axis == 0:
-        s2 = x[: n + 5] + x[1 : n + 6]
-        out = s2[:n] + s2[2 : n + 2]
-        out += s2[4 : n + 4]
-        out += x[6 : n + 6]
-    else:
-        s2 = x[:, : n + 5] + x[:, 1 : n + 6]
-        out = s2[:, :n] + s2[:, 2 : n + 2]
-        out += s2[:, 4 : n + 4]
-        out += x[:, 6 : n + 6]
+def _np_vbox7(x: np.ndarray) -> np.ndarray:
+    """Sums of 7 consecutive rows of `[h, ...]` (valid positions: `[h-6, ...]`), via 2-wide partial sums."""
+    n = x.shape[0] - (SSIM_WIN - 1)
+    s2 = x[: n + 5] + x[1 : n + 6]
+    out = s2[:n] + s2[2 : n + 2]
+    out += s2[4 : n + 4]
+    out += x[6 : n + 6]
+    return out
+
+
+def _np_hbox7_flat(v: np.ndarray) -> np.ndarray:
+    """Sums of 7 consecutive columns of a contiguous `[r, W, C]`, computed on the flattened array: a 1-D
+    result of `r*W*C - 6*C` values, where index `(i*W + j)*C + c` is the window starting at column j for
+    j < W-6, and the last 6*C values of each row but the last are windows that wrap into the next row
+    (`_sum_valid` leaves them out). NumPy runs a 1-D operation ~2.5x faster than the same one over rows."""
+    c = v.shape[2]
+    f = v.reshape(-1)
+    n = f.size - (SSIM_WIN - 1) * c
+    s2 = f[: n + 5 * c] + f[c : n + 6 * c]
+    out = s2[:n] + s2[2 * c : n + 2 * c]
+    out += s2[4 * c : n + 4 * c]
+    out += f[6 * c : n + 6 * c]
     return out
 
 
 def _np_window_sums(q: np.ndarray) -> np.ndarray:
-    """Valid 7x7 window sums of `[h, W, C]` -> `[h-6, W-6, C]`."""
-    return _np_box7(_np_box7(q, 0), 1)
+    """7x7 window sums of contiguous `[h, W, C]`, flat as `_np_hbox7_flat` lays them out."""
+    return _np_hbox7_flat(_np_vbox7(q))
+
+
+def _sum_valid(flat: np.ndarray, rows: int, width: int, channels: int) -> float:
+    """Sum of a `_np_hbox7_flat`-layout array over its valid positions (the wrapped ones subtracted)."""
+    total = float(flat.sum(dtype=np.float64))
+    if rows > 1:
+        wrap = as_strided(flat[(width - 6) * channels :], shape=(rows - 1, 6 * channels),
+                          strides=(width * channels * flat.itemsize, flat.itemsize), writeable=False)
+        total -= float(wrap.sum(dtype=np.float64))
+    return total
 
 
 def _np_strip(x8: np.ndarray, y8: np.ndarray, own: int, ratio_dtype) -> tuple[float, int]:
     """(sum of the valid SSIM map over all channels, squared-error sum of the first `own` rows) of uint8
     strips `[h, W, C]` (h >= 7)."""
+    h, width, channels = x8.shape
     # Window sums of x and y stay below 49*255 = 12495, so int16 holds them (half the memory traffic);
     # the second moments need int32 (49 * 2 * 255^2 < 2^31).
     x16 = x8.astype(np.int16)
@@ -118,22 +139,21 @@ def _np_strip(x8: np.ndarray, y8: np.ndarray, own: int, ratio_dtype) -> tuple[fl
     sx *= sx
     sx += np.multiply(sy, sy, out=sy)  # b1 = Sx^2 + Sy^2
     sxy *= _NP
-    sxy -= p
-    sxy *= 2  # 2 (49 Sxy - Sx Sy)
+    sxy -= p  # 49 Sxy - Sx Sy
     sq *= _NP
     sq -= sx  # 49 Sq - Sx^2 - Sy^2
-    p *= 2
-    num = p.astype(ratio_dtype)
-    num += _C1S
-    num *= (sxy.astype(ratio_dtype) + _C2S)
-    den = sx.astype(ratio_dtype)
-    den += _C1S
-    den *= (sq.astype(ratio_dtype) + _C2S)
+    # The ratio with the numerator's two factors of 2 taken out (the caller multiplies the sum by 4, exactly):
+    # (Sx Sy + C1/2) (49 Sxy - Sx Sy + C2/2) / ((b1 + C1) (49 Sq - b1 + C2)). Each int -> float step is one
+    # pass (the cast happens inside the add). The wrapped positions are windows of real pixels too, so
+    # they are finite (the variance terms are >= 0 for any 49 values) and simply left out of the sum.
+    num = np.add(p, _C1S / 2, dtype=ratio_dtype)
+    num *= np.add(sxy, _C2S / 2, dtype=ratio_dtype)
+    den = np.add(sx, _C1S, dtype=ratio_dtype)
+    den *= np.add(sq, _C2S, dtype=ratio_dtype)
     num /= den
-    # One contiguous reduction: the channels have equally many valid positions, so the mean of the
-    # per-channel means is the mean over everything (a per-channel reduction over the interleaved
-    # layout is many times slower in NumPy).
-    return float(num.sum(dtype=np.float64)), sse
+    # The channels have equally many valid positions, so the mean of the per-channel means is the mean
+    # over everything: one contiguous reduction (a per-channel one over the interleaved layout is slow).
+    return 4.0 * _sum_valid(num, h - 6, width, channels), sse
 
 
 def _np_score_one(fa: np.ndarray, fb: np.ndarray, float32: bool, with_ssim: bool) -> tuple[float, int]:
