@@ -187,10 +187,10 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _timed(cmd: list[str], cpu: list[float] | None = None) -> tuple[float, str]:
+def _timed(cmd: list[str], cpu: list[float] | None = None, env: dict | None = None) -> tuple[float, str]:
     """Wall seconds and stdout of `cmd`; its CPU seconds (all its processes and threads) go to `cpu`."""
     t, c = time.perf_counter(), _children_cpu()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t
     if cpu is not None:
         cpu.append(_children_cpu() - c)
@@ -211,6 +211,10 @@ def run_set(args) -> None:
     cli = [sys.executable, "-m", "cosmos_nemo"]
     ours = cli + ["evaluate", "tokenbench", "--gtpath", str(gt), "--targetpath", str(gen), "--contact-sheet", "0"]
     runs: dict[str, list[float]] = {"help": [], "ours_1": [], "ours_2": [], "reference": []}
+    before_env = None
+    if args.before:  # another checkout of the package (e.g. `git archive OLD cosmos_nemo | tar -x -C DIR`)
+        before_env = dict(os.environ, PYTHONPATH=str(args.before))
+        runs.update({"before_help": [], "before_1": [], "before_2": []})
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     out_ref = out_ours = ""
     _timed(ours + ["--workers", "1"])  # warm the page cache and the bytecode caches once
@@ -224,6 +228,10 @@ def run_set(args) -> None:
         runs["ours_2"].append(t)
         t, out_ref = _timed([sys.executable, "-c", _REFERENCE_SCRIPT, str(gt), str(gen), ffmpeg], cpu["reference"])
         runs["reference"].append(t)
+        if before_env is not None:
+            runs["before_help"].append(_timed(cli + ["--help"], cpu["before_help"], before_env)[0])
+            for w in ("1", "2"):
+                runs["before_" + w].append(_timed(ours + ["--workers", w], cpu["before_" + w], before_env)[0])
         print("  " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in runs.items()) + f" (load {os.getloadavg()[0]:.1f})",
               flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -239,6 +247,11 @@ def run_set(args) -> None:
         label = f"evaluate tokenbench --workers {k[-1]}"
         print(f"{label:<44}{med[k]:>8.2f}{med['reference'] / med[k]:>8.2f}{'>= 3x' if k == 'ours_1' else '':>9}"
               f"{mcpu[k]:>8.2f}{mcpu['reference'] / mcpu[k]:>8.2f}")
+    if before_env is not None:
+        for k, label in (("before_1", "--before: --workers 1"), ("before_2", "--before: --workers 2"),
+                         ("before_help", "--before: --help")):
+            print(f"{label:<44}{med[k]:>8.2f}{med['reference'] / med[k]:>8.2f}{'':>9}{mcpu[k]:>8.2f}"
+                  f"{mcpu['reference'] / mcpu[k]:>8.2f}")
     print(f"{'--workers 2 vs --workers 1':<44}{'':>8}{med['ours_1'] / med['ours_2']:>8.2f}{'> 1':>9}")
     print(f"{'cosmos-nemo --help':<44}{med['help']:>8.2f}{'':>8}{'< 0.5 s':>9}{mcpu['help']:>8.2f}")
     load = os.getloadavg()
@@ -353,6 +366,9 @@ def main() -> None:
     p.add_argument("--set", action="store_true",
                    help="time the `evaluate tokenbench` command end to end on 5 realistic pairs vs the reference method")
     p.add_argument("--repeat", type=int, default=3, help="--set: runs of each command (the median is reported)")
+    p.add_argument("--before", type=Path, default=None,
+                   help="--set: also time the command from this folder holding another version's cosmos_nemo package "
+                        "(put first on PYTHONPATH), e.g. `git archive OLD cosmos_nemo | tar -x -C DIR`")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     p.add_argument("--_gt", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--_gen", type=Path, help=argparse.SUPPRESS)
