@@ -22,7 +22,7 @@ def test_bad_files(tmp_path):
     with pytest.raises(TensorFileError, match="no such file"):
         load_tensors(tmp_path / "nope.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
-    with pytest.raises(TensorFileError, match="not a readable safetensors"):
+    with pytest.raises(TensorFileError, match="bad.safetensors: not a safetensors file"):
         load_tensors(tmp_path / "bad.safetensors")
     with pytest.raises(Exception):
         save_tensors(tmp_path / "y.safetensors", {"a": "not a tensor"})

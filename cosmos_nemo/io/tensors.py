@@ -154,6 +154,14 @@ def read_weights(path: str | os.PathLike, nested: Sequence[str] = ("state_dict",
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, a pickle with classes, not a torch file at all
+        import pickle
+
+        detail = [line.strip() for line in str(err).splitlines() if "unsupported global" in line.lower()]
+        if isinstance(err, pickle.UnpicklingError) and detail:
+            raise TensorFileError(
+                f"{p}: refused: it holds pickled objects other than tensors, which a weights_only=True load does not "
+                f"run ({detail[0]}); convert it to safetensors where it is trusted"
+            ) from err
         raise TensorFileError(
             f"{p}: not a readable weights-only torch file, or a truncated one ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''})"
