@@ -188,32 +188,36 @@ def test_blocks_are_marked_and_reference_blocks_do_not_call_us():
             if block.lang in ("sh", "shell", "console"):
                 pytest.fail(f"{block.where()}: commands go in ```bash blocks (see tests/test_docs.py), not ```{block.lang}")
             if block.lang == "bash" and block.kind == "reference":
-                assert "cosmos-nemo" not in block.text and "cosmos_nemo" not in block.text, (
+                assert not re.search(r"\bcosmos-nemo\b|-m cosmos_nemo\b", block.text), (
                     f"{block.where()}: a `# reference:` block is NVIDIA's command; put ours in its own block")
-            if block.lang == "bash":
+            if block.lang == "bash" and block.kind != "reference":
                 for flag in NOT_BUILT:
                     assert flag not in block.text, f"{block.where()}: {flag} is not built yet; write it as 'not yet'"
 
 
 def test_every_mentioned_subcommand_exists(cli):
-    """Every `cosmos-nemo X [Y]` anywhere in the docs (prose or blocks) names a real command (and subcommand)."""
+    """Every `cosmos-nemo X [Y]` in the docs' code (inline `code` spans and our ```bash blocks) names a real command
+    (and subcommand)."""
     top = _subparsers(cli)
     mention = re.compile(r"cosmos-nemo ([a-z][a-z0-9-]*)(?:[ \t]+([a-z][a-z0-9-]*))?")
     found = 0
     for page in _nav_pages():
-        text = (DOCS / page).read_text()
+        raw = (DOCS / page).read_text()
+        code = [b.text for b in _blocks(page) if b.lang == "bash" and b.kind != "reference"]
+        code += re.findall(r"`([^`]+)`", FENCE.sub("", raw))
+        text = "\n".join(c.replace("\\\n", " ") for c in code)
         for m in mention.finditer(text):
             first, second = m.group(1), m.group(2)
-            line = text[: m.start()].count("\n") + 1
-            assert first in top, f"docs/{page}:{line}: `cosmos-nemo {first}` is not a command ({', '.join(top)})"
+            line = m.group(0)
+            assert first in top, f"docs/{page}: `{line}`: `cosmos-nemo {first}` is not a command ({', '.join(top)})"
             subs = set(_subparsers(top[first])) | _positional_choices(top[first])
             if subs and second is not None and first != "generate":
-                assert second in subs, (f"docs/{page}:{line}: `cosmos-nemo {first} {second}`: no such subcommand "
+                assert second in subs, (f"docs/{page}: `cosmos-nemo {first} {second}`: no such subcommand "
                                         f"({', '.join(sorted(subs))})")
             if first == "generate" and second is not None and second not in _subparsers(top[first]):
                 pass  # `cosmos-nemo generate` followed by prose
             found += 1
-    assert found > 50, f"only {found} mentions of cosmos-nemo commands in the docs: is the pattern broken?"
+    assert found > 40, f"only {found} mentions of cosmos-nemo commands in the docs: is the pattern broken?"
 
 
 def test_every_documented_flag_exists(cli):
@@ -227,7 +231,7 @@ def test_every_documented_flag_exists(cli):
         name, parser, args = resolved
         known = _options(parser)
         for arg in args:
-            if arg.startswith("--"):
+            if arg.startswith("--") and arg != "--":
                 flag = arg.split("=", 1)[0]
                 assert flag in known, f"{block.where()}: `{name}` has no flag {flag} (see `{name} --help`)"
                 checked += 1
