@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
     from cosmos_nemo.recipes.overrides import OverrideError, apply_overrides, apply_toml
     from cosmos_nemo.recipes.registry import build_recipe, list_recipes, recipe_arguments
 
-    if args.list or not args.recipe:
+    if args.list or not (args.recipe or args.sft_toml):
         for name, summary in list_recipes():
             print(f"{name:34s} {summary}")
             arguments = recipe_arguments(name)
@@ -52,11 +52,15 @@ def _train(args: argparse.Namespace) -> int:
                 print(f"{'':34s}   --recipe-arg: {shown}")
         return 0 if args.list else 2
     try:
-        recipe = build_recipe(args.recipe, _parse_recipe_args(args.recipe_arg))
-        if args.toml:
-            apply_toml(recipe, args.toml)
-        apply_overrides(recipe, args.overrides)  # the command line wins over the file
-        keys = {item.split("=", 1)[0].strip() for item in args.overrides}
+        if args.sft_toml:
+            recipe, overrides = _from_sft_toml(args)
+        else:
+            overrides = args.overrides
+            recipe = build_recipe(args.recipe, _parse_recipe_args(args.recipe_arg))
+            if args.toml:
+                apply_toml(recipe, args.toml)
+            apply_overrides(recipe, overrides)  # the command line wins over the file
+        keys = {item.split("=", 1)[0].strip() for item in overrides}
         if "checkpoint.pretrained" in keys and "checkpoint.mode" not in keys:
             # weights given on the command line mean "start from them"
             recipe.checkpoint.mode = "finetune" if recipe.checkpoint.pretrained else "pretrain"
@@ -109,7 +113,7 @@ def _train(args: argparse.Namespace) -> int:
         return 2
 
     if args.dryrun:
-        print(f"# recipe {args.recipe}\n{recipe}\n")
+        print(f"# recipe {args.recipe or args.sft_toml}\n{recipe}\n")
         result = L.launch(recipe, executor, name=args.name, dryrun=True)
         print(result.text)
         print(f"\n# run folder: {result.run_dir}")
@@ -152,6 +156,28 @@ def _train(args: argparse.Namespace) -> int:
     else:
         print(f"\ndone: run folder {result.run_dir}")
     return 0
+
+
+def _from_sft_toml(args: argparse.Namespace):
+    """The recipe a `--sft-toml` file names, with its fields and the trailing overrides set."""
+    from cosmos_nemo.recipes.sft_toml import load_sft_toml
+
+    if args.toml:
+        raise ValueError("give --sft-toml (NVIDIA's structured SFT TOML) or --toml (recipe overrides), not both")
+    if args.recipe_arg:
+        raise ValueError("--recipe-arg does not combine with --sft-toml: [job] experiment names a recipe without "
+                         "arguments")
+    overrides = list(args.overrides)
+    if args.recipe:  # with --sft-toml every positional is an override
+        if "=" not in args.recipe:
+            raise ValueError(f"--sft-toml names the recipe in [job] experiment; {args.recipe!r} is not a KEY=VALUE "
+                             "override")
+        overrides.insert(0, args.recipe)
+    world = args.nodes * args.gpus_per_node if args.executor == "slurm" else args.nproc
+    recipe, _, notes = load_sft_toml(args.sft_toml, overrides, world_size=world)
+    for note in notes:
+        print(f"note: {note}")
+    return recipe, overrides
 
 
 _RANK_ERROR = re.compile(r"\[rank(\d+)\]:\s*([\w.]*(?:Error|Exception|Interrupt)\b.*)$")
@@ -201,7 +227,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("recipe", nargs="?", help="recipe name, e.g. cosmos_ar_tiny_finetune (see --list)")
+    p.add_argument("recipe", nargs="?", help="recipe name, e.g. cosmos_ar_tiny_finetune (see --list); none with --sft-toml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides of the recipe's configs: model.*, data.*, optim.*, trainer.*, checkpoint.*, "
                    "parallel.*, log.* (values are YAML: true, null, [a,b]); an unknown key names the closest valid one")
@@ -210,6 +236,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="overrides as a TOML file of sections ([trainer] max_steps = 100, [model.yarn] ...); unknown keys "
                    "and wrong types are errors; ${oc.env:VAR} or ${oc.env:VAR,default} read the environment. Dotted "
                    "overrides on the command line are applied after it")
+    p.add_argument("--sft-toml", "--sft_toml", metavar="FILE",
+                   help="NVIDIA's structured SFT TOML (Cosmos3 `cosmos_framework.scripts.train --sft-toml`): [job] "
+                   "task/experiment pick the recipe (no RECIPE argument), [model], [optimizer], [scheduler], [trainer], "
+                   "[checkpoint], [dataloader_train] keep the reference's meanings; validated before anything is "
+                   "built (file, line, key, closest valid key). Trailing KEY=VALUE: a TOML key (trainer.max_iter=4) "
+                   "or a recipe field (data.paths=[...]). See examples/toml/ and README")
     p.add_argument("--recipe-arg", "--recipe_arg", action="append", default=[], metavar="NAME=VALUE",
                    help="an argument of the recipe function itself (repeatable): only the tokenizer-swap recipes take "
                    "any (tokenizer, frames, height, width, tokenizer_vocab_size, resize_vocab), because they derive the "

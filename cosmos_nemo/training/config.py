@@ -8,8 +8,23 @@ through nemo-run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
+
+
+@dataclass
+class LambdaLinearConfig:
+    """The reference trainers' `LambdaLinearScheduler` (imaginaire `functional/lr_scheduler.py`), one entry per
+    cycle in every list. Within cycle c, at step n counted from the cycle's start (a step on a cycle's last
+    boundary still belongs to it): warm-up `f = f_start + (f_max - f_start) * n / warm_up_steps`, then
+    `f = f_min + (f_max - f_min) * (cycle_lengths - n) / (cycle_lengths - warm_up_steps)`; `lr = optim.lr * f`.
+    Past the last cycle the reference has no value, so a run longer than sum(cycle_lengths) is refused."""
+
+    warm_up_steps: list[int] = field(default_factory=lambda: [0])
+    cycle_lengths: list[int] = field(default_factory=lambda: [10_000_000_000_000])
+    f_start: list[float] = field(default_factory=lambda: [1e-6])
+    f_max: list[float] = field(default_factory=lambda: [1.0])
+    f_min: list[float] = field(default_factory=lambda: [1.0])
 
 
 @dataclass
@@ -19,8 +34,11 @@ class OptimizerConfig:
     schedule: "cosine" (linear warm-up, then cosine from lr to min_lr at decay_steps or max_steps),
         "constant" (linear warm-up, then lr; the NeMo reference scripts use a constant 5e-5 with no
         warm-up), or "cycle" (the reference diffusion trainer's LambdaLinear: the factor ramps from
-        f_start to f_max over warmup_steps, then falls linearly to f_min over each cycle_length steps).
+        f_start to f_max over warmup_steps, then falls linearly to f_min over each cycle_length steps), or
+        "lambda_linear" (the reference's LambdaLinearScheduler exactly, with its per-cycle lists: `lambda_linear`).
     zero_nonfinite_grads: replace NaN/Inf gradients by 0 before clipping, instead of skipping the step.
+    keys_to_select: train only the parameters whose name contains one of these substrings (the reference's
+        `optimizer.keys_to_select`; empty: every parameter); the others are frozen before DDP and the optimizer.
     """
 
     lr: float = 1e-4
@@ -38,6 +56,8 @@ class OptimizerConfig:
     f_max: float = 1.0
     f_min: float = 1.0
     zero_nonfinite_grads: bool = False
+    lambda_linear: Optional[LambdaLinearConfig] = None
+    keys_to_select: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -35,7 +35,7 @@ from cosmos_nemo.training import harness
 from cosmos_nemo.training.config import (CheckpointConfig, LogConfig, OptimizerConfig, ParallelConfig,
                                          TrainerConfig)
 from cosmos_nemo.training.logger import RunLogger
-from cosmos_nemo.training.schedules import lr_at
+from cosmos_nemo.training.schedules import check_lambda_linear, lr_at
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -53,6 +53,8 @@ def train(
     """Train (or fine-tune) a model of any family; returns {"run_dir", "step", "train_loss", "val_loss", ...}.
     With `peft` (a `LoRAConfig`), only LoRA adapters on the pretrained base are trained."""
     _check_configs(trainer, checkpoint, peft)
+    if optim.schedule == "lambda_linear":
+        check_lambda_linear(optim.lambda_linear, trainer.max_steps)
     family = family_of(model)
     cpu_adapter.configure_accelerations(trainer.cpu_accelerations)
     state = parallel_mod.setup(parallel.tensor, parallel.pipeline, parallel.context, seed=trainer.seed)
@@ -75,6 +77,8 @@ def train(
             report = apply_lora(chunk, peft, seed=trainer.seed)
             chunk.lora_info = _lora_info(family, model, peft, report, checkpoint.pretrained)
             notes.append(report.summary())
+        if optim.keys_to_select:
+            notes.append(select_trainable(chunk, optim.keys_to_select, every_key_matches=parallel.pipeline == 1))
         return chunk
 
     chunks = harness.wrap_model(provide)
@@ -161,6 +165,33 @@ def validate(step_fn, valid_data, chunks, trainer: TrainerConfig, data, keys=("l
         for key in totals:
             totals[key] += out[key] / batches
     return totals
+
+
+def select_trainable(chunk, keys, every_key_matches: bool = True) -> str:
+    """Freeze every parameter of `chunk` whose name contains none of `keys` (the reference's
+    `optimizer.keys_to_select`); returns a note for the run log. A key that matches no parameter (with
+    `every_key_matches`) or a selection that leaves nothing to train is an error."""
+    keys = list(keys)
+    names = [name for name, _ in chunk.named_parameters()]
+    unmatched = [k for k in keys if not any(k in name for name in names)]
+    if unmatched and every_key_matches:
+        import difflib
+
+        parts = sorted({part for name in names for part in name.split(".")})
+        hints = {k: difflib.get_close_matches(k.strip("."), parts, n=1, cutoff=0.5) for k in unmatched}
+        shown = ", ".join(f"{k!r}" + (f" (closest name part: {hints[k][0]!r})" if hints[k] else "") for k in unmatched)
+        raise ValueError(f"optim.keys_to_select: {shown} match no parameter name of the model "
+                         f"(e.g. {names[0]!r}, {names[-1]!r})")
+    kept, total = 0, 0
+    for name, p in chunk.named_parameters():
+        if not any(k in name for k in keys):
+            p.requires_grad_(False)
+        elif p.requires_grad:
+            kept += p.numel()
+        total += p.numel()
+    if kept == 0:
+        raise ValueError(f"optim.keys_to_select={keys} leaves no trainable parameter")
+    return f"keys_to_select {keys}: training {kept:,} of {total:,} parameters, the rest frozen"
 
 
 def _make_ema(chunks, trainer: TrainerConfig):
