@@ -278,3 +278,18 @@ def test_parent_killed_workers_end_quietly(many_videos, tmp_path):
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
     prepare_ar_tokens(_cfg(many_videos, out))
     assert (out / "dataset.json").is_file() and not (out / ".parts").exists()
+
+
+def test_keyboard_interrupt_in_any_command_is_one_line(monkeypatch, capsys):
+    """Every command (generate, prepare, ...) runs under `cli.main`'s handler: a KeyboardInterrupt out of
+    a command is one line and exit status 130."""
+    from cosmos_nemo import cli
+    from cosmos_nemo.data_prep import commands
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "_run_prompts", interrupted)
+    assert cli.main(["prepare", "prompts", "--dataset_path", "x", "--prompt", "y"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted: cosmos-nemo prepare stopped; the same command resumes or redoes what was not finished"
