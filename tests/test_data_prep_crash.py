@@ -129,7 +129,7 @@ def test_foreign_temporary_is_still_foreign(videos, tmp_path):
 
 # ------------------------------------------------------------------------------------------------------
 # prepare latents: the same engine (parts, merge, state file) and its own writer; the text embeddings are
-# computed once (`prepare text-embeddings`) and read from their file, so no run loads a text encoder
+# read from a text-embeddings file, so no run loads a text encoder
 
 LATENT_POINTS = ["write:00000001.latents", "merge:moved", "write:.prepare.json", "remove:.parts"]
 
@@ -148,12 +148,13 @@ def latent_inputs(tmp_path_factory) -> tuple[Path, Path]:
     import torch
 
     torch.save((torch.zeros(16 * 3), torch.ones(16 * 3)), vae / "mean_std.pt")
-    from cosmos_nemo.data_prep.settings import TextEmbeddingsConfig
-    from cosmos_nemo.data_prep.text_embeddings import prepare_text_embeddings
+    from cosmos_nemo.data_prep.text_embeddings import TextTable
 
+    # The file `prepare text-embeddings` writes, with fixed rows instead of an encoder's.
     text = tmp_path_factory.mktemp("text") / "emb.safetensors"
-    prepare_text_embeddings(TextEmbeddingsConfig(dataset_path=root, output=text, text_encoder="minilm", progress=False,
-                                                 device="cpu", dtype="float32"))
+    g = torch.Generator().manual_seed(0)
+    TextTable(["caption 0", "caption 1"], torch.randn(2, 8, 16, generator=g).half(), torch.ones(2, 8, dtype=torch.bool),
+              "fixed").save(text, sources={"c0": 0, "c1": 1, "c2": 0})
     return root, vae, text
 
 
