@@ -228,10 +228,13 @@ class CausalVideoTokenizer(nn.Module):
 
     # --- weights --------------------------------------------------------------------------------------------
 
-    def load_halves(self, encoder_sd, decoder_sd, source: str) -> None:
+    def load_halves(self, encoder_sd, decoder_sd, source: str, files: tuple | None = None) -> None:
+        """Load both halves strictly; `files` (the encoder's and decoder's weight files) name the file in an
+        error, else `source`."""
+        labels = [str(f) for f in files] if files else [f"{source} (encoder)", f"{source} (decoder)"]
         self.load_reports = [
-            load_strict(self.encoder, encoder_sd, f"{source} (encoder)"),
-            load_strict(self.decoder, decoder_sd, f"{source} (decoder)"),
+            load_strict(self.encoder, encoder_sd, labels[0]),
+            load_strict(self.decoder, decoder_sd, labels[1]),
         ]
         for r in self.load_reports:
             log.info(r.summary())
@@ -273,7 +276,7 @@ def _from_folder(folder: Path, device, dtype, config) -> CausalVideoTokenizer:
     enc_sd, dec_sd = read_state_dict(files[0]), read_state_dict(files[1])
     cfg = config_for_folder(folder, enc_sd, dec_sd, config)
     model = CausalVideoTokenizer(cfg)
-    model.load_halves(enc_sd, dec_sd, str(folder))
+    model.load_halves(enc_sd, dec_sd, str(folder), files=tuple(files))
     return model.to(device=device, dtype=dtype).eval()
 
 
