@@ -185,3 +185,53 @@ def test_cli_subprocess_prints_no_traceback(tokenizer_folder, tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "truncated" in proc.stdout and str(folder / "encoder.safetensors") in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory) -> Path:
+    from cosmos_nemo.compat import hide_unusable_torchvision
+
+    hide_unusable_torchvision()
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    folder = tmp_path_factory.mktemp("t5")
+    torch.manual_seed(0)
+    T5EncoderModel(T5Config(vocab_size=384, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+                            decoder_start_token_id=0, pad_token_id=0)).save_pretrained(folder)
+    ByT5Tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage"])
+def test_text_encoder_folder(kind, tiny_t5, tmp_path, capsys):
+    import shutil
+
+    from cosmos_nemo.tokenizers.text import TextEncoderNotAvailableError, load_text_encoder
+
+    folder = tmp_path / "t5"
+    shutil.copytree(tiny_t5, folder)
+    weights = folder / "model.safetensors"
+    _damage(weights, kind)
+    with pytest.raises(TextEncoderNotAvailableError, match=rf"{weights}: {DAMAGE[kind][1]}"):
+        load_text_encoder(str(folder))
+    # Through `prepare v2w`: the text encoder is loaded before any video is read.
+    (tmp_path / "in.jsonl").write_text('{"prompt": "a", "visual_input": "a.mp4"}\n')
+    (tmp_path / "a.mp4").write_bytes(b"")
+    rc = cli_main(["prepare", "v2w", "--input_jsonl", str(tmp_path / "in.jsonl"), "--output_dir", str(tmp_path / "out"),
+                   "--encoder_path", "tiny", "--text_encoder", str(folder), "--width", "32", "--height", "24",
+                   "--num_context_frames", "5", "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 2 and f"{weights}: {DAMAGE[kind][1]}" in out.out, out
+
+
+def test_wan_vae_folder(tmp_path):
+    from cosmos_nemo.data_prep.engine import PrepareError
+    from cosmos_nemo.data_prep.vae import WanLatentEncoder, import_autoencoder_kl_wan
+
+    folder = tmp_path / "wan"
+    import_autoencoder_kl_wan()(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                                temperal_downsample=[False, True, True]).save_pretrained(folder)
+    weights = sorted(folder.glob("*.safetensors"))[0]
+    _damage(weights, "truncated")
+    with pytest.raises(PrepareError, match=rf"{weights}: truncated"):
+        WanLatentEncoder(str(folder))

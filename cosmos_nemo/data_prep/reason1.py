@@ -313,7 +313,10 @@ def load_checkpoint(path: str | Path, device="cpu", dtype: torch.dtype = torch.b
         raise Reason1Error(f"{path} is not a Qwen2.5-VL checkpoint folder; {_download_hint('the folder')}")
     model_dir, tok_dir = folders
     tf = _transformers()
+    from cosmos_nemo.io.tensors import check_safetensors_folder
+
     try:
+        check_safetensors_folder(model_dir)  # a truncated shard is named (TensorFileError is a ValueError)
         tokenizer = tf.AutoTokenizer.from_pretrained(str(tok_dir))
         model = tf.Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=dtype)
     except (OSError, ValueError) as e:

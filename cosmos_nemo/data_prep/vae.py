@@ -144,8 +144,13 @@ class WanLatentEncoder(LatentEncoder):
     def __init__(self, spec: str, device="cpu", dtype=torch.float32, latent_scale: float | None = None):
         AutoencoderKLWan = import_autoencoder_kl_wan()
         source, subfolder = _wan_source(spec)
+        from cosmos_nemo.io.tensors import TensorFileError, check_safetensors_folder
+
         try:
+            check_safetensors_folder(Path(source) / (subfolder or ""))
             vae = AutoencoderKLWan.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype)
+        except TensorFileError as e:
+            raise PrepareError(f"cannot load the Wan2.1 VAE from {spec!r}: {e}") from None
         except (OSError, ValueError, EnvironmentError) as e:
             raise PrepareError(
                 f"cannot load the Wan2.1 VAE from {spec!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n"

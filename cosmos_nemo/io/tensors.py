@@ -93,6 +93,15 @@ def check_safetensors(path: str | os.PathLike) -> dict:
     return header
 
 
+def check_safetensors_folder(folder: str | os.PathLike) -> None:
+    """`check_safetensors` on every `*.safetensors` file of `folder` (a transformers / diffusers model
+    folder, before its own loader reads it: reads headers only). Nothing when `folder` is not a folder."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.safetensors")):
+            check_safetensors(path)
+
+
 def _safetensors_error(path: Path, err: Exception) -> TensorFileError:
     return TensorFileError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})")
 

@@ -100,7 +100,10 @@ def _load_from_folder_or_hub(source: str, device, dtype, max_length: int | None,
     hide_unusable_torchvision()
     from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
+    from cosmos_nemo.io.tensors import TensorFileError, check_safetensors_folder
+
     try:
+        check_safetensors_folder(source)  # a truncated or foreign weight file: named, before transformers reads it
         config = AutoConfig.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
         if config.model_type in ("t5", "mt5", "umt5"):
@@ -109,6 +112,8 @@ def _load_from_folder_or_hub(source: str, device, dtype, max_length: int | None,
         else:
             model = AutoModel.from_pretrained(source, dtype=dtype)
             default_length = min(int(getattr(config, "max_position_embeddings", 512)), 512)
+    except TensorFileError as e:
+        raise TextEncoderNotAvailableError(f"cannot load text encoder {source!r}: {e}") from None
     except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1 is set)" if offline else ""
