@@ -260,7 +260,8 @@ _WORKER_MODELS: _Models | None = None
 
 def _worker_init(cfg: TokenBenchConfig) -> None:
     global _WORKER_MODELS
-    # Ctrl-C reaches the whole process group; the parent stops the workers, so they neither react nor print.
+    # Ctrl-C reaches the whole process group; the parent stops the workers, so they neither react nor print
+    # (SIGINT is also blocked in them from the start: `_start_workers`).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if _single_threaded_torch(cfg).active:
         import torch
@@ -320,18 +321,32 @@ def _by_size(pairs: list[tuple[str, Path, Path]]) -> list[tuple[str, Path, Path]
 
 
 def _start_workers(pool: ProcessPoolExecutor, n: int) -> None:
-    """Start the pool's `n` processes now, from this thread, with SIGINT ignored: they inherit that through
-    exec and Python then keeps it, so a Ctrl-C even while a worker is still starting cannot make it print
-    (`_stop_pool` ends the workers). Submitting a no-op per worker starts them (a pool starts its processes
-    on submit)."""
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    """Start the pool's `n` processes now, so that a Ctrl-C can neither reach a worker that is still starting
+    (it would print a traceback before ignoring SIGINT) nor cut a start short (the half-started worker would
+    print one too):
+
+    * SIGINT is blocked in this thread while the workers start: they inherit the blocked signal through fork
+      and exec, so it never reaches them (`_stop_pool` ends them);
+    * a Ctrl-C in the meantime (delivered to another thread, or pending here) is held back and raised as
+      KeyboardInterrupt once every worker has started.
+
+    Submitting a no-op per worker starts them (a pool starts its processes on submit)."""
+    block = hasattr(signal, "pthread_sigmask")
+    held: list[int] = []
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if block else None
     try:
         for _ in range(n):
             pool.submit(int)
     finally:
-        if in_main:
-            signal.signal(signal.SIGINT, previous)
+        if block:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
@@ -410,7 +425,6 @@ def run_tokenbench(cfg: TokenBenchConfig) -> dict:
             if workers > 1:
                 pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"),
                                            initializer=_worker_init, initargs=(cfg,))
-                _start_workers(pool, workers - 1)
 
                 def feed() -> None:
                     try:
@@ -425,6 +439,8 @@ def run_tokenbench(cfg: TokenBenchConfig) -> dict:
                 feeders = [threading.Thread(target=feed, daemon=True, name=f"tokenbench-feed-{k}")
                            for k in range(workers - 1)]
             try:
+                if pool is not None:
+                    _start_workers(pool, workers - 1)
                 for t in feeders:
                     t.start()
                 while (pair := take()) is not None:
