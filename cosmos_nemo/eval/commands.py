@@ -96,9 +96,10 @@ def register(subparsers) -> None:
                    help="local StyleGAN-V I3D TorchScript file i3d_torchscript.pt (HF LanguageBind/"
                    "Open-Sora-Plan-v1.0.0, opensora/eval/fvd/styleganv/). FVD needs at least 2 pairs")
     p.add_argument("--workers", type=_positive, default=_default_workers(),
-                   help="pairs scored in parallel, in worker processes (each also decodes its two files in "
-                   "background threads; on CPU torch runs single-threaded inside). Default: half the CPU cores, "
-                   f"at most 4 (here {_default_workers()})")
+                   help="pairs scored in parallel: by this process and N-1 worker processes, each pair's two files "
+                   "decoding in background threads meanwhile (on CPU, PSNR/SSIM are NumPy; torch, for LPIPS/FVD, "
+                   "runs single-threaded). Default: half the CPU cores, at most 4 "
+                   f"(here {_default_workers()})")
     p.add_argument("--chunk-size", "--chunk_size", dest="chunk_size", type=_positive, default=16,
                    help="frames decoded and scored at a time per file (default: 16); memory grows with it")
     p.add_argument("--device", default="cpu",
