@@ -37,10 +37,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from cosmos_nemo.checkpoint import dist as dist_ckpt
 from cosmos_nemo.io.atomic import atomic_write_text
+from cosmos_nemo.io.tensors import read_safetensors
 
 POINTER = "latest_checkpoint.txt"
 _ITER_RE = re.compile(r"^iter_(\d{9})$")
@@ -179,7 +180,7 @@ def load_checkpoint(folder: Path, model_chunks, optimizer, ema=None) -> dict:
     if same_layout:
         # Exact resume: every rank gets back its own generator states. At another layout the streams
         # are reseeded from the run seed instead (dropout-free models are unaffected).
-        rng = load_file(str(rng_file))
+        rng = read_safetensors(rng_file, required=("cpu",))  # a damaged file: an error naming it
         torch.set_rng_state(rng["cpu"])
         from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
