@@ -61,6 +61,9 @@ def register(subparsers) -> None:
     from cosmos_nemo.checkpoint import dit_commands
 
     dit_commands.register(sub)
+    from cosmos_nemo.checkpoint import hf_commands
+
+    hf_commands.register(sub)  # to-dcp / export-hf: the reference's convert_model_to_dcp / export_model
     _register_tp(sub)
     convert.set_defaults(func=lambda args: (convert.print_help(), 2)[1])
 
