@@ -235,3 +235,15 @@ def test_wan_vae_folder(tmp_path):
     _damage(weights, "truncated")
     with pytest.raises(PrepareError, match=rf"{weights}: truncated"):
         WanLatentEncoder(str(folder))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty"])
+def test_fvd_i3d_file(kind, tmp_path):
+    from cosmos_nemo.eval.fvd import load_i3d
+
+    good = tmp_path / "good.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(64, 64)), str(good))
+    bad = tmp_path / "i3d_torchscript.pt"
+    bad.write_bytes(DAMAGE[kind][0](good.read_bytes()))
+    with pytest.raises(TensorFileError, match=rf"i3d_torchscript\.pt: (empty file|not a TorchScript archive, or a truncated)"):
+        load_i3d(bad)

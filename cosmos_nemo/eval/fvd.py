@@ -37,10 +37,19 @@ def load_i3d(path: str | os.PathLike, device: str | torch.device = "cpu"):
             f"FVD weights {path} do not exist; --fvd-weights needs the StyleGAN-V I3D TorchScript file "
             f"{I3D_FILE} (Hugging Face LanguageBind/Open-Sora-Plan-v1.0.0, opensora/eval/fvd/styleganv/)"
         )
+    from cosmos_nemo.io.tensors import TensorFileError
+
+    if path.stat().st_size == 0:
+        raise TensorFileError(f"{path}: empty file (0 bytes), not the I3D TorchScript file {I3D_FILE}; download it again")
     with warnings.catch_warnings():
         # The file is TorchScript; torch.jit.load is the only way to open it, deprecation notwithstanding.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        model = torch.jit.load(str(path), map_location=device)
+        try:
+            model = torch.jit.load(str(path), map_location=device)
+        except (RuntimeError, ValueError) as e:  # truncated zip, not an archive at all
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TensorFileError(f"{path}: not a TorchScript archive, or a truncated one ({first}); --fvd-weights "
+                                  f"needs the StyleGAN-V I3D file {I3D_FILE}") from None
     model.eval()
     return model
 
