@@ -15,6 +15,21 @@ last), so the dataset is byte-identical for any worker count and after any kill 
 windows are tokenized in batches of that video's windows only and every worker uses the same number of
 torch threads, so a clip's ids never depend on which worker made it or what else was in flight.
 
+Crash windows. `DIR/.prepare.json` (the state file: the fingerprint and the report) is written after
+`dataset.json` and removed just before a merge changes the dataset, so it only ever vouches for the
+dataset beside it; a rerun that finds it with its own fingerprint is done (it removes parts a kill left).
+The parts' `fingerprint.json` marks an interrupted run of the same command, which a rerun continues, with
+or without `--overwrite`. Every temporary a killed writer leaves (`io.atomic`'s `.<name>.tmp-<pid>-...`,
+the dataset writers' `.ar_write.*` / `.dit_write.*` folders, a `.parts` folder renamed aside for removal)
+is recognised as ours and removed by the next run, so a kill at any moment and the same command give the
+uninterrupted run's folder byte for byte. The `COSMOS_NEMO_KILL_AT` points that tests kill at:
+`write:<file>` (every atomic write), `merge:moved`, `prepare:recorded`, `remove:.parts`. A run in which
+every input is skipped writes nothing: its parts (and the folder, when the run made it) are removed.
+
+Ctrl-C and a killed parent: pool workers ignore SIGINT (the terminal sends it to the whole group; the
+parent leaves the pool, which terminates them) and get SIGTERM from the kernel when their parent dies, so
+no worker is left behind or prints a traceback; `cosmos-nemo` prints one "interrupted:" line.
+
 A video that cannot be used is *skipped with a reason* (and the run continues): unreadable, zero-byte,
 not a video, audio-only, truncated or damaged (a decode error anywhere discards the whole file's clips:
 the frames before the damage are not passed off as the video), fewer frames than one window, smaller
