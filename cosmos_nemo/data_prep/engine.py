@@ -38,6 +38,7 @@ than the target without `--allow-upscale`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -442,6 +443,22 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while the pool starts its workers: they inherit the disposition (a spawned Python
+    keeps an ignored SIGINT), so a Ctrl-C while one still imports gives it no traceback."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _init_pool_worker(parent: int, init: Callable, initargs: tuple) -> None:
     """Every pool worker: Ctrl-C is the parent's to handle (it reaches the whole process group; the parent
     then terminates the pool), and the worker ends quietly with its parent. Then the job's `init`."""
@@ -498,7 +515,9 @@ def run_jobs(total: int, pending: Sequence[int], workers: int, desc: str, thread
             try:
                 # Leaving the block (done, an error, Ctrl-C) terminates the workers; they ignore SIGINT and
                 # die with the parent (see `_init_pool_worker`), so none is left behind or prints a traceback.
-                with ctx.Pool(workers, initializer=_init_pool_worker, initargs=(os.getpid(), init, initargs)) as pool:
+                with _sigint_ignored():  # inherited by the workers from their first instant (fork and spawn)
+                    pool = ctx.Pool(workers, initializer=_init_pool_worker, initargs=(os.getpid(), init, initargs))
+                with pool:
                     for result in pool.imap_unordered(work, pending, chunksize=1):
                         tick(result)
             finally:
