@@ -20,11 +20,15 @@ _EPILOG = """examples:
       --container-image nvcr.io/ORG/cosmos-nemo:latest --mounts /lustre/data:/data \\
       --job-dir /lustre/jobs --env NCCL_SOCKET_IFNAME=ib0 --dryrun
   cosmos-nemo experiment status /lustre/jobs      # then: experiment logs / experiment cancel
+  cosmos-nemo train --sft-toml examples/toml/dit_sft.toml --nproc 8 trainer.max_iter=100   # NVIDIA's SFT TOML
 
 Slurm: the parallel sizes and batch sizes are checked against nodes x gpus-per-node before anything is
 submitted; the job runs one torchrun per node (c10d rendezvous at the head node, port 29500) inside the
 container, with NCCL's environment (COSMOS_NEMO_BACKEND=nccl, TORCH_NCCL_ASYNC_ERROR_HANDLING=1,
 CUDA_DEVICE_MAX_CONNECTIONS=1, NCCL_DEBUG=WARN; --env adds or overrides). A submission returns at once.
+
+--toml FILE holds recipe overrides as sections of the recipe's own configs ([trainer] max_steps = 100); --sft-toml
+FILE is NVIDIA's structured Cosmos3 SFT TOML ([job] experiment names the recipe; reference field names), see README.
 
 every field of a recipe is changed by a dotted override (or --toml); --recipe-arg is only for the
 tokenizer-swap recipes' tokenizer, frames, height, width, tokenizer_vocab_size and resize_vocab, from
