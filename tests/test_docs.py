@@ -349,6 +349,7 @@ def _check_block(block: Block, log) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 45 commands, a dozen of them training or generating; see the README for its time
 def test_docs_pages_run(tmp_path):
     """Every page's ```bash blocks, in nav order, in one workspace: run (tiny sizes, CPU), or checked (full size),
     or NVIDIA's reference (not ours). Prints each block's time."""
