@@ -320,7 +320,8 @@ def _validate(raw: dict, source: _Source) -> SFTExperimentConfig:
             key = ".".join(loc)
             if e["type"] == "extra_forbidden":
                 section = ".".join(loc[:-1])
-                candidates = [k for k in schema_keys() if k.startswith(section + ".")] if section else schema_keys()
+                candidates = ([k for k in schema_keys() if k.startswith(section + ".")] if section
+                              else list(SFTExperimentConfig.model_fields))
                 guess = _closest(key, candidates) or _closest(key, schema_keys())
                 hint = f"; did you mean {guess!r}?" if guess else ""
                 messages.append(f"{source.where(key)}: unknown key {key!r}{hint} "
