@@ -412,3 +412,27 @@ def test_tiny_dit_run_from_toml_resumes_exactly(tmp_path):
     assert family.name == "dit"
     for run in (a, b):
         assert (run / "checkpoints" / "iter_000000004" / "ema").is_dir()  # [model.ema] enabled
+
+
+def test_keys_to_select_lora_selects_exactly_the_adapters():
+    """The reference's `keys_to_select = ["lora_"]` names this library's adapter parameters (`..._lora.q.lora_A`)."""
+    import torch
+
+    from cosmos_nemo import parallel
+    from cosmos_nemo.models.dit.config import dit_config
+    from cosmos_nemo.models.dit.model import build_dit_model
+    from cosmos_nemo.peft.lora import LoRAConfig, apply_lora, is_adapter_key
+    from cosmos_nemo.training.trainer import select_trainable
+
+    if torch.cuda.is_available():
+        pytest.skip("cpu_only: builds a megatron model on the CPU in the pytest process")
+    parallel.setup()
+    try:
+        model = build_dit_model(dit_config("tiny_predict25"))
+        apply_lora(model, LoRAConfig(rank=4, alpha=4.0))
+        adapters = {n for n, p in model.named_parameters() if p.requires_grad}
+        select_trainable(model, ["lora_"])
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == adapters
+        assert adapters and all(is_adapter_key(n) for n in adapters)
+    finally:
+        parallel.teardown()
