@@ -187,10 +187,11 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _timed(cmd: list[str], cpu: list[float] | None = None, env: dict | None = None) -> tuple[float, str]:
+def _timed(cmd: list[str], cpu: list[float] | None = None, env: dict | None = None, cwd: Path | None = None,
+           ) -> tuple[float, str]:
     """Wall seconds and stdout of `cmd`; its CPU seconds (all its processes and threads) go to `cpu`."""
     t, c = time.perf_counter(), _children_cpu()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     seconds = time.perf_counter() - t
     if cpu is not None:
         cpu.append(_children_cpu() - c)
@@ -229,9 +230,10 @@ def run_set(args) -> None:
         t, out_ref = _timed([sys.executable, "-c", _REFERENCE_SCRIPT, str(gt), str(gen), ffmpeg], cpu["reference"])
         runs["reference"].append(t)
         if before_env is not None:
-            runs["before_help"].append(_timed(cli + ["--help"], cpu["before_help"], before_env)[0])
+            # From a neutral folder: `python -m` puts the working directory first on sys.path.
+            runs["before_help"].append(_timed(cli + ["--help"], cpu["before_help"], before_env, root)[0])
             for w in ("1", "2"):
-                runs["before_" + w].append(_timed(ours + ["--workers", w], cpu["before_" + w], before_env)[0])
+                runs["before_" + w].append(_timed(ours + ["--workers", w], cpu["before_" + w], before_env, root)[0])
         print("  " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in runs.items()) + f" (load {os.getloadavg()[0]:.1f})",
               flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
