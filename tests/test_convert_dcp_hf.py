@@ -171,3 +171,19 @@ def test_help_names_the_reference_command(command, capsys):
         main(["convert", command, "--help"])
     text = capsys.readouterr().out
     assert ("convert_model_to_dcp" if command == "to-dcp" else "export_model") in text
+
+
+@pytest.mark.parametrize("model", ["tiny_v2w", "tiny_predict1_v2w"])
+def test_verify_covers_video2world_and_the_predict1_layout(model, tmp_path, capsys):
+    """--verify on an AR Video2World model (text context) and a Predict1 DiT (Cosmos 1.0 keys, log-variance head,
+    which a diffusers folder does not carry): weights and outputs reload bit for bit."""
+    from cosmos_nemo.models.ar.config import NAMED_CONFIGS, ar_config
+    from cosmos_nemo.models.dit.config import dit_config
+
+    cfg = ar_config(model) if model in NAMED_CONFIGS else dit_config(model)
+    _released(cfg, tmp_path / "model.pt", seed=5)
+    assert _cli(capsys, "to-dcp", "--checkpoint-path", tmp_path / "model.pt", "--model", model, "-o",
+                tmp_path / "dcp")[0] == 0
+    code, out = _cli(capsys, "export-hf", "--checkpoint-path", tmp_path / "dcp", "--config-file",
+                     tmp_path / "dcp" / "config.yaml", "-o", tmp_path / "hf", "--verify")
+    assert code == 0 and "same outputs" in out, out

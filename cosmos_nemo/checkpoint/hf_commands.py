@@ -12,7 +12,7 @@
         safetensors: a DiT as a diffusers `CosmosTransformer3DModel` folder (config.json +
         diffusion_pytorch_model.safetensors), an AR model as `model.safetensors` in the released Cosmos AR key
         layout + `config.json`. The run's config.yaml alone rebuilds the model. `--verify` loads the export into a
-        fresh model, exports that again and requires every tensor to be bit-identical.
+        fresh model and requires its weights (exported again) and its outputs on fixed inputs to be bit-identical.
 
 Both run in one process; the dist-ckpt loads at any TP/PP it was saved at. A LoRA checkpoint exports its
 recorded base with the adapters merged; `--ema` exports the checkpoint's EMA weights (`ema/`).
@@ -148,6 +148,27 @@ def _hf_state(family, cfg, model) -> dict:
     return family.export_released(model, cfg)
 
 
+def probe_outputs(family, cfg, model):
+    """The model's output on fixed small inputs (the export's --verify compares them): a DiT denoises a 2x4x4-token
+    latent with 5 text tokens, an AR model predicts a 1x2x2 token grid."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    model = model.eval()
+    with torch.no_grad():
+        if family.name == "dit":
+            x = torch.randn(1, cfg.latent_channels, 2, 4, 4, generator=g)
+            text = torch.randn(1, 5, cfg.crossattn_proj_in or cfg.context_dim, generator=g)
+            cond = torch.zeros(1, 1, 2, 4, 4) if cfg.video2world else None
+            out = model(x, torch.full((1,), 0.5), text, condition_mask=cond)
+        else:
+            vocab = cfg.output_vocab_size or cfg.vocab_size
+            tokens = torch.randint(0, vocab, (1, 4), generator=g)
+            context = torch.randn(1, 4, cfg.context_dim, generator=g) if cfg.video2world else None
+            out = model(tokens, grid=(1, 2, 2), **({"context": context} if context is not None else {}))
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def _model_folder(checkpoint_path, ema: bool) -> Path:
     from cosmos_nemo.checkpoint.run import resolve_model_folder
 
@@ -210,7 +231,11 @@ def export_hf(checkpoint_path, config_file, output, verify: bool = False, ema: b
             if differ or extra:
                 raise ExportError(f"--verify: the export at {out} does not reload to the same weights: differing "
                                   f"{differ[:5]}, unexpected {extra[:5]}")
-            log(f"verified: {out} reloads to the same {len(state)} tensors, bit for bit")
+            expected, got = probe_outputs(family, cfg, model), probe_outputs(family, cfg, fresh)
+            if not torch.equal(expected, got):
+                raise ExportError(f"--verify: the model reloaded from {out} gives other outputs (max abs difference "
+                                  f"{float((expected - got).abs().max()):.3g})")
+            log(f"verified: {out} reloads to the same {len(state)} tensors and the same outputs, bit for bit")
     finally:
         _teardown(own)
     return out
@@ -260,7 +285,7 @@ def register(sub) -> None:
                    help="the run's config.yaml (its model: section rebuilds the model)")
     e.add_argument("-o", "--output", required=True, help="folder to write, e.g. RUN/model")
     e.add_argument("--verify", action="store_true",
-                   help="reload the export into a fresh model, export it again and require bit-identical tensors")
+                   help="reload the export into a fresh model; require bit-identical weights and outputs on fixed inputs")
     e.add_argument("--ema", action="store_true", help="export the checkpoint's EMA weights (iter_N/ema)")
     e.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     e.set_defaults(func=_run_export_hf)
