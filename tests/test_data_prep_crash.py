@@ -294,3 +294,60 @@ def test_keyboard_interrupt_in_any_command_is_one_line(monkeypatch, capsys):
     assert cli.main(["prepare", "prompts", "--dataset_path", "x", "--prompt", "y"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "interrupted: cosmos-nemo prepare stopped; the same command resumes or redoes what was not finished"
+
+
+# ------------------------------------------------------------------------------------------------------
+# prepare text-embeddings: its own output file, record and parts beside it
+
+TEXT_POINTS = ["write:text-00000.safetensors", "write:text_embeddings.safetensors",
+               "write:.text_embeddings.safetensors.prepare.json", "remove:.text_embeddings.safetensors.parts"]
+
+
+@pytest.fixture(scope="module")
+def text_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    from cosmos_nemo.compat import hide_unusable_torchvision
+
+    hide_unusable_torchvision()
+    import torch
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    t5 = tmp_path_factory.mktemp("t5")
+    torch.manual_seed(0)
+    T5EncoderModel(T5Config(vocab_size=384, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+                            decoder_start_token_id=0, pad_token_id=0)).save_pretrained(t5)
+    ByT5Tokenizer().save_pretrained(t5)
+    root = tmp_path_factory.mktemp("captions")
+    (root / "metas").mkdir()
+    for i in range(3):
+        (root / "metas" / f"c{i}.txt").write_text(f"caption number {i}\n")
+    return root, t5
+
+
+def _text_run(root: Path, t5: Path, out: Path, overwrite: bool = False):
+    from cosmos_nemo.data_prep.settings import TextEmbeddingsConfig
+    from cosmos_nemo.data_prep.text_embeddings import prepare_text_embeddings
+
+    return prepare_text_embeddings(TextEmbeddingsConfig(
+        dataset_path=root, output=out, text_encoder=str(t5), prompt_length=8, text_batch_size=2, progress=False,
+        device="cpu", dtype="float32", overwrite=overwrite))
+
+
+@pytest.fixture(scope="module")
+def text_reference(text_inputs, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("text_ref")
+    _text_run(*text_inputs, out / "text_embeddings.safetensors")
+    reference = _tree(out)
+    assert sorted(reference) == [".text_embeddings.safetensors.prepare.json", "text_embeddings.safetensors"]
+    return reference
+
+
+@pytest.mark.parametrize("point", TEXT_POINTS)
+def test_text_embeddings_kill_then_rerun(point, text_inputs, text_reference, tmp_path):
+    root, t5 = text_inputs
+    reference = text_reference
+    for overwrite in [TEXT_POINTS.index(point) % 2 == 1]:  # each point once; the two rerun kinds alternate
+        out = tmp_path / f"o-{overwrite}" / "text_embeddings.safetensors"
+        kill_at(point, _text_run, root, t5, out)
+        assert _tree(out.parent) != reference
+        _text_run(root, t5, out, overwrite=overwrite)
+        assert _tree(out.parent) == reference, (point, overwrite)

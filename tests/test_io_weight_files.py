@@ -247,3 +247,15 @@ def test_fvd_i3d_file(kind, tmp_path):
     bad.write_bytes(DAMAGE[kind][0](good.read_bytes()))
     with pytest.raises(TensorFileError, match=rf"i3d_torchscript\.pt: (empty file|not a TorchScript archive, or a truncated)"):
         load_i3d(bad)
+
+
+def test_saved_metadata_order_is_canonical(tmp_path):
+    """safetensors writes metadata in hash-map order; save_tensors sorts it, so equal content is equal bytes."""
+    meta = {f"key{i}": f"value {i} é" for i in range(12)}
+    tensors = {"x": torch.ones(3), "y": torch.zeros(2, dtype=torch.bool)}
+    files = [save_tensors(tmp_path / f"{i}.safetensors", tensors, metadata=dict(reversed(meta.items()) if i % 2 else meta.items()))
+             for i in range(6)]
+    assert len({f.read_bytes() for f in files}) == 1
+    header = check_safetensors(files[0])
+    assert list(header["__metadata__"]) == sorted(meta) and header["__metadata__"] == meta
+    assert torch.equal(read_safetensors(files[0])["x"], torch.ones(3))

@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -47,7 +46,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from cosmos_nemo.data_prep.engine import PrepareError
+from cosmos_nemo.data_prep.engine import PrepareError, read_json
 from cosmos_nemo.io.video import VIDEO_EXTENSIONS, list_videos
 
 FORMAT = "cosmos-nemo-text-embeddings"
@@ -452,27 +451,37 @@ def prepare_text_embeddings(cfg) -> TextReport:
                                    sort_keys=True).encode()).hexdigest()
     parts = out.parent / f".{out.name}.parts"
     record = out.parent / f".{out.name}.prepare.json"
-    done = out.is_file() and record.is_file() and json.loads(record.read_text()).get("fingerprint") == fp
-    if out.is_file() and not done and not cfg.overwrite:
+    # Crash windows as in engine.py: temporaries of killed writes are removed; the record is dropped before the
+    # output changes (so it only vouches for the file beside it); the parts' fingerprint marks an interrupted
+    # run of this same command, which a rerun continues without --overwrite.
+    from cosmos_nemo.io.atomic import atomic_write_text, is_stale, is_temporary, remove_path, remove_tree_atomically
+
+    for stale in [*out.parent.glob(f".{out.name}.*"), *out.parent.glob(f"..{out.name}.*")]:
+        if is_temporary(stale) and is_stale(stale):
+            remove_path(stale)  # of the output, its record, its parts renamed aside
+    recorded = (read_json(record) or {}).get("fingerprint") == fp
+    done = out.is_file() and recorded
+    ours = recorded or (read_json(parts / "fingerprint.json") or {}).get("fingerprint") == fp
+    if out.is_file() and not done and not ours and not cfg.overwrite:
         raise PrepareError(f"{out} exists and was made from other captions or settings; pass --overwrite to replace it "
                            "or choose another --output")
-    if not done:
-        if parts.is_dir():
-            try:
-                old = json.loads((parts / "fingerprint.json").read_text()).get("fingerprint")
-            except (OSError, ValueError):
-                old = None
-            if old != fp:
-                shutil.rmtree(parts)
+    if done:
+        remove_tree_atomically(parts)  # a finished run killed while it removed them
+    else:
+        if parts.is_dir() and (read_json(parts / "fingerprint.json") or {}).get("fingerprint") != fp:
+            remove_tree_atomically(parts)
         parts.mkdir(parents=True, exist_ok=True)
-        from cosmos_nemo.io.atomic import atomic_write_text
-
+        for stale in parts.iterdir():
+            if is_temporary(stale):
+                remove_path(stale)
         atomic_write_text(parts / "fingerprint.json", json.dumps({"fingerprint": fp}))
         table = text_table_for(items, cfg, parts, device)
         rows = table.row()
+        if record.exists():
+            record.unlink()
         table.save(out, sources={it.stem: rows[it.caption] for it in items})
         atomic_write_text(record, json.dumps({"fingerprint": fp}))
-        shutil.rmtree(parts, ignore_errors=True)
+        remove_tree_atomically(parts)
     table, sources = load_text_table(out)
     written = 0
     if cfg.write_pickles:

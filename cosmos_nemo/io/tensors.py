@@ -37,7 +37,37 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata=dict(metadata) if metadata else None)
+        if metadata and len(metadata) > 1:
+            _sort_metadata(tmp)
     return path
+
+
+_METADATA_KEY = '{"__metadata__":'
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the metadata of a safetensors file just written with its keys sorted, in place.
+
+    safetensors serialises metadata from a hash map, in an order that changes from one process (or map) to
+    the next, so the same tensors and metadata would give different bytes: a dataset would not be
+    byte-identical across reruns. The sorted object has the same length, so only those bytes change; when
+    anything is not as expected the file is left as written."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        text = f.read(n).decode("utf-8")
+        if not text.startswith(_METADATA_KEY):
+            return
+        start = len(_METADATA_KEY)
+        try:
+            meta, end = json.JSONDecoder().raw_decode(text, start)
+        except ValueError:
+            return
+        old = text[start:end].encode("utf-8")
+        new = json.dumps(dict(sorted(meta.items())), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if len(new) != len(old) or json.loads(new) != meta:
+            return
+        f.seek(8 + start)
+        f.write(new)
 
 
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the json header
