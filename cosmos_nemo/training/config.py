@@ -33,9 +33,10 @@ class OptimizerConfig:
 
     schedule: "cosine" (linear warm-up, then cosine from lr to min_lr at decay_steps or max_steps),
         "constant" (linear warm-up, then lr; the NeMo reference scripts use a constant 5e-5 with no
-        warm-up), or "cycle" (the reference diffusion trainer's LambdaLinear: the factor ramps from
-        f_start to f_max over warmup_steps, then falls linearly to f_min over each cycle_length steps), or
-        "lambda_linear" (the reference's LambdaLinearScheduler exactly, with its per-cycle lists: `lambda_linear`).
+        warm-up), or "cycle" (LambdaLinear-like, cycles repeating after one warm-up: the factor ramps from
+        f_start to f_max over warmup_steps, then falls linearly to f_min over each cycle_length steps; the
+        reference decays over cycle_length - warm-up steps instead), or "lambda_linear" (the reference's
+        LambdaLinearScheduler exactly, with its per-cycle lists: `lambda_linear`).
     zero_nonfinite_grads: replace NaN/Inf gradients by 0 before clipping, instead of skipping the step.
     keys_to_select: train only the parameters whose name contains one of these substrings (the reference's
         `optimizer.keys_to_select`; empty: every parameter); the others are frozen before DDP and the optimizer.
