@@ -352,13 +352,31 @@ def _run_and_resume(tmp_path, toml_text: str, run_subdir: str, extra=()):
     la, lb = _losses(a), _losses(b)
     assert sorted(la) == sorted(lb) == [1, 2, 3, 4]
     assert la == lb  # bit-exact: the same floats
-    import torch
-    from safetensors.torch import load_file  # noqa: F401  (the checkpoints' weights compared through dist-ckpt below)
+    family, cfg = _same_final_weights(a, b)
+    return a, b, family, cfg
 
+
+def _same_final_weights(a: Path, b: Path):
+    """Both runs' iter_000000004 weights, loaded into the model their config.yaml describes, are identical."""
+    import torch
+
+    from cosmos_nemo import parallel
+    from cosmos_nemo.checkpoint import dist as dist_ckpt
     from cosmos_nemo.checkpoint.run import read_model_config
 
     family, cfg = read_model_config(a)
-    return a, b, family, cfg, torch
+    parallel.setup()
+    try:
+        states = []
+        for run in (a, b):
+            model = family.build_model(cfg, True, True, torch.float32)
+            dist_ckpt.load_model([model], run / "checkpoints" / "iter_000000004" / "model")
+            states.append({k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)})
+    finally:
+        parallel.teardown()
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    return family, cfg
 
 
 @pytest.mark.slow
@@ -395,19 +413,18 @@ save_iter = 2
 paths = ["{data}"]
 max_samples_per_batch = 2
 """
-    a, _, family, cfg, _ = _run_and_resume(tmp_path, text, "cosmos_nemo/sft")
+    a, _, family, cfg = _run_and_resume(tmp_path, text, "cosmos_nemo/sft")
     config = (a / "config.yaml").read_text()
     assert "lambda_linear" in config and family.name == "ar"
 
 
 @pytest.mark.slow
 def test_tiny_dit_run_from_toml_resumes_exactly(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_dit_training import write_dataset
 
     data = write_dataset(tmp_path / "latents", n=8, width=512)
     text = TINY_DIT.format(root=tmp_path / "runs", data=data).replace('name = "tiny_dit"', 'name = "{name}"')
-    a, b, family, cfg, torch = _run_and_resume(tmp_path, text, "cosmos_nemo/diffusion_predict25",
+    a, b, family, cfg = _run_and_resume(tmp_path, text, "cosmos_nemo/diffusion_predict25",
                                                extra=("data.split_string=1,0,0",))
     assert family.name == "dit"
     for run in (a, b):
