@@ -194,7 +194,6 @@ def test_vlm_validates_but_launching_says_not_built(tmp_path):
 
 
 @pytest.mark.parametrize("section, field, value", [
-    ("optimizer.lr_multipliers", '"net.blocks"', "0.5"),
     ("model", "joint_attn_implementation", '"flex"'),
     ("model.compile", "enabled", "true"),
     ("trainer", "distributed_parallelism", '"fsdp"'),
@@ -259,6 +258,10 @@ def test_toml_plus_overrides_equals_the_python_recipe_plus_overrides(tmp_path):
         "data.split_string=1,0,0", "trainer.val_interval=0", "log.progress_bar=false",
     ])
     assert from_toml == python, f"{from_toml}\n!=\n{python}"
+    # [optimizer.lr_multipliers] maps onto optim.lr_multipliers
+    text = BASE + '\n[optimizer.lr_multipliers]\n"decoder.layers.0." = 0.5\n'
+    recipe, _, _ = load_sft_toml(_write(tmp_path, text), ["optimizer.lr_multipliers.output_layer=2"], environ={})
+    assert recipe.optim.lr_multipliers == {"decoder.layers.0.": 0.5, "output_layer": 2.0}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -453,3 +456,54 @@ def test_keys_to_select_lora_selects_exactly_the_adapters():
         assert adapters and all(is_adapter_key(n) for n in adapters)
     finally:
         parallel.teardown()
+
+
+def _train_with_multipliers(data: str, root: str):
+    import torch
+
+    torch.set_num_threads(1)
+    from cosmos_nemo.data import ARDataConfig
+    from cosmos_nemo.models.ar.config import ar_config
+    from cosmos_nemo.training.config import (CheckpointConfig, LogConfig, OptimizerConfig, ParallelConfig,
+                                             TrainerConfig)
+    from cosmos_nemo.training.trainer import train
+
+    return train(ar_config("tiny", vocab_size=64), ARDataConfig(paths=[data], split_string="1,0,0", global_batch_size=2),
+                 OptimizerConfig(lr=1e-2, schedule="constant", weight_decay=0.1,
+                                 lr_multipliers={"decoder.layers.0.": 0.0, "final_layernorm": 0.5}),
+                 TrainerConfig(max_steps=2, val_interval=0), CheckpointConfig(output_root=root, save_interval=1, keep_last=0),
+                 ParallelConfig(), LogConfig(progress_bar=False, tensorboard=False))
+
+
+@pytest.mark.slow
+def test_lr_multipliers_scale_the_learning_rate_of_matching_parameters(tmp_path):
+    """`optimizer.lr_multipliers`: a factor 0 on layer 0 leaves it untouched by a step (AdamW's decoupled weight decay
+    scales with the lr too) while the other parameters move."""
+    import torch
+
+    from cosmos_nemo import parallel
+    from cosmos_nemo.checkpoint import dist as dist_ckpt
+    from cosmos_nemo.data import write_pattern_dataset
+    from cosmos_nemo.models.ar.config import ar_config
+    from cosmos_nemo.models.family import family_of
+    from cosmos_nemo.parallel.launch import run_in_processes
+    from cosmos_nemo.training.harness import lr_multiplier_of
+
+    assert lr_multiplier_of("module.decoder.layers.0.mlp.linear_fc1.weight", {"layers.0.": 0.5, "mlp": 4.0}) == 2.0
+    write_pattern_dataset(tmp_path / "data", 8, grid=(2, 4, 4), vocab_size=64, seed=0, pattern="ramp")
+    run = Path(run_in_processes(_train_with_multipliers, 1, str(tmp_path / "data"), str(tmp_path / "runs"))[0]["run_dir"])
+    cfg = ar_config("tiny", vocab_size=64)
+    parallel.setup()
+    try:
+        states = []
+        for step in (1, 2):
+            model = family_of(cfg).build_model(cfg, True, True, torch.float32)
+            dist_ckpt.load_model([model], run / "checkpoints" / f"iter_{step:09d}" / "model")
+            states.append({k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)})
+    finally:
+        parallel.teardown()
+    frozen = [k for k in states[0] if k.startswith("decoder.layers.0.") and "_extra_state" not in k]
+    moved = [k for k in states[0] if k.startswith("decoder.layers.1.") and k.endswith("weight")]
+    assert frozen and moved
+    assert all(torch.equal(states[0][k], states[1][k]) for k in frozen)
+    assert all(not torch.equal(states[0][k], states[1][k]) for k in moved)

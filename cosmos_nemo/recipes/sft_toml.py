@@ -474,9 +474,11 @@ def to_recipe(cfg: SFTExperimentConfig, source: _Source, world_size: Optional[in
                                                       "where one is installed; set fused = true")
     if opt.keys_to_select is not None:
         recipe.optim.keys_to_select = list(opt.keys_to_select)
-    if opt.lr_multipliers:
-        raise _unsupported(source, "optimizer.lr_multipliers", "per-parameter learning-rate multipliers; leave the "
-                                                               "table empty")
+    if opt.lr_multipliers is not None:
+        bad = {k: v for k, v in opt.lr_multipliers.items() if not v >= 0}
+        if bad:
+            raise source.error("optimizer.lr_multipliers", f"multipliers must be >= 0, got {bad}")
+        recipe.optim.lr_multipliers = dict(opt.lr_multipliers)
     _map_scheduler(recipe, cfg.scheduler, source, cfg.trainer)
 
     trainer = cfg.trainer or TrainerSection()

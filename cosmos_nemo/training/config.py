@@ -40,6 +40,8 @@ class OptimizerConfig:
     zero_nonfinite_grads: replace NaN/Inf gradients by 0 before clipping, instead of skipping the step.
     keys_to_select: train only the parameters whose name contains one of these substrings (the reference's
         `optimizer.keys_to_select`; empty: every parameter); the others are frozen before DDP and the optimizer.
+    lr_multipliers: {substring: factor}: a parameter whose name contains the substring trains at the scheduled lr
+        times the factor (several matching: their product); the reference's `optimizer.lr_multipliers`.
     """
 
     lr: float = 1e-4
@@ -59,6 +61,7 @@ class OptimizerConfig:
     zero_nonfinite_grads: bool = False
     lambda_linear: Optional[LambdaLinearConfig] = None
     keys_to_select: list[str] = field(default_factory=list)
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

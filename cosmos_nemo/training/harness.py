@@ -79,9 +79,41 @@ def build_optimizer(model_chunks, cfg: TrainOptimizerConfig, bf16: bool = False)
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=False,
     )
-    optimizer = get_megatron_optimizer(config, model_chunks)
+    overrides = _lr_multiplier_overrides(model_chunks, config, dict(getattr(cfg, "lr_multipliers", None) or {}))
+    optimizer = get_megatron_optimizer(config, model_chunks, config_overrides=overrides) if overrides \
+        else get_megatron_optimizer(config, model_chunks)
     _prefer_fused_adamw(optimizer)
     return optimizer
+
+
+def lr_multiplier_of(name: str, multipliers: dict) -> float:
+    """The learning-rate multiplier of parameter `name`: the product of the multipliers of every substring it
+    contains (the reference's `optimizer.lr_multipliers`), 1 when none."""
+    factor = 1.0
+    for key, value in multipliers.items():
+        if key in name:
+            factor *= float(value)
+    return factor
+
+
+def _lr_multiplier_overrides(model_chunks, config, multipliers: dict):
+    """megatron param-group overrides giving each parameter its `lr_mult` (the trainer sets a group's lr to the
+    scheduled lr times it), on top of megatron's standard ones; None without multipliers."""
+    if not multipliers:
+        return None
+    from megatron.core.optimizer import get_standard_config_overrides
+    from megatron.core.optimizer.optimizer_config import ParamKey, ParamWithNamePredicate
+
+    names = [name for chunk in model_chunks for name, p in chunk.named_parameters() if p.requires_grad]
+    unmatched = [k for k in multipliers if not any(k in name for name in names)]
+    if unmatched:
+        raise ValueError(f"optim.lr_multipliers: {unmatched} match no trainable parameter name (e.g. {names[0]!r})")
+    overrides = dict(get_standard_config_overrides(config))
+    for factor in sorted({lr_multiplier_of(n, multipliers) for n in names} - {1.0}):
+        predicate = ParamWithNamePredicate(name=f"lr_mult={factor!r}",
+                                           fn=lambda p, n, f=factor: lr_multiplier_of(n, multipliers) == f)
+        overrides[ParamKey(with_name_predicate=predicate)] = {"lr_mult": factor}
+    return overrides
 
 
 def _prefer_fused_adamw(optimizer) -> None:

@@ -118,7 +118,7 @@ def train(
     while step < trainer.max_steps and not _epochs_done(train_data, trainer):
         lr = lr_at(step, optim, trainer.max_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)  # lr_mult: optim.lr_multipliers (1 by default)
         seq_length = train_data.seq_length()
         tokens = data.global_batch_size * seq_length
         start = time.perf_counter()
