@@ -201,6 +201,8 @@ def test_vlm_validates_but_launching_says_not_built(tmp_path):
     ("checkpoint", "keys_to_skip_loading", '["blocks.0."]'),
     ("dataloader_train", "max_sequence_length", "4096"),
     ("model.parallelism", "cfg_parallel_shard_degree", "2"),
+    ("model.activation_checkpointing", "determinism_check", '"default"'),
+    ("optimizer", "fused", "false"),
 ])
 def test_reference_fields_not_honoured_say_not_supported_yet(tmp_path, section, field, value):
     message = _error(tmp_path, BASE + f"\n[{section}]\n{field} = {value}\n", world_size=2)

@@ -451,6 +451,13 @@ def to_recipe(cfg: SFTExperimentConfig, source: _Source, world_size: Optional[in
         recipe.model.recompute_granularity = "full" if ac.mode == "full" else None
     if ac is not None and ac.save_ops_regex:
         raise _unsupported(source, "model.activation_checkpointing.save_ops_regex", "selective checkpointing")
+    if ac is not None and ac.preserve_rng_state is False:
+        raise _unsupported(source, "model.activation_checkpointing.preserve_rng_state",
+                           "recomputing with other random numbers: megatron's recompute restores the RNG state; set true")
+    if ac is not None and ac.determinism_check not in (None, "none"):
+        raise _unsupported(source, "model.activation_checkpointing.determinism_check",
+                           "torch.utils.checkpoint's recompute metadata check: megatron's recompute makes none; "
+                           'set "none"')
     if model.tokenizer is not None and model.tokenizer.vae_path is not None:
         key = "model.tokenizer.vae_path"
         if not is_dit:
