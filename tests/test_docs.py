@@ -41,7 +41,7 @@ DOCS = ROOT / "docs"
 BIN = Path(sys.executable).parent
 FENCE = re.compile(r"^```([A-Za-z0-9_-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 # Flags of steps that are not built yet: the docs say "not yet" and no command block may use them.
-NOT_BUILT = ("--sft-toml",)
+NOT_BUILT: tuple[str, ...] = ()
 PLAN_GPU_MEM = "1000"  # GiB: `plan` checks recipe, overrides and layout here, not the memory fit (see above)
 
 
@@ -159,7 +159,16 @@ def _resolve(cli: argparse.ArgumentParser, cmd: list[str]) -> tuple[str, argpars
         if module.startswith("cosmos_nemo"):
             if module == "cosmos_nemo":
                 return _resolve(cli, ["cosmos-nemo", *cmd[cmd.index("-m") + 2:]])
-            return module, importlib.import_module(module).build_parser(), cmd[cmd.index("-m") + 2:]
+            mod = importlib.import_module(module)
+            if hasattr(mod, "build_parser"):
+                return module, mod.build_parser(), cmd[cmd.index("-m") + 2:]
+            # a module that builds its parser inside main(): its flags are read from its --help
+            text = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                                  timeout=300, env=_env()).stdout
+            parser = argparse.ArgumentParser(add_help=False)
+            for flag in sorted(set(re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", text))):
+                parser.add_argument(flag, nargs="?")
+            return module, parser, cmd[cmd.index("-m") + 2:]
     return None
 
 
@@ -268,8 +277,8 @@ def _env() -> dict[str, str]:
 def _plan_command(cmd: list[str]) -> list[str] | None:
     """`cosmos-nemo train RECIPE [launcher flags] [overrides]` -> the `cosmos-nemo plan` that builds the same recipe
     with the same overrides on the same number of GPUs."""
-    if cmd[:2] != ["cosmos-nemo", "train"]:
-        return None
+    if cmd[:2] != ["cosmos-nemo", "train"] or any(a.startswith("--sft-toml") or a.startswith("--sft_toml") for a in cmd):
+        return None  # an SFT TOML names its recipe inside the file: its flags are checked, not planned
     args, recipe, overrides, recipe_args = cmd[2:], None, [], []
     nproc, nodes, per_node, executor = 1, 1, 8, "local"
     takes_value = {"--nproc", "--nodes", "--gpus-per-node", "--gpus_per_node", "--account", "--partition", "--time",
