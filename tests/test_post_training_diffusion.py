@@ -29,9 +29,26 @@ def test_reference_experiment_and_keys_map_onto_the_recipe(monkeypatch):
     assert p["model"].objective.shift == 3.0 and p["data"].paths == ["/data/latents"]
 
 
+@pytest.mark.parametrize("experiment, recipe", [
+    ("video2world_7b_lora_example_cosmos_nemo_assets", "predict1_7b_v2w"),
+    ("predict2_lora_training_2b_cosmos_nemo_assets", "predict25_2b"),
+    ("predict2_lora_training_14b_cosmos_nemo_assets", "predict25_14b"),
+])
+def test_reference_lora_experiments_run_the_lora_recipes(experiment, recipe):
+    from cosmos_nemo.recipes import dit
+
+    ours = {"predict1_7b_v2w": dit.cosmos_predict1_7b_v2w_lora, "predict25_2b": dit.cosmos_predict25_2b_lora,
+            "predict25_14b": dit.cosmos_predict25_14b_lora}[recipe]
+    p = fdl.build(reference_recipe([f"experiment={experiment}", "checkpoint.load_path=/ckpt/base.pt",
+                                    "data.paths=[/data/latents]"])).keywords
+    expected = fdl.build(ours()).keywords
+    assert p["model"].name == expected["model"].name
+    assert p["peft"] is not None and p["peft"] == expected["peft"]  # the LoRA recipe's targets, rank and alpha
+    assert (p["checkpoint"].mode, p["checkpoint"].pretrained) == ("finetune", "/ckpt/base.pt")
+
+
 @pytest.mark.parametrize("items, message", [
     (["trainer.max_iter=5"], "experiment=NAME is required"),
-    (["experiment=video2world_7b_lora_example_cosmos_nemo_assets", "data.paths=[x]"], "LoRA"),
     (["experiment=video2world_7b_exampel_cosmos_nemo_assets"], "did you mean 'video2world_7b_example_cosmos_nemo_assets'"),
     (["experiment=video2world_7b_example_cosmos_nemo_assets", "trainer.grad_accum_iter=4", "data.paths=[x]"],
      "unknown key 'trainer.grad_accum_iter'.*Reference keys mapped here"),

@@ -13,8 +13,8 @@ everything). The run folder is `$IMAGINAIRE_OUTPUT_ROOT` (or `$OUTPUT_ROOT`, els
 `/cosmos_nemo/<group>/<name>/`, printed at start.
 
 Differences, on purpose: training reads a precomputed latent dataset (`cosmos-nemo prepare latents`, given
-with `data.paths=[...]`) instead of encoding videos at every step; the LoRA experiments are refused until LoRA
-is built.
+with `data.paths=[...]`) instead of encoding videos at every step. The LoRA experiments run our LoRA recipes (the
+reference's targets, rank and alpha); like every LoRA run they need `checkpoint.load_path=` (the base weights).
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ EXPERIMENTS = {
     "text2world_14b_example_cosmos_nemo_assets": dit.cosmos_predict1_14b_t2w_finetune,
     "predict2_video2world_training_2b_cosmos_nemo_assets": dit.cosmos_predict25_2b_finetune,
     "predict2_video2world_training_14b_cosmos_nemo_assets": dit.cosmos_predict25_14b_finetune,
+    "video2world_7b_lora_example_cosmos_nemo_assets": dit.cosmos_predict1_7b_v2w_lora,
+    "predict2_lora_training_2b_cosmos_nemo_assets": dit.cosmos_predict25_2b_lora,
+    "predict2_lora_training_14b_cosmos_nemo_assets": dit.cosmos_predict25_14b_lora,
     # tiny CPU counterparts (no reference experiment has these names)
     "video2world_tiny_example": dit.cosmos_predict1_tiny_v2w_finetune,
     "predict2_video2world_training_tiny": dit.cosmos_predict25_tiny_finetune,
@@ -97,8 +100,6 @@ def reference_recipe(items: list[str], world_size: int = 1):
             raise LaunchError(f"unknown override {key!r}: give experiment=NAME, a reference key, or a recipe field")
     if experiment is None:
         raise LaunchError("experiment=NAME is required; experiments: " + ", ".join(sorted(EXPERIMENTS)))
-    if "lora" in experiment:
-        raise LaunchError(f"{experiment!r} is a LoRA experiment; LoRA post-training is not built yet")
     if experiment not in EXPERIMENTS:
         import difflib
 
