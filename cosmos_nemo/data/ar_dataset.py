@@ -45,7 +45,15 @@ from cosmos_nemo.data.layout import (
     frame_document,
     latent_grid_tuple,
 )
-from cosmos_nemo.io.atomic import atomic_path, atomic_write_bytes, fsync_dir, fsync_file, is_temporary, kill_point
+from cosmos_nemo.io.atomic import (
+    atomic_path,
+    atomic_write_bytes,
+    fsync_dir,
+    fsync_file,
+    is_temporary,
+    kill_point,
+    pid_alive,
+)
 
 FORMAT_NAME = "cosmos_nemo.ar_token_dataset"
 FORMAT_VERSION = 1
@@ -368,7 +376,7 @@ def _remove_stale_tmp(out_dir: Path) -> None:
             pid = int(stale.name[len(_TMP_PREFIX):].split(".")[0])
         except ValueError:
             pid = -1
-        if pid != os.getpid() and _pid_alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             continue
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
@@ -377,18 +385,6 @@ def _remove_stale_tmp(out_dir: Path) -> None:
     for stale in out_dir.iterdir():
         if is_temporary(stale) and stale.is_file():
             stale.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_existing_meta(out_dir: Path) -> dict | None:
