@@ -20,6 +20,13 @@ test_docs_pages_run runs every page's blocks in order in one shared workspace (l
 and the checkpoints page uses the runs of the workflow pages before it, as it says), each block in its own
 `bash -euo pipefail` with the environment (exports) of the blocks before it on the same page. Nothing is skipped:
 a block is run, checked as above, or is NVIDIA's reference; anything else fails the test.
+
+To run some pages only (while writing one), name them in DOCS_PAGES, comma-separated paths under docs/:
+
+    DOCS_PAGES=workflows/cosmos3-sft.md pytest -q tests/test_docs.py -k test_docs_pages_run
+
+runs those pages and the pages whose outputs they use (PREREQUISITES, transitively; a page not listed there gets
+every page before it in nav order), in nav order. The full run (no DOCS_PAGES) is what CI checks.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ FENCE = re.compile(r"^```([A-Za-z0-9_-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 # Flags of steps that are not built yet: the docs say "not yet" and no command block may use them.
 NOT_BUILT: tuple[str, ...] = ()
 PLAN_GPU_MEM = "1000"  # GiB: `plan` checks recipe, overrides and layout here, not the memory fit (see above)
+# For DOCS_PAGES: the pages whose workspace outputs a page uses. A page missing here depends on every page before it.
+PREREQUISITES: dict[str, tuple[str, ...]] = {
+    "workflows/ar-post-training.md": (),  # its own sample videos, token dataset and runs/.../ar_tp2
+    "workflows/cosmos3-sft.md": ("workflows/ar-post-training.md",),  # ar_tokens and the ar_tp2 run
+}
 
 
 @dataclass
@@ -81,6 +93,24 @@ def _nav_pages() -> list[str]:
 
     walk(nav)
     return out
+
+
+def _selected_pages() -> list[str]:
+    """The pages test_docs_pages_run runs, in nav order: all, or DOCS_PAGES and their prerequisites."""
+    pages = _nav_pages()
+    wanted = [p.strip() for p in os.environ.get("DOCS_PAGES", "").split(",") if p.strip()]
+    if not wanted:
+        return pages
+    unknown = [p for p in wanted if p not in pages]
+    assert not unknown, f"DOCS_PAGES: {unknown} are not pages of mkdocs.yml's nav ({', '.join(pages)})"
+    keep: set[str] = set()
+    todo = list(wanted)
+    while todo:
+        page = todo.pop()
+        if page not in keep:
+            keep.add(page)
+            todo += PREREQUISITES.get(page, pages[: pages.index(page)])
+    return [p for p in pages if p in keep]
 
 
 def _blocks(page: str) -> list[Block]:
@@ -368,7 +398,7 @@ def test_docs_pages_run(tmp_path):
     counts = {"run": 0, "full size": 0, "expect error": 0, "reference": 0}
     t0 = time.time()
     try:
-        for page in _nav_pages():
+        for page in _selected_pages():
             envfile = tmp_path / f"env_{page.replace('/', '_')}.sh"
             envfile.write_text("")
             for block in _blocks(page):
@@ -384,4 +414,6 @@ def test_docs_pages_run(tmp_path):
     finally:
         print("\n".join(log))
         print(f"docs: {counts} in {time.time() - t0:.0f} s")
+    if os.environ.get("DOCS_PAGES", "").strip():
+        return  # some pages only: the totals below are the whole site's
     assert counts["run"] >= 30 and counts["full size"] >= 5 and counts["reference"] >= 10, counts
