@@ -5,6 +5,7 @@ config.yaml -> Hugging Face safetensors (diffusers for the DiT), round-tripping 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,17 @@ def test_ar_to_dcp_then_export_hf_round_trips_bit_exactly(tmp_path, capsys):
     assert all(torch.equal(exported[k], released[k]) for k in released)
     info = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert info["cosmos_nemo_family"] == "ar" and info["num_layers"] == cfg.num_layers
+    # the export is readable like the config beside it (safetensors makes owner-only files; io/atomic widens them)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    # and the export folder converts back without --model: its config.json names the AR model
+    assert _cli(capsys, "to-dcp", "--checkpoint-path", tmp_path / "hf", "-o", tmp_path / "dcp2")[0] == 0
+    code, out = _cli(capsys, "export-hf", "--checkpoint_path", tmp_path / "dcp2", "--config_file",
+                     tmp_path / "dcp2" / "config.yaml", "-o", tmp_path / "hf2", "--verify")
+    assert code == 0, out
+    again = load_file(str(tmp_path / "hf2" / "model.safetensors"))
+    assert sorted(again) == sorted(released) and all(torch.equal(again[k], released[k]) for k in released)
 
 
 def test_export_hf_of_a_run_checkpoint_from_its_config_yaml(tmp_path, capsys):

@@ -49,6 +49,16 @@ def model_config_for(model: str | None, overrides=(), source=None):
     from cosmos_nemo.models.ar.config import NAMED_CONFIGS as AR_CONFIGS
     from cosmos_nemo.models.family import family_of, get_family
 
+    exported = _exported_ar_config(source) if model is None and source is not None else None
+    if exported is not None:  # an AR folder written by `convert export-hf`: its config.json is the model's
+        family = get_family("ar")
+        try:
+            cfg = family.config_from_dict(exported)
+            if overrides:
+                cfg = dataclasses.replace(cfg, **parse_set_flags(overrides))
+        except (TypeError, ValueError) as err:
+            raise ExportError(f"the config.json beside {source} does not describe an AR model: {err}") from None
+        return family_of(cfg), cfg
     if model and model.lower() in AR_CONFIGS:
         try:
             cfg = get_family("ar").named_config(model.lower(), **parse_set_flags(overrides))
@@ -65,6 +75,21 @@ def model_config_for(model: str | None, overrides=(), source=None):
         raise ExportError(f"{err.args[0] if err.args else err}; AR models: {sorted(AR_CONFIGS)}; DiT models: "
                           f"{sorted(DIT_CONFIGS)}") from None
     return family_of(cfg), cfg
+
+
+def _exported_ar_config(source) -> dict | None:
+    """The model fields of the `config.json` that `export-hf` writes beside an AR `model.safetensors`, or None."""
+    source = Path(source)
+    config = (source if source.is_dir() else source.parent) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        info = json.loads(config.read_text())
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or info.get("cosmos_nemo_family") != "ar":
+        return None
+    return {k: v for k, v in info.items() if k != "cosmos_nemo_family"}
 
 
 def _download(repo: str) -> Path:

@@ -35,6 +35,24 @@ _TMP_OWNER = re.compile(r"\.tmp-(\d+)-")
 KILL_ENV = "COSMOS_NEMO_KILL_AT"
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)  # read once, at import (single-threaded), and put back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
+def _share_like_umask(path: Path) -> None:
+    """Give files that a writer created owner-only (safetensors' `save_file` makes 0600 files) the mode the
+    process's umask gives any new file (0644 under umask 022), as `open()` would have; other modes are kept."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+    for f in files:
+        if f.stat().st_mode & 0o777 == 0o600 and (0o666 & ~_UMASK) != 0o600:
+            os.chmod(f, 0o666 & ~_UMASK)
+
+
 def kill_point(name: str) -> None:
     """Test hook: SIGKILL this process here when `COSMOS_NEMO_KILL_AT` is `name` (see the module docstring)."""
     if os.environ.get(KILL_ENV) == name:
@@ -140,6 +158,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", overwrite: bool = Tru
         if not tmp.exists():
             raise FileNotFoundError(f"the writer of {path} wrote nothing to {tmp}")
         _fsync(tmp)
+        _share_like_umask(tmp)
         if not overwrite and path.exists():
             raise FileExistsError(f"{path} appeared while it was being written")
         kill_point(f"write:{path.name}")
@@ -176,6 +195,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     tmp.mkdir()
     try:
         yield tmp
+        _share_like_umask(tmp)
         old = None
         if path.exists():
             if not overwrite:
