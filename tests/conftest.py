@@ -12,6 +12,7 @@ The golden outputs of NVIDIA's reference code live in `../shared/golden/` relati
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,13 @@ GOLDEN_ROOT = Path(os.environ.get("COSMOS_NEMO_GOLDEN", PROJECT_ROOT.parent / "s
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# A suite started in the background by a non-interactive shell (`bash .ci/run &`, a CI runner's job) inherits SIGINT
+# ignored, as POSIX has such jobs do, and every process a test starts would inherit it too: the Ctrl-C tests (which
+# send SIGINT to a `cosmos-nemo` they start) would see a command that cannot be interrupted. A handler here is reset
+# to the default on exec, so the started commands get Python's own KeyboardInterrupt, as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _cuda_available() -> bool:
