@@ -104,3 +104,22 @@ def single_process():
     parallel.setup()
     yield
     parallel.teardown()
+
+
+@pytest.fixture(scope="session")
+def tiny_byt5_encoder(tmp_path_factory) -> Path:
+    """A saved random-init T5 encoder (d_model 16, one layer) with the ByT5 tokenizer: a real `transformers` text
+    encoder folder, built once per session, for the tests that encode or damage text-encoder folders."""
+    import torch
+
+    from cosmos_nemo.compat import hide_unusable_torchvision
+
+    hide_unusable_torchvision()
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    folder = tmp_path_factory.mktemp("t5")
+    torch.manual_seed(0)
+    T5EncoderModel(T5Config(vocab_size=384, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+                            decoder_start_token_id=0, pad_token_id=0)).save_pretrained(folder)
+    ByT5Tokenizer().save_pretrained(folder)
+    return folder

@@ -273,18 +273,8 @@ def test_windows_stream_like_slicing(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_text_encoder(tmp_path_factory):
-    from cosmos_nemo.compat import hide_unusable_torchvision
-
-    hide_unusable_torchvision()
-    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
-
-    folder = tmp_path_factory.mktemp("t5")
-    torch.manual_seed(0)
-    T5EncoderModel(T5Config(vocab_size=384, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
-                            decoder_start_token_id=0, pad_token_id=0)).save_pretrained(folder)
-    ByT5Tokenizer().save_pretrained(folder)
-    return folder
+def tiny_text_encoder(tiny_byt5_encoder) -> Path:
+    return tiny_byt5_encoder
 
 
 def test_v2w(tmp_path, tiny_text_encoder):

@@ -304,18 +304,8 @@ TEXT_POINTS = ["write:text-00000.safetensors", "write:text_embeddings.safetensor
 
 
 @pytest.fixture(scope="module")
-def text_inputs(tmp_path_factory) -> tuple[Path, Path]:
-    from cosmos_nemo.compat import hide_unusable_torchvision
-
-    hide_unusable_torchvision()
-    import torch
-    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
-
-    t5 = tmp_path_factory.mktemp("t5")
-    torch.manual_seed(0)
-    T5EncoderModel(T5Config(vocab_size=384, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
-                            decoder_start_token_id=0, pad_token_id=0)).save_pretrained(t5)
-    ByT5Tokenizer().save_pretrained(t5)
+def text_inputs(tmp_path_factory, tiny_byt5_encoder) -> tuple[Path, Path]:
+    t5 = tiny_byt5_encoder
     root = tmp_path_factory.mktemp("captions")
     (root / "metas").mkdir()
     for i in range(3):
