@@ -151,6 +151,8 @@ def _register_prepare(subparsers) -> None:
     add_flags(la, LatentsConfig)
     la.set_defaults(func=_run_latents)
 
+    _register_videophy2(sub)
+
 
 def _report(run) -> int:
     from cosmos_nemo.data_prep.engine import PrepareError
@@ -217,3 +219,64 @@ def _run_latents(args) -> int:
 
     cfg = from_args(LatentsConfig, args)
     return _report(lambda: prepare_latents(cfg))
+
+
+def _register_videophy2(sub) -> None:
+    vp = sub.add_parser(
+        "videophy2",
+        help="downloaded VideoPhy-2 (HF videophysics/videophy2_train, _test) -> the Cosmos3 Reasoner SFT layout "
+             "videophy2_{train,val}/{meta.json, media/, text/} (reference: prepare_videophy2_from_hf)",
+        description=(
+            "Materialise VideoPhy-2 for the Cosmos3 Reasoner SFT (1-5 physical-plausibility scoring), as the "
+            "reference `python -m cosmos_framework.scripts.vlm.prepare_videophy2_from_hf --out_root "
+            "examples/data/videophysics --split both` does, but offline, from downloaded copies: `hf download "
+            "--repo-type dataset videophysics/videophy2_train --local-dir DIR` (and videophy2_test, written as "
+            "videophy2_val). Reads the data files (csv, json, jsonl; parquet with pyarrow) with the columns "
+            "video_url, caption, pc (and usually sa) and writes OUT_ROOT/videophy2_{train,val}/: meta.json (a JSON "
+            "list of {id, video: media/<id>.mp4, text: text/<id>.txt, caption, pc, sa, source: the video_url, and "
+            "the other scalar columns}, in row order), media/<id>.mp4 (hard link or copy) and text/<id>.txt (the "
+            "caption). Rows whose video is missing or does not decode, whose caption is empty or whose pc is not "
+            "an integer 1-5 are skipped with a reason; each split folder is written whole or not at all."
+        ),
+    )
+    vp.add_argument("--out_root", "--out-root", dest="out_root", type=Path, required=True, metavar="OUT_ROOT",
+                    help="folder to write videophy2_train/ and videophy2_val/ into (the reference's --out_root; its "
+                         "launcher takes it as VIDEOPHYSICS_ROOT)")
+    vp.add_argument("--split", choices=("train", "val", "both"), default="both",
+                    help="which split to write: train (from --train-dir), val (from --test-dir) or both "
+                         "(default: both)")
+    vp.add_argument("--train-dir", "--train_dir", dest="train_dir", type=Path, default=None, metavar="DIR",
+                    help="downloaded copy of videophysics/videophy2_train (a folder of data files and videos, or one "
+                         "data file)")
+    vp.add_argument("--test-dir", "--test_dir", dest="test_dir", type=Path, default=None, metavar="DIR",
+                    help="downloaded copy of videophysics/videophy2_test, written as videophy2_val")
+    vp.add_argument("--videos", "--videos-dir", "--videos_dir", dest="videos_dir", type=Path, default=None,
+                    metavar="DIR",
+                    help="folder searched (recursively) for each row's video by the file name in its video_url; "
+                         "default: the split's downloaded folder. A video_url that is a local path is used as is")
+    vp.add_argument("--overwrite", action="store_true",
+                    help="replace existing videophy2_train/ or videophy2_val/ folders (without it they are an error)")
+    vp.add_argument("--limit", type=int, default=None, metavar="N",
+                    help="use only the first N rows of each split, to try the command (default: all rows)")
+    vp.add_argument("--no-progress", "--no_progress", dest="progress", action="store_false",
+                    help="do not show progress bars (shown by default)")
+    vp.set_defaults(func=_run_videophy2)
+
+
+def _run_videophy2(args) -> int:
+    from cosmos_nemo.data_prep.videophy2 import VideoPhy2Error, prepare_videophy2, summary
+
+    try:
+        report = prepare_videophy2(
+            args.out_root, train_dir=args.train_dir, test_dir=args.test_dir, videos_dir=args.videos_dir,
+            split=args.split, overwrite=args.overwrite, limit=args.limit, progress=args.progress,
+        )
+    except VideoPhy2Error as e:
+        if e.report is not None:
+            print(summary(e.report))
+            print(f"error: {e}")
+            return 1
+        print(f"error: {e}")
+        return 2
+    print(summary(report))
+    return 0
