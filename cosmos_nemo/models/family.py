@@ -72,7 +72,8 @@ class ModelFamily(Protocol):
     def config_from_dict(self, fields: dict): ...
 
 
-_BUILTIN = {"ar": "cosmos_nemo.models.ar.family", "dit": "cosmos_nemo.models.dit.family"}
+_BUILTIN = {"ar": "cosmos_nemo.models.ar.family", "dit": "cosmos_nemo.models.dit.family",
+            "vlm": "cosmos_nemo.models.vlm.family"}
 _REGISTRY: dict[str, ModelFamily] = {}
 
 
