@@ -76,8 +76,11 @@ def preflight(recipe: run.Partial, world_size: int, check_data: bool = True) -> 
         )
     dp = world_size // mp
     built = fdl.build(model)  # the dataclass's own checks (heads vs groups, vocab) run here
-    if getattr(built, "family", "ar") == "dit":
+    family = getattr(built, "family", "ar")
+    if family == "dit":
         _check_dit_parallel(built, tp, pp, cp)
+    elif family == "vlm":
+        _check_vlm(built, tp, pp, cp)
     else:
         if cp != 1:
             raise LaunchError("context parallelism is not supported by the AR models: set parallel.context=1")
@@ -117,8 +120,9 @@ def preflight(recipe: run.Partial, world_size: int, check_data: bool = True) -> 
     if recipe.checkpoint.mode == "pretrain" and recipe.checkpoint.pretrained:
         raise LaunchError(f"checkpoint.pretrained={recipe.checkpoint.pretrained!r} is ignored by checkpoint.mode=pretrain: "
                           "set checkpoint.mode=finetune to start from it, or checkpoint.pretrained=null")
-    if not data.paths:
-        kind = "latent dataset" if getattr(built, "family", "ar") == "dit" else "`cosmos-nemo prepare ar-tokens` output"
+    if not data.paths and not getattr(data, "hub_dataset", None):
+        kind = {"dit": "latent dataset", "vlm": "VideoPhy-2 root from `cosmos-nemo prepare videophy2`, or LLaVA-OV "
+                "record files"}.get(family, "`cosmos-nemo prepare ar-tokens` output")
         raise LaunchError(f"no training data: set data.paths=[DIR,...] (a {kind})")
     if check_data:
         notes.extend(_check_data(recipe, built))
@@ -141,9 +145,23 @@ def _check_dit_parallel(model, tp: int, pp: int, cp: int) -> None:
                           "parallel.context=1 on a CPU")
 
 
+def _check_vlm(model, tp: int, pp: int, cp: int) -> None:
+    """The Reasoner trains data-parallel only: every process holds the whole transformers model."""
+    if (tp, pp, cp) != (1, 1, 1):
+        raise LaunchError(f"the Reasoner (vlm) recipes train data-parallel only: set parallel.tensor=1, "
+                          f"parallel.pipeline=1, parallel.context=1 (got TP={tp} PP={pp} CP={cp}); --nproc N gives N "
+                          "data-parallel ranks")
+    try:
+        model.check()
+    except ValueError as err:
+        raise LaunchError(str(err)) from None
+
+
 def _check_data(recipe: run.Partial, model) -> list[str]:
     if getattr(model, "family", "ar") == "dit":
         return _check_dit_data(recipe, model)
+    if getattr(model, "family", "ar") == "vlm":
+        return _check_vlm_data(recipe)
     from cosmos_nemo.data import DataModelMismatch, validate_for_model
     from cosmos_nemo.data.ar_dataset import ARDatasetError
     from cosmos_nemo.data.loader import resolve_dataset_paths
@@ -176,6 +194,25 @@ def _check_dit_data(recipe: run.Partial, model) -> list[str]:
     return notes
 
 
+def _check_vlm_data(recipe: run.Partial) -> list[str]:
+    from cosmos_nemo.data.vlm_dataset import DataError, load_records
+
+    data = fdl.build(recipe.data)
+    missing = [p for p in data.paths if not Path(p).exists()]
+    if missing:
+        raise LaunchError(f"data path(s) not found: {', '.join(missing)}")
+    if data.hub_dataset:
+        return [f"records streamed from {data.hub_dataset} when the run starts"]
+    try:
+        train, _, notes = load_records(data)
+    except DataError as err:
+        raise LaunchError(f"the data cannot give a run: {err}") from None
+    if len(train) < data.global_batch_size:
+        raise LaunchError(f"{len(train)} training records cannot fill one global batch of {data.global_batch_size}: "
+                          "lower data.global_batch_size or add data")
+    return notes
+
+
 # --------------------------------------------------------------------------------------------------
 # pretrained weights
 
@@ -204,6 +241,8 @@ def resolve_pretrained(value: Optional[str]) -> Optional[str]:
             f"Download it where there is network (`huggingface-cli download {value} model.pt --local-dir DIR`) and "
             "pass the local path instead: --model_path DIR/model.pt (or checkpoint.pretrained=DIR/model.pt)"
         ) from None
+    if (folder / "model.safetensors.index.json").is_file():
+        return str(folder)  # sharded weights (a transformers snapshot): the folder
     for pattern in ("model.pt", "*.safetensors"):
         found = sorted(folder.glob(pattern))
         if found:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import nemo_run as run
 
-from cosmos_nemo.recipes import ar, dit
+from cosmos_nemo.recipes import ar, dit, vlm
 from cosmos_nemo.recipes.overrides import OverrideError, parse_value, valid_keys
 
 RECIPES: dict[str, Callable[..., run.Partial]] = {
@@ -35,6 +35,7 @@ RECIPES: dict[str, Callable[..., run.Partial]] = {
         ar.cosmos_ar_tiny_v2w_finetune,
         ar.cosmos_ar_tiny_tokenizer_swap,
         *dit.RECIPES,
+        *vlm.RECIPES,
     )
 }
 
