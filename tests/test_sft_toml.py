@@ -86,13 +86,19 @@ def _env(**values):
 def test_every_example_toml_validates(name, tmp_path):
     vae = tmp_path / "vae.pth"
     vae.write_bytes(b"")
-    env = _env(VAE_PATH=str(vae))
+    (tmp_path / "vlm").mkdir()
+    env = _env(VAE_PATH=str(vae), VLM_SAFETENSORS_PATH=str(tmp_path / "vlm"), VIDEOPHYSICS_ROOT="/videophysics")
     cfg, _, _ = read_sft_toml(EXAMPLES / name, environ=env)
     assert cfg.job.task == ("vlm" if name.startswith("vlm") else "vfm")
     assert (EXAMPLES / name.replace(".toml", ".sh")).is_file()
     if cfg.job.task == "vlm":
-        with pytest.raises(SFTConfigError, match="not built yet"):
-            load_sft_toml(EXAMPLES / name, world_size=8, environ=env)
+        recipe, _, _ = load_sft_toml(EXAMPLES / name, world_size=8, environ=env)
+        assert recipe.model.__fn_or_cls__.__name__ == "VLMModelConfig" and recipe.model.name == "qwen3_vl"
+        assert recipe.checkpoint.pretrained == str(tmp_path / "vlm") and recipe.checkpoint.mode == "finetune"
+        assert recipe.data.paths == ["/videophysics"] and recipe.data.kind == "videophy2"
+        assert recipe.model.gradient_checkpointing is True and recipe.model.max_tokens == 16384
+        assert recipe.trainer.precision == "bf16" and recipe.optim.lr == 1e-5 and recipe.optim.beta2 == 0.95
+        assert recipe.data.micro_batch_size == 1 and recipe.data.global_batch_size == 8  # 1 x 1 x DP 8
         return
     recipe, _, _ = load_sft_toml(EXAMPLES / name, world_size=8, environ=env)
     assert recipe.data.paths == ["/data"] and recipe.checkpoint.pretrained == "/ckpt"
@@ -184,13 +190,36 @@ def test_field_of_the_other_family_is_an_error(tmp_path):
     assert "model.tokenizer.vae_path" in message and "AR recipe" in message
 
 
-def test_vlm_validates_but_launching_says_not_built(tmp_path):
-    path = _write(tmp_path, '[job]\ntask = "vlm"\nexperiment = "llava_ov"\n\n[model]\nattn_implementation = "sdpa"\n')
-    cfg, _, _ = read_sft_toml(path, environ={})
-    assert cfg.model.attn_implementation == "sdpa"
-    from cosmos_nemo.train import main
+def test_vlm_toml_maps_onto_the_reasoner_recipes(tmp_path):
+    snapshot = tmp_path / "snap"
+    snapshot.mkdir()
+    (snapshot / "config.json").write_text("{}")
+    text = ('[job]\ntask = "vlm"\nexperiment = "llava_ov"\n\n[model]\nattn_implementation = "eager"\n\n'
+            '[model.backbone]\nsafetensors_path = "${oc.env:VLM}"\n\n[dataloader_train]\nmax_sequence_length = 4096\n')
+    path = _write(tmp_path, text)
+    recipe, cfg, _ = load_sft_toml(path, ["data.paths=[/records]", "data_setting.max_tokens=2048"],
+                                   environ={"VLM": str(snapshot)})
+    assert cfg.model.attn_implementation == "eager" and recipe.model.attn_implementation == "eager"
+    assert recipe.data.kind == "llava_ov" and recipe.data.paths == ["/records"]
+    assert recipe.model.model_name == str(snapshot) and recipe.checkpoint.pretrained == str(snapshot)
+    assert recipe.model.max_tokens == 2048  # the reference's tail override, after the TOML's 4096
+    # the same as the Python recipe with the same fields set
+    from cosmos_nemo.recipes.registry import build_recipe
 
-    assert main(["--sft-toml", path]) == 2
+    direct = build_recipe("reasoner_8b_sft_llava_ov")
+    direct.model.attn_implementation, direct.model.model_name, direct.model.max_tokens = "eager", str(snapshot), 2048
+    direct.checkpoint.pretrained, direct.data.paths = str(snapshot), ["/records"]
+    assert str(recipe) == str(direct)
+    # a generator recipe under task = "vlm", and a Reasoner recipe under task = "vfm"
+    bad = _write(tmp_path, '[job]\ntask = "vlm"\nexperiment = "cosmos_ar_tiny_finetune"\n')
+    with pytest.raises(SFTConfigError, match="job.task.*Reasoner recipes"):
+        load_sft_toml(bad, environ={})
+    bad = _write(tmp_path, '[job]\ntask = "vfm"\nexperiment = "reasoner_tiny_sft"\n')
+    with pytest.raises(SFTConfigError, match='need task = "vlm"'):
+        load_sft_toml(bad, environ={})
+    bad = _write(tmp_path, '[job]\ntask = "vlm"\nexperiment = "llava_ov"\n\n[model]\nattn_implementation = "cosmos"\n')
+    with pytest.raises(SFTConfigError, match="not supported yet"):
+        load_sft_toml(bad, environ={})
 
 
 @pytest.mark.parametrize("section, field, value", [

@@ -178,6 +178,8 @@ def probe_outputs(family, cfg, model):
     latent with 5 text tokens, an AR model predicts a 1x2x2 token grid."""
     import torch
 
+    if hasattr(family, "probe_outputs"):
+        return family.probe_outputs(model, cfg)
     g = torch.Generator().manual_seed(0)
     model = model.eval()
     with torch.no_grad():
@@ -237,6 +239,9 @@ def export_hf(checkpoint_path, config_file, output, verify: bool = False, ema: b
             from cosmos_nemo.models.dit import convert
 
             convert.save_diffusers(state, cfg, out, overwrite=overwrite)
+        elif hasattr(family, "write_export"):  # a family with its own folder layout (the Reasoner: transformers')
+            with atomic_dir(out, overwrite=overwrite) as tmp:
+                family.write_export(state, model, cfg, Path(tmp))
         else:
             from safetensors.torch import save_file
 
@@ -248,7 +253,7 @@ def export_hf(checkpoint_path, config_file, output, verify: bool = False, ema: b
                 (Path(tmp) / "config.json").write_text(json.dumps(info, indent=2) + "\n")
         if verify:
             fresh = family.build_model(cfg, True, True, torch.float32)
-            source = out if family.name == "dit" else out / "model.safetensors"
+            source = out if family.name == "dit" or hasattr(family, "write_export") else out / "model.safetensors"
             family.load_released(fresh, cfg, str(source))
             again = _hf_state(family, cfg, fresh)
             differ = [k for k in state if k not in again or not torch.equal(state[k], again[k].detach().cpu())]

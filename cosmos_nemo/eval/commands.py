@@ -63,7 +63,7 @@ def _paths(text: str) -> list[Path]:
 
 
 def register(subparsers) -> None:
-    evaluate = subparsers.add_parser("evaluate", help="evaluate generated videos (TokenBench)",
+    evaluate = subparsers.add_parser("evaluate", help="evaluate generated videos (TokenBench) or a Reasoner (VideoPhy-2)",
                                      description="Evaluate generated videos against references.")
     sub = evaluate.add_subparsers(dest="evaluate_command", metavar="BENCHMARK")
     evaluate.set_defaults(func=lambda args: (evaluate.print_help(), 2)[1])
@@ -115,6 +115,46 @@ def register(subparsers) -> None:
                    help="rows in tokenbench_worst.png: the N lowest-PSNR pairs at their worst frame, as "
                    "reference | generated | 4x difference (default: 8; 0 writes no sheet)")
     p.set_defaults(func=_run_tokenbench)
+    _register_videophy2(sub)
+
+
+def _register_videophy2(sub) -> None:
+    from cosmos_nemo.eval.videophy2 import __doc__ as doc
+
+    p = sub.add_parser("videophy2", help="a Reasoner's VideoPhy-2 scoring: accuracy and MAE on the 1-5 scale",
+                       description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, type=Path,
+                   help="a Reasoner run folder, one of its checkpoints/iter_* folders, or a `convert export-hf` folder")
+    p.add_argument("--data", required=True, type=Path,
+                   help="a VideoPhy-2 split folder (videophy2_val/ from `prepare videophy2`), or the root holding it")
+    p.add_argument("--label", choices=("pc", "sa"), default=None,
+                   help="the score to compare with: pc (physical commonsense) or sa (semantic adherence). Default: "
+                   "the run's data.label (pc for an exported folder)")
+    p.add_argument("--limit", type=_positive, default=None, help="score only the first N records")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="write the report (JSON: metrics, confusion, each record's answer, skipped records) here")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_run_videophy2)
+
+
+def _run_videophy2(args) -> int:
+    import torch
+
+    from cosmos_nemo.data.vlm_dataset import DataError
+    from cosmos_nemo.eval.videophy2 import ScoringError, evaluate_videophy2, format_report, write_report
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        report = evaluate_videophy2(args.model, args.data, label=args.label, limit=args.limit, device=device,
+                                    progress=args.progress)
+    except (ScoringError, DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.output is not None:
+        print(f"wrote {write_report(report, args.output)}")
+    return 0 if report.count else 1
 
 
 def _run_tokenbench(args) -> int:

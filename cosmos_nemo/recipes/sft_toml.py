@@ -9,8 +9,9 @@ The sections and fields are the reference's, with its meanings: `[job]`, `[model
 `[model.backbone]`, `[optimizer]`, `[optimizer.lr_multipliers]`, `[scheduler]`, `[trainer]`,
 `[trainer.callbacks.compile_tokenizer]`, `[trainer.callbacks.grad_clip]`, `[checkpoint]`, `[dataloader_train]`.
 Every section forbids unknown keys. `[job] task` picks the family: "vfm" (the generators: `[job] experiment`
-names one of this library's recipes, `cosmos-nemo train --list`) or "vlm" (the Reasoner, validated only: that
-family is not built here yet). Fields left out keep the recipe's values, so a TOML is the recipe plus what it says.
+names one of this library's recipes, `cosmos-nemo train --list`) or "vlm" (the Reasoner: `reasoner_*` recipes, or the
+reference's names `videophy2_sft_nano` / `llava_ov`; its tail overrides `model.config.policy.backbone.model_name=` and
+`data_setting.max_tokens=` are accepted). Fields left out keep the recipe's values, so a TOML is the recipe plus what it says.
 
 Checks, all before any model is built, each naming the file, line and key:
 - an unknown key (with the closest valid key), a value of the wrong type, a "???" left unfilled;
@@ -407,18 +408,22 @@ def to_recipe(cfg: SFTExperimentConfig, source: _Source, world_size: Optional[in
     from cosmos_nemo.recipes.registry import RECIPES, build_recipe
 
     job = cfg.job
-    if job.task == "vlm":
-        raise source.error("job.task", 'task = "vlm" selects the Reasoner family (a Qwen3-VL model), which is not '
-                                       "built yet in cosmos-nemo: the file validates, but cannot be launched. The "
-                                       'generator recipes (task = "vfm") are: ' + ", ".join(sorted(RECIPES)))
-    if job.experiment not in RECIPES:
-        guess = difflib.get_close_matches(job.experiment, list(RECIPES), n=1, cutoff=0.3)
+    vlm_recipes = sorted(n for n in RECIPES if n.startswith("reasoner_"))
+    experiment = VLM_EXPERIMENTS.get(job.experiment, job.experiment) if job.task == "vlm" else job.experiment
+    if experiment not in RECIPES:
+        pool = vlm_recipes + sorted(VLM_EXPERIMENTS) if job.task == "vlm" else sorted(RECIPES)
+        guess = difflib.get_close_matches(job.experiment, pool, n=1, cutoff=0.3)
         raise source.error("job.experiment", f"unknown recipe {job.experiment!r}"
                            + (f"; did you mean {guess[0]!r}?" if guess else "")
-                           + f" (cosmos-nemo train --list): {', '.join(sorted(RECIPES))}")
-    recipe = build_recipe(job.experiment)
+                           + f" (cosmos-nemo train --list): {', '.join(pool)}")
+    if (job.task == "vlm") != experiment.startswith("reasoner_"):
+        raise source.error("job.task", f"task = {job.task!r} does not fit the recipe {experiment!r}: "
+                           + ('task = "vlm" takes the Reasoner recipes: ' + ", ".join(vlm_recipes)
+                              if job.task == "vlm" else 'the Reasoner recipes need task = "vlm"'))
+    recipe = build_recipe(experiment)
     notes: list[str] = []
     is_dit = recipe.model.__fn_or_cls__.__name__ == "DiTModelConfig"
+    is_vlm = job.task == "vlm"
 
     for field, target in (("project", "project"), ("group", "group"), ("name", "name"), ("output_root", "output_root")):
         if getattr(job, field) is not None:
@@ -439,6 +444,8 @@ def to_recipe(cfg: SFTExperimentConfig, source: _Source, world_size: Optional[in
         if model.precision == "float16":
             raise _unsupported(source, "model.precision", "float16 training; use bfloat16 or float32")
         recipe.trainer.precision = {"bfloat16": "bf16", "float32": "fp32"}[model.precision]
+    if is_vlm:
+        _map_vlm_model(recipe, model, source, notes)
     _map_lora(recipe, model, source)
     _map_ema(recipe, model.ema, source)
     if model.compile is not None and model.compile.enabled:
@@ -448,7 +455,10 @@ def to_recipe(cfg: SFTExperimentConfig, source: _Source, world_size: Optional[in
         if ac.mode == "selective":
             raise _unsupported(source, "model.activation_checkpointing.mode",
                                'per-op selective checkpointing (save_ops_regex); use "full" (per-block recompute) or "none"')
-        recipe.model.recompute_granularity = "full" if ac.mode == "full" else None
+        if is_vlm:
+            recipe.model.gradient_checkpointing = ac.mode == "full"
+        else:
+            recipe.model.recompute_granularity = "full" if ac.mode == "full" else None
     if ac is not None and ac.save_ops_regex:
         raise _unsupported(source, "model.activation_checkpointing.save_ops_regex", "selective checkpointing")
     if ac is not None and ac.preserve_rng_state is False:
@@ -527,7 +537,9 @@ def to_recipe(cfg: SFTExperimentConfig, source: _Source, world_size: Optional[in
         recipe.data.micro_batch_size = data.max_samples_per_batch
     if data.seed is not None:
         recipe.data.seed = data.seed
-    if data.max_sequence_length is not None:
+    if data.max_sequence_length is not None and is_vlm:
+        recipe.model.max_tokens = data.max_sequence_length  # the reference remaps it to the VLM packer's max_tokens
+    elif data.max_sequence_length is not None:
         raise _unsupported(source, "dataloader_train.max_sequence_length",
                            "a token cap per packed sequence: sequences are whole clips of their latent grid")
     if trainer.grad_accum_iter is not None:
@@ -536,6 +548,39 @@ def to_recipe(cfg: SFTExperimentConfig, source: _Source, world_size: Optional[in
         dp = _data_parallel(recipe, world_size)
         recipe.data.global_batch_size = trainer.grad_accum_iter * recipe.data.micro_batch_size * dp
     return recipe, notes
+
+
+# the reference's Reasoner experiment names (its launch scripts launch_sft_videophy2_nano.sh / launch_sft_llava_ov.sh)
+VLM_EXPERIMENTS = {"videophy2_sft_nano": "reasoner_8b_sft_videophy2", "sft_videophy2_nano": "reasoner_8b_sft_videophy2",
+                   "videophy2": "reasoner_8b_sft_videophy2", "llava_ov": "reasoner_8b_sft_llava_ov",
+                   "sft_llava_ov": "reasoner_8b_sft_llava_ov", "llava_ov_sft": "reasoner_8b_sft_llava_ov"}
+# the reference's Hydra tail overrides for the Reasoner (not in its schema), and the recipe fields they set
+VLM_TAIL_OVERRIDES = {"model.config.policy.backbone.model_name": "model.model_name",
+                      "data_setting.max_tokens": "model.max_tokens"}
+
+
+def _map_vlm_model(recipe, model: ModelSection, source: _Source, notes: list) -> None:
+    """[model] attn_implementation and [model.backbone] onto a Reasoner recipe."""
+    if model.attn_implementation is not None:
+        if model.attn_implementation == "cosmos":
+            raise _unsupported(source, "model.attn_implementation", '"cosmos" is cosmos-framework\'s own attention '
+                                                                    'kernel; use "sdpa", "flash_attention_2" or "eager"')
+        recipe.model.attn_implementation = model.attn_implementation
+    backbone = model.backbone
+    if backbone is None:
+        return
+    if backbone.model_name is not None:
+        recipe.model.model_name = backbone.model_name
+        recipe.checkpoint.pretrained = backbone.model_name
+    if backbone.safetensors_path is not None:
+        if not Path(backbone.safetensors_path).exists():
+            raise source.error("model.backbone.safetensors_path", f"{backbone.safetensors_path} does not exist (a "
+                                                                   "Qwen3-VL safetensors snapshot folder)")
+        recipe.checkpoint.pretrained = backbone.safetensors_path
+        recipe.checkpoint.mode = "finetune"
+        if (Path(backbone.safetensors_path) / "config.json").is_file() and backbone.model_name is None:
+            recipe.model.model_name = backbone.safetensors_path  # the snapshot's own config and processor
+        notes.append(f"Reasoner weights from {backbone.safetensors_path}")
 
 
 def _map_lora(recipe, model: ModelSection, source: _Source) -> None:
@@ -663,12 +708,20 @@ def _data_parallel(recipe, world_size: Optional[int]) -> int:
     return max(1, (world_size or 1) // (par.tensor * par.pipeline * par.context))
 
 
+def _vlm_tail(item: str) -> str:
+    key, sep, value = item.partition("=")
+    target = VLM_TAIL_OVERRIDES.get(key.strip().lstrip("-"))
+    return f"{target}={value}" if target and sep else item
+
+
 def load_sft_toml(path, overrides=(), world_size: Optional[int] = None, environ=None):
     """`path` + trailing overrides -> (recipe, validated config, notes); every error names file, line and key."""
     from cosmos_nemo.recipes.overrides import OverrideError, apply_overrides
 
     cfg, recipe_overrides, source = read_sft_toml(path, overrides, environ)
     recipe, notes = to_recipe(cfg, source, world_size)
+    if cfg.job.task == "vlm":
+        recipe_overrides = [_vlm_tail(o) for o in recipe_overrides]
     try:
         apply_overrides(recipe, recipe_overrides)
     except OverrideError as err:
@@ -693,9 +746,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg, recipe_overrides, source = read_sft_toml(args.check, args.overrides)
-        if cfg.job.task == "vlm":
-            print(f"{args.check}: valid (task = \"vlm\"; the Reasoner family is not built yet, so it cannot be launched)")
-            return 0
         recipe, _, notes = load_sft_toml(args.check, args.overrides, world_size=args.world_size)
     except (SFTConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -111,8 +111,14 @@ class VLMFamily:
         from cosmos_nemo.models.vlm.processor import build_processor
 
         hf = unwrap(model).hf
-        hf.save_pretrained(str(folder), state_dict=state, safe_serialization=True)
+        hf.save_pretrained(str(folder), state_dict=dict(state))  # (transformers empties the dict it is given)
         build_processor(cfg).save_pretrained(str(folder))
+        import dataclasses
+        import json
+
+        # how the run showed videos (frames, pixels), so `evaluate videophy2` on this folder shows them the same way
+        (folder / "cosmos_nemo.json").write_text(json.dumps({"family": "vlm", "model": dataclasses.asdict(cfg)},
+                                                            indent=1) + "\n")
 
     def probe_outputs(self, model, cfg) -> torch.Tensor:
         """Logits of a fixed 12-token text (no media)."""
