@@ -65,7 +65,8 @@ def build_processor(cfg):
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
         video = Qwen3VLVideoProcessor(do_sample_frames=False)
-        return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tiny_tokenizer(),
+        images = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)  # Qwen3-VL values
+        return Qwen3VLProcessor(image_processor=images, tokenizer=tiny_tokenizer(),
                                 video_processor=video, chat_template=TINY_CHAT_TEMPLATE)
     from transformers import AutoProcessor
 
