@@ -22,6 +22,15 @@ pytestmark = pytest.mark.distributed
 STEPS = 8
 
 
+@pytest.fixture(scope="module")
+def processor_ok():
+    from cosmos_nemo.models.vlm.processor import _torchvision_problem
+
+    problem = _torchvision_problem()
+    if problem:
+        pytest.skip(problem)
+
+
 def _write_download(folder: Path, count: int, seed: int) -> None:
     """A fake `hf download` of a VideoPhy-2 split: data.csv + videos/*.mp4 (the colour says the score)."""
     from cosmos_nemo.io.video import write_mp4
@@ -85,7 +94,7 @@ def _weights(run_dir: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(videophysics, tmp_path_factory):
+def reference(videophysics, tmp_path_factory, processor_ok):
     runs = tmp_path_factory.mktemp("runs")
     out = run_in_processes(_train, 1, str(runs), "ref", STEPS, str(videophysics))[0]
     return runs, out
@@ -104,7 +113,7 @@ def _conversation():
         {"role": "assistant", "content": "The ball falls as it should."}], "videos": [], "images": []}
 
 
-def test_only_assistant_tokens_are_labelled_token_by_token(videophysics):
+def test_only_assistant_tokens_are_labelled_token_by_token(videophysics, processor_ok):
     from cosmos_nemo.models.vlm.processor import IGNORE, build_processor, encode, load_video, processor_inputs
 
     cfg = _model_cfg()
@@ -283,7 +292,7 @@ def test_bad_records_are_reported_and_no_records_is_an_error(videophysics, tmp_p
         load_records(VLMDataConfig(paths=[str(tmp_path / "empty")]))
 
 
-def test_llava_ov_records_become_conversations(tmp_path):
+def test_llava_ov_records_become_conversations(tmp_path, processor_ok):
     from PIL import Image
 
     from cosmos_nemo.data.vlm_dataset import VLMDataConfig, load_records

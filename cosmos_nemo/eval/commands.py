@@ -148,7 +148,7 @@ def _run_videophy2(args) -> int:
     try:
         report = evaluate_videophy2(args.model, args.data, label=args.label, limit=args.limit, device=device,
                                     progress=args.progress)
-    except (ScoringError, DataError, FileNotFoundError) as err:
+    except (ScoringError, DataError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_report(report))

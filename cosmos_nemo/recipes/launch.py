@@ -155,6 +155,11 @@ def _check_vlm(model, tp: int, pp: int, cp: int) -> None:
         model.check()
     except ValueError as err:
         raise LaunchError(str(err)) from None
+    from cosmos_nemo.models.vlm.processor import _torchvision_problem
+
+    problem = _torchvision_problem()
+    if problem:
+        raise LaunchError(problem)
 
 
 def _check_data(recipe: run.Partial, model) -> list[str]:

@@ -38,6 +38,25 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
+class ProcessorUnavailable(OSError):
+    """transformers' Qwen3-VL processor cannot be built here (its video processor needs a working torchvision)."""
+
+
+def _torchvision_problem() -> str | None:
+    """Why transformers' Qwen3-VL video processor cannot run here, or None when it can."""
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.transforms.v2 import functional  # noqa: F401
+    except (ImportError, RuntimeError) as err:
+        import torch
+
+        return (f"the Reasoner's video processor (transformers' Qwen3VLVideoProcessor) needs torchvision built for "
+                f"torch {torch.__version__} ({type(err).__name__}: {str(err).splitlines()[0][:160]}). Install the "
+                "matching build: `pip install --no-deps torchvision==<the release paired with your torch>` (GPU) or "
+                "`pip install --no-deps torchvision --index-url https://download.pytorch.org/whl/cpu` (CPU torch)")
+    return None
+
+
 class SampleError(ValueError):
     """A conversation that cannot become a training sample (the loader skips it and reports why)."""
 
@@ -60,6 +79,9 @@ def tiny_tokenizer():
 
 def build_processor(cfg):
     """The processor of the model `cfg` describes (see the module docstring)."""
+    problem = _torchvision_problem()
+    if problem:
+        raise ProcessorUnavailable(problem)
     if cfg.name == "tiny":
         from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
