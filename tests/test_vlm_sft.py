@@ -320,3 +320,68 @@ def test_llava_ov_records_become_conversations(tmp_path, processor_ok):
     assert labelled == "Grey.<|im_end|>"
     second = encode(train[1], processor, cfg)
     assert processor.tokenizer.decode(second.input_ids[second.labels != IGNORE]) == "Hello.<|im_end|>Bye.<|im_end|>"
+
+
+def test_llava_ov_streamed_from_the_hub_with_decoded_images(monkeypatch, processor_ok):
+    """`data.hub_dataset`: records come from `datasets.load_dataset(..., streaming=True)` with PIL images (a stand-in
+    module here: no network), and become the same conversations as local records."""
+    import sys
+    import types
+
+    from PIL import Image
+
+    from cosmos_nemo.data.vlm_dataset import VLMDataConfig, load_records
+    from cosmos_nemo.models.vlm.processor import IGNORE, build_processor, encode
+
+    calls = []
+
+    def load_dataset(name, subset, split, streaming):
+        calls.append((name, subset, split, streaming))
+        image = Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
+        return iter([{"id": "h0", "image": image, "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
+                                                                   {"from": "gpt", "value": "A grey square."}]},
+                     {"id": "h1", "conversations": [{"from": "human", "value": "only a question"}]}])
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    data = VLMDataConfig(kind="llava_ov", hub_dataset="lmms-lab/LLaVA-OneVision-Data", hub_subset="CLEVR")
+    train, _, notes = load_records(data)
+    assert calls == [("lmms-lab/LLaVA-OneVision-Data", "CLEVR", "train", True)]
+    assert [r["id"] for r in train] == ["h0"] and "1 records streamed" in notes[0]
+    cfg = _model_cfg()
+    processor = build_processor(cfg)
+    enc = encode(train[0], processor, cfg)
+    assert processor.tokenizer.decode(enc.input_ids[enc.labels != IGNORE]) == "A grey square.<|im_end|>"
+    assert enc.vision["image_grid_thw"].tolist() == [[1, 4, 4]]
+
+
+def test_starts_from_a_transformers_snapshot_strictly(reference, tmp_path):
+    """The production path (`name="qwen3_vl"`): architecture and processor from a snapshot folder, weights loaded
+    strictly from its safetensors (here the tiny run's export stands in for Qwen/Qwen3-VL-8B-Instruct), also with
+    the pre-4.52 key layout of older released Qwen-VL files."""
+    from safetensors.torch import load_file, save_file
+
+    from cosmos_nemo.checkpoint.hf_commands import export_hf
+    from cosmos_nemo.models.vlm.config import VLMModelConfig
+    from cosmos_nemo.models.vlm.family import FAMILY
+
+    _, out = reference
+    run = Path(out["run_dir"])
+    snapshot = export_hf(run / "checkpoints" / "iter_000000008", run / "config.yaml", tmp_path / "snap",
+                         log=lambda *_: None)
+    cfg = VLMModelConfig(name="qwen3_vl", model_name=str(snapshot), num_frames=4, max_pixels=64 * 64)
+    want = load_file(str(snapshot / "model.safetensors"))
+    chunk = FAMILY.build_model(cfg, True, True, torch.float32)
+    note = FAMILY.load_released(chunk, cfg, str(snapshot))
+    got = chunk.hf.state_dict()
+    assert "64 tensors" in note and set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    legacy = {k.replace("model.language_model.", "model.").replace("model.visual.", "visual."): v for k, v in want.items()}
+    (tmp_path / "legacy").mkdir()
+    save_file(legacy, str(tmp_path / "legacy" / "model.safetensors"))
+    fresh = FAMILY.build_model(cfg, True, True, torch.float32)
+    FAMILY.load_released(fresh, cfg, str(tmp_path / "legacy"))
+    assert all(torch.equal(fresh.hf.state_dict()[k], want[k]) for k in want)
+    del legacy["lm_head.weight"]
+    (tmp_path / "partial").mkdir()
+    save_file(legacy, str(tmp_path / "partial" / "model.safetensors"))
+    with pytest.raises(ValueError, match="missing 1 \\['lm_head.weight'\\]"):
+        FAMILY.load_released(FAMILY.build_model(cfg, True, True, torch.float32), cfg, str(tmp_path / "partial"))

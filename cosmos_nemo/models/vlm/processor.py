@@ -154,13 +154,17 @@ def load_video(path, cfg, processor) -> tuple[np.ndarray, dict]:
 
 
 def load_image(path, cfg, processor) -> np.ndarray:
+    """An image file (or an already decoded PIL image, as streamed hub records hold them), resized."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"))
-    except OSError as err:
-        raise SampleError(f"{path}: not a readable image ({err})") from None
+    if isinstance(path, Image.Image):
+        arr = np.asarray(path.convert("RGB"))
+    else:
+        try:
+            with Image.open(path) as img:
+                arr = np.asarray(img.convert("RGB"))
+        except OSError as err:
+            raise SampleError(f"{path}: not a readable image ({err})") from None
     t = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float()
     h, w = frame_size(t.shape[2], t.shape[3], cfg.max_pixels, patch_factor(processor))
     t = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
@@ -231,7 +235,8 @@ def encode(sample: dict, processor, cfg, root: Optional[Path] = None) -> Encoded
             raise SampleError("an assistant turn is empty or not text")
     base = Path(root) if root is not None else Path(".")
     videos = [load_video(base / v, cfg, processor) for v in sample.get("videos", [])]
-    images = [load_image(base / p, cfg, processor) for p in sample.get("images", [])]
+    images = [load_image(base / p if isinstance(p, (str, Path)) else p, cfg, processor)
+              for p in sample.get("images", [])]
     parts = [p.get("type") for m in messages if isinstance(m.get("content"), list) for p in m["content"]]
     if parts.count("video") != len(videos) or parts.count("image") != len(images):
         raise SampleError(f"the conversation has {parts.count('video')} video and {parts.count('image')} image "
