@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 SCORES = (1, 2, 3, 4, 5)
 
 
@@ -50,6 +48,7 @@ def _run_folder_of(path: Path) -> Optional[Path]:
 
 def load_scorer(model_path, device: str = "cpu"):
     """(hf model, processor, data config) for a run/iter folder or an exported transformers folder."""
+    import torch
     import yaml
 
     from cosmos_nemo.data.vlm_dataset import VLMDataConfig
@@ -103,16 +102,19 @@ def digit_ids(processor) -> list[int]:
     return ids
 
 
-@torch.no_grad()
-def score_logits(model, inputs: dict, ids: list[int]) -> torch.Tensor:
-    """The five digit logits of the next token after the conversation's open assistant turn."""
+def score_logits(model, inputs: dict, ids: list[int]):
+    """The five digit logits (a tensor) of the next token after the conversation's open assistant turn."""
+    import torch
+
     device = next(model.parameters()).device
-    logits = model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False).logits
+    with torch.no_grad():
+        logits = model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False).logits
     return logits[0, -1, ids].float().cpu()
 
 
 def evaluate_videophy2(model_path, data_dir, label: Optional[str] = None, limit: Optional[int] = None,
                        device: str = "cpu", progress: bool = True, model_cfg=None) -> ScoreReport:
+    import torch
     from tqdm import tqdm
 
     from cosmos_nemo.data.vlm_dataset import read_videophy2_split, videophy2_conversation
