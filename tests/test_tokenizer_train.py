@@ -124,3 +124,35 @@ def test_orthonormal_haar_training_form_computes_the_same_function(name):
     padded = torch.cat([y[:, :, :1].repeat_interleave(p.patch_size - 1, dim=2), y], dim=2)
     assert p(y).pow(2).sum().item() == pytest.approx(padded.pow(2).sum().item(), rel=1e-5)
     p.orthonormal = False
+
+
+def test_motion_weights_mark_changing_pixels_and_the_loss_is_their_weighted_mean():
+    from cosmos_nemo.tokenizers.train import motion_weights, reconstruction_loss
+
+    clip = torch.zeros(1, 3, 3, 4, 4)
+    clip[0, 1, 1, 2, 3] = 0.5  # one pixel lights up in frame 1 (green channel) and goes dark again in frame 2
+    w = motion_weights(clip, 4.0)
+    expected = torch.ones(1, 1, 3, 4, 4)
+    expected[0, 0, :, 2, 3] = 1 + 4 * 0.5  # changes into frame 1 (frames 0, 1) and out of it (frames 1, 2)
+    assert torch.equal(w, expected)
+    rec = clip + 0.1
+    plain = torch.nn.functional.l1_loss(rec, clip) + torch.nn.functional.mse_loss(rec, clip)
+    assert reconstruction_loss(rec, clip, 0.0) == plain
+    err = (rec - clip).abs() + (rec - clip).square()
+    weighted = (err * w).sum() / w.expand_as(err).sum()
+    assert torch.allclose(reconstruction_loss(rec, clip, 4.0), weighted)
+
+
+def test_clip_stride_gives_overlapping_clips(tmp_path):
+    from cosmos_nemo.io.video import read_frames, write_mp4
+    from cosmos_nemo.tokenizers.train import _resize_crop, load_clips
+
+    frames = (np.arange(21)[:, None, None, None] * 10 + np.zeros((21, 16, 16, 3))).astype(np.uint8)
+    write_mp4(tmp_path / "v.mp4", frames, crf=0)
+    decoded = read_frames(tmp_path / "v.mp4")
+    per_video, _, _ = load_clips(tmp_path, 9, 16, 16, clips_per_video=10, clip_stride=4)
+    assert len(per_video[0]) == 4  # starts 0, 4, 8, 12 (16 would end past frame 20)
+    for i, clip in enumerate(per_video[0]):
+        assert torch.equal(clip, _resize_crop(decoded[4 * i:4 * i + 9], 16, 16))
+    per_video, _, _ = load_clips(tmp_path, 9, 16, 16, clips_per_video=10)  # default: non-overlapping
+    assert len(per_video[0]) == 2

@@ -39,7 +39,11 @@ def register(subparsers) -> None:
     _add(p, "num-frames", type=int, default=17, help="frames per training clip; must be 1 + k·(temporal compression)")
     _add(p, "height", type=int, default=64, help="clip height after short-side resize and centre crop")
     _add(p, "width", type=int, default=64, help="clip width after short-side resize and centre crop")
-    _add(p, "clips-per-video", type=int, default=4, help="at most this many non-overlapping clips per video")
+    _add(p, "clips-per-video", type=int, default=4, help="at most this many clips per video, from its start")
+    _add(p, "clip-stride", type=int, default=None, help="frames between clip starts (default: num-frames, so clips do not "
+         "overlap); smaller gives more, overlapping clips from short videos")
+    _add(p, "motion-weight", type=float, default=0.0, help="extra loss weight on pixels that change between frames "
+         "(1 + W x change): helps a small tokenizer learn small moving objects that the static background outweighs")
     _add(p, "heldout-videos", type=int, default=0, help="videos held out for evaluation; 0 = about 20%% (at least 1)")
     _add(p, "steps", type=int, default=300, help="optimizer steps")
     _add(p, "batch-size", type=int, default=4, help="clips per step")
@@ -71,6 +75,8 @@ def _run(args: argparse.Namespace) -> int:
         height=args.height,
         width=args.width,
         clips_per_video=args.clips_per_video,
+        clip_stride=args.clip_stride,
+        motion_weight=args.motion_weight,
         heldout_videos=args.heldout_videos,
         steps=args.steps,
         batch_size=args.batch_size,

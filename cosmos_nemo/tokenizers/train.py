@@ -45,7 +45,9 @@ class TrainTokenizerConfig:
     num_frames: int = 17
     height: int = 64
     width: int = 64
-    clips_per_video: int = 4  # at most this many non-overlapping clips from the start of each video
+    clips_per_video: int = 4  # at most this many clips from the start of each video
+    clip_stride: int | None = None  # frames between clip starts (None: num_frames, non-overlapping clips)
+    motion_weight: float = 0.0  # extra loss weight on pixels that change between frames (small moving objects)
     heldout_videos: int = 0  # 0: about 20 % of the videos, at least 1
     steps: int = 300
     batch_size: int = 4
@@ -89,24 +91,27 @@ def _resize_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
 
 
 def load_clips(
-    folder: str | os.PathLike, num_frames: int, height: int, width: int, clips_per_video: int
+    folder: str | os.PathLike, num_frames: int, height: int, width: int, clips_per_video: int,
+    clip_stride: int | None = None,
 ) -> tuple[list[list[torch.Tensor]], list[Path], list[dict]]:
-    """Per usable video, its clips `[3, num_frames, height, width]`; plus the videos used and those skipped."""
+    """Per usable video, its clips `[3, num_frames, height, width]` (starting every `clip_stride` frames, by
+    default `num_frames`: non-overlapping); plus the videos used and those skipped."""
+    stride = clip_stride or num_frames
     videos = list_videos(folder, recursive=True)
     if not videos:
         raise FileNotFoundError(f"no video files under {folder} (looked for {', '.join(('.mp4', '.mov', '.mkv', '…'))})")
     per_video, used, skipped = [], [], []
     for path in videos:
         try:
-            frames = read_frames(path, 0, num_frames * clips_per_video)
+            frames = read_frames(path, 0, num_frames + stride * (clips_per_video - 1))
         except VideoDecodeError as e:
             skipped.append({"video": str(path), "reason": str(e)})
             continue
-        n = len(frames) // num_frames
+        n = min(clips_per_video, (len(frames) - num_frames) // stride + 1) if len(frames) >= num_frames else 0
         if n == 0:
             skipped.append({"video": str(path), "reason": f"{len(frames)} frames, fewer than num_frames={num_frames}"})
             continue
-        per_video.append([_resize_crop(frames[i * num_frames : (i + 1) * num_frames], height, width) for i in range(n)])
+        per_video.append([_resize_crop(frames[i * stride : i * stride + num_frames], height, width) for i in range(n)])
         used.append(path)
     return per_video, used, skipped
 
@@ -208,6 +213,26 @@ def orthonormal_haar(model: CausalVideoTokenizer, convert_in: bool = True):
         convert(1.0 / gain)
 
 
+def motion_weights(clip: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-pixel loss weights `[B, 1, T, H, W]`: 1 + strength x how much the pixel changes from the previous frame
+    or to the next one (max over channels, in units of the [-1, 1] range, clipped at 1). Static background
+    keeps weight 1; pixels a moving object covers or uncovers get up to 1 + strength."""
+    diff = (clip[:, :, 1:] - clip[:, :, :-1]).abs().amax(dim=1, keepdim=True)  # [B, 1, T-1, H, W]
+    zero = torch.zeros_like(diff[:, :, :1])
+    change = torch.maximum(torch.cat([zero, diff], 2), torch.cat([diff, zero], 2))
+    return 1.0 + strength * change.clamp(max=1.0)
+
+
+def reconstruction_loss(rec: torch.Tensor, target: torch.Tensor, motion_weight: float = 0.0) -> torch.Tensor:
+    """L1 + MSE, each a mean over pixels; with `motion_weight`, a weighted mean (`motion_weights`)."""
+    if not motion_weight:
+        return F.l1_loss(rec, target) + F.mse_loss(rec, target)
+    w = motion_weights(target, motion_weight)
+    err = rec - target
+    norm = w.expand_as(err).sum()
+    return ((err.abs() + err.square()) * w).sum() / norm
+
+
 def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainTokenizerResult:
     start = time.monotonic()
     output = Path(cfg.output)
@@ -222,7 +247,10 @@ def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainTokenizerResult:
     t, s, _ = model.compression
     model.latent_shape(cfg.num_frames, cfg.height, cfg.width)  # clear error before reading any video
 
-    per_video, used, skipped = load_clips(cfg.data, cfg.num_frames, cfg.height, cfg.width, cfg.clips_per_video)
+    if cfg.clip_stride is not None and cfg.clip_stride < 1:
+        raise ValueError(f"clip_stride must be >= 1, got {cfg.clip_stride}")
+    per_video, used, skipped = load_clips(cfg.data, cfg.num_frames, cfg.height, cfg.width, cfg.clips_per_video,
+                                          cfg.clip_stride)
     for item in skipped:
         log.warning("skipped %s: %s", item["video"], item["reason"])
     train_clips, held_clips = split_heldout(per_video, cfg.heldout_videos)
@@ -264,7 +292,7 @@ def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainTokenizerResult:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             rec = model(batch)
-            loss = F.l1_loss(rec, batch) + F.mse_loss(rec, batch)
+            loss = reconstruction_loss(rec, batch, cfg.motion_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
