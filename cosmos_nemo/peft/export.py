@@ -195,9 +195,8 @@ def save_diffusers_lora(model, path: str | os.PathLike, dtype: torch.dtype = tor
     `.safetensors` file, or a folder that gets diffusers' default name `pytorch_lora_weights.safetensors`.
     Returns the file written."""
     import torch.distributed as dist
-    from safetensors.torch import save_file
 
-    from cosmos_nemo.io.atomic import atomic_path
+    from cosmos_nemo.io.tensors import save_tensors
 
     out = Path(path)
     if out.suffix != ".safetensors":
@@ -211,9 +210,8 @@ def save_diffusers_lora(model, path: str | os.PathLike, dtype: torch.dtype = tor
         state = {k: (v * scale if ".lora_B." in k else v) for k, v in state.items()}
     metadata = diffusers_lora_metadata(model, bake_scale)
     if not dist.is_initialized() or dist.get_rank() == 0:
-        tensors = {k: v.to(dtype).contiguous() for k, v in state.items()}
-        with atomic_path(out, suffix=".safetensors", overwrite=overwrite) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+        # the shared writer: atomic, and its metadata in sorted order, so the file's bytes do not depend on the process
+        save_tensors(out, {k: v.to(dtype) for k, v in state.items()}, metadata=metadata)
     if dist.is_initialized():
         dist.barrier()
     return out
