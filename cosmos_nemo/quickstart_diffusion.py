@@ -49,7 +49,7 @@ STEPS = 9
 TOKENIZER = "tiny-cv"
 RECIPE = "cosmos_predict25_tiny_finetune"
 RUN_NAME = "quickstart_diffusion"
-STATS_FILE = "mean_std.safetensors"
+STATS_FILE = "mean_std.safetensors"  # = tokenizers.train.STATS_FILE (repeated so this module imports no torch)
 TEXT_ENCODER = "minilm"
 SPLIT = "8,1,1"
 
@@ -123,24 +123,17 @@ def quickstart_diffusion(args: argparse.Namespace) -> int:
 
 
 def write_latent_statistics(tok_dir: Path, sample: Path, args: argparse.Namespace) -> Path:
-    """The tokenizer's per-channel, per-latent-frame mean and std over its training clips, as `mean_std.safetensors`
-    beside it (`mean`, `std`: [C, T]): `prepare latents` and `generate diffusion` normalise with it, as they do with
-    a released CV tokenizer's `mean_std.pt`."""
-    import torch
-
+    """`mean_std.safetensors` beside a tokenizer folder that lacks it (one written before `train-tokenizer` wrote
+    it itself): the per-channel, per-latent-frame latent statistics over the tokenizer's training clips."""
     from cosmos_nemo.io.tensors import save_tensors
     from cosmos_nemo.tokenizers import load_video_tokenizer
-    from cosmos_nemo.tokenizers.train import load_clips, split_heldout
+    from cosmos_nemo.tokenizers.train import latent_statistics, load_clips, split_heldout
 
     tokenizer = load_video_tokenizer(str(tok_dir))
     per_video, _, _ = load_clips(sample / "videos", args.frames, args.size, args.size, clips_per_video=4)
     train_clips, _ = split_heldout(per_video, 0)  # the tokenizer's own training clips
-    with torch.no_grad():
-        z = torch.cat([tokenizer.encode(torch.stack(train_clips[i: i + 4])).float()
-                       for i in range(0, len(train_clips), 4)])  # [N, C, T, h, w]
-    mean = z.mean(dim=(0, 3, 4))
-    std = z.std(dim=(0, 3, 4)).clamp_min(1e-6)
-    path = save_tensors(tok_dir / STATS_FILE, {"mean": mean.contiguous(), "std": std.contiguous()},
+    mean, std = latent_statistics(tokenizer, train_clips)
+    path = save_tensors(tok_dir / STATS_FILE, {"mean": mean, "std": std},
                         metadata={"clips": str(len(train_clips)), "frames": str(args.frames)})
     print(f"latent statistics of {len(train_clips)} training clips ({tuple(mean.shape)} channels x latent frames; "
           f"std {float(std.min()):.3f}..{float(std.max()):.3f}) -> {path}")

@@ -156,3 +156,37 @@ def test_clip_stride_gives_overlapping_clips(tmp_path):
         assert torch.equal(clip, _resize_crop(decoded[4 * i:4 * i + 9], 16, 16))
     per_video, _, _ = load_clips(tmp_path, 9, 16, 16, clips_per_video=10)  # default: non-overlapping
     assert len(per_video[0]) == 2
+
+
+def test_a_continuous_tokenizer_is_saved_with_its_latent_statistics(tmp_path):
+    """tiny-cv: `mean_std.safetensors` = per-channel, per-latent-frame mean and std of the saved tokenizer's latents
+    over its training clips (recomputed here from the folder), which `prepare latents` reads."""
+    from safetensors.torch import load_file
+
+    from cosmos_nemo.tokenizers.train import load_clips, split_heldout
+
+    data = tmp_path / "videos"
+    for i in range(3):
+        _moving_shapes(data / f"clip_{i}.mp4", seed=i)
+    out = tmp_path / "tok"
+    args = ["train-tokenizer", "--data", str(data), "--output", str(out), "--tokenizer", "tiny-cv", "--height", "32",
+            "--width", "32", "--steps", "2", "--no-progress", "--threads", "1"]
+    assert main(args) == 0
+    stats = load_file(str(out / "mean_std.safetensors"))
+    tok = load_video_tokenizer(out)
+    clips, _, _ = load_clips(data, 17, 32, 32, 4)
+    train, _ = split_heldout(clips, 0)
+    with torch.no_grad():
+        z = torch.cat([tok.encode(c[None]).float() for c in train])  # [N, C, T, h, w]
+    assert stats["mean"].shape == (tok.latent_channels, 5)
+    torch.testing.assert_close(stats["mean"], z.mean(dim=(0, 3, 4)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats["std"], z.std(dim=(0, 3, 4)), rtol=1e-5, atol=1e-6)
+    from cosmos_nemo.data_prep.vae import read_mean_std
+
+    mean, std = read_mean_std(out / "mean_std.safetensors", tok.latent_channels)
+    assert torch.equal(mean, stats["mean"]) and torch.equal(std, stats["std"])
+    # a discrete tokenizer has no latent statistics
+    dv = [a if a != "tiny-cv" else "tiny" for a in args]
+    dv[dv.index("--output") + 1] = str(tmp_path / "dv")
+    assert main(dv) == 0
+    assert not (tmp_path / "dv" / "mean_std.safetensors").exists()

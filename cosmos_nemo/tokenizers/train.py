@@ -10,7 +10,10 @@ objects on a CPU budget; weights are saved in the reference layout. Reconstructi
 measured with the real discrete round trip (`encode` → `decode`) on uint8 frames, before and after training.
 
 The output folder holds `encoder.safetensors`, `decoder.safetensors`, `tokenizer_config.json` and
-`training_report.json`; it is assembled in a temporary folder and renamed into place when complete.
+`training_report.json`, and for a continuous tokenizer `mean_std.safetensors`: the per-channel, per-latent-frame
+mean and std of its latents over the training clips (`mean`, `std`: [C, T]), what `mean_std.pt` is to a released
+CV tokenizer, which `prepare latents` and `generate diffusion` normalise with. It is assembled in a temporary
+folder and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from .api import CausalVideoTokenizer, load_video_tokenizer
 from .configs import resolve_name
 
 log = logging.getLogger(__name__)
+
+STATS_FILE = "mean_std.safetensors"
 
 
 @dataclass
@@ -233,6 +238,15 @@ def reconstruction_loss(rec: torch.Tensor, target: torch.Tensor, motion_weight: 
     return ((err.abs() + err.square()) * w).sum() / norm
 
 
+@torch.no_grad()
+def latent_statistics(model: CausalVideoTokenizer, clips: list[torch.Tensor], batch_size: int = 4):
+    """(mean, std), each float32 `[C, T]`: a continuous tokenizer's latents over `clips`, per channel and latent
+    frame (over clips and positions); std at least 1e-6."""
+    z = torch.cat([model.encode(torch.stack(clips[i: i + batch_size])).float()
+                   for i in range(0, len(clips), batch_size)])  # [N, C, T, h, w]
+    return z.mean(dim=(0, 3, 4)).contiguous(), z.std(dim=(0, 3, 4)).clamp_min(1e-6).contiguous()
+
+
 def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainTokenizerResult:
     start = time.monotonic()
     output = Path(cfg.output)
@@ -322,6 +336,12 @@ def train_tokenizer(cfg: TrainTokenizerConfig) -> TrainTokenizerResult:
     replace = cfg.overwrite or (output.is_dir() and not any(output.iterdir()))
     with atomic_dir(output, overwrite=replace) as tmp:
         model.eval().save(tmp)
+        if not model.discrete:
+            from cosmos_nemo.io.tensors import save_tensors
+
+            mean, std = latent_statistics(model, train_clips)
+            save_tensors(tmp / STATS_FILE, {"mean": mean, "std": std},
+                         metadata={"clips": str(len(train_clips)), "frames": str(cfg.num_frames)})
         report = {"result": asdict(result), "config": asdict(cfg), "compression": [t, s, s]}
         (tmp / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return result
