@@ -37,7 +37,11 @@ def main(argv=None) -> int:
     try:
         recipe, _, notes = load_sft_toml(args.sft_toml, args.overrides, world_size=world)
         notes += L.preflight(recipe, world)
-        if recipe.checkpoint.pretrained and L.is_hub_id(recipe.checkpoint.pretrained):
+        vlm = getattr(recipe.model, "family", None) == "vlm"
+        if vlm and recipe.checkpoint.pretrained and L.is_hub_id(recipe.checkpoint.pretrained):
+            # the Reasoner starts from a transformers snapshot, fetched at startup as the reference does
+            recipe.checkpoint.pretrained = L.resolve_pretrained(recipe.checkpoint.pretrained)
+        elif recipe.checkpoint.pretrained and L.is_hub_id(recipe.checkpoint.pretrained):
             raise L.LaunchError(f"checkpoint.load_path {recipe.checkpoint.pretrained!r} is a hub id: convert it first "
                                 "(`cosmos-nemo convert to-dcp --checkpoint-path ID -o DIR`) and point load_path at DIR")
         L.resolve_pretrained(recipe.checkpoint.pretrained)  # a local path that does not exist is refused
@@ -55,7 +59,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if rank == 0:
-        print(f"run folder: {summary['run_dir']}  step {summary['step']}  train loss {summary['train_loss']}", flush=True)
+        print(f"done: step {summary['step']}, train loss {summary['train_loss']}", flush=True)  # (the trainer printed the run folder)
     return 0
 
 

@@ -239,7 +239,8 @@ def resolve_pretrained(value: Optional[str]) -> Optional[str]:
     try:
         from huggingface_hub import snapshot_download
 
-        folder = Path(snapshot_download(value, allow_patterns=["model.pt", "*.safetensors", "config.json"]))
+        folder = Path(snapshot_download(value, allow_patterns=["model.pt", "*.safetensors", "*.safetensors.index.json",
+                                                                "config.json"]))
     except Exception as err:  # offline, gated, unknown repo
         raise LaunchError(
             f"cannot download {value!r} from the Hugging Face hub ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
