@@ -313,7 +313,10 @@ class VLMLoader:
         return item
 
     def seq_length(self) -> int:
-        """Mean tokens per sample seen so far (for the throughput log; no pipeline stages use it)."""
+        """Mean tokens per sample of the next micro-batch (encoded now, kept in the cache for the step), or of the
+        last ones seen without a cache: for the throughput log (no pipeline stage sizes messages by it)."""
+        if self.data.cache_samples >= self.data.micro_batch_size:
+            return int(np.mean([len(self.sample(i)) for i in self.indices()]))
         return int(np.mean(self._lengths[-64:])) if self._lengths else self.model_cfg.max_tokens
 
     def __iter__(self):
