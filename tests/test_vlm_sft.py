@@ -24,9 +24,16 @@ STEPS = 8
 
 @pytest.fixture(scope="module")
 def processor_ok():
-    from cosmos_nemo.models.vlm.processor import _torchvision_problem
+    """Skip where transformers' Qwen3-VL video processor cannot run. Probed in a fresh interpreter, as the training
+    processes see it: in a long test session an earlier test's imports can make this process's answer differ
+    (seen on the Python 3.11 stack with the CPU torch build and a torchvision without its operators)."""
+    import subprocess
+    import sys
 
-    problem = _torchvision_problem()
+    probe = ("from cosmos_nemo.models.vlm.processor import _torchvision_problem\n"
+             "print(_torchvision_problem() or '', end='')")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    problem = result.stdout.strip() or (f"probe failed: {result.stderr.strip()[-500:]}" if result.returncode else "")
     if problem:
         pytest.skip(problem)
 
