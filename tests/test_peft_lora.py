@@ -222,12 +222,19 @@ def _ar_target_error(targets) -> str:
         parallel.teardown()
 
 
+def _all_target_errors() -> list[str]:
+    """The four cases below in one process (each sets up and tears down its own parallel state): one process
+    start-up instead of four."""
+    return [_target_error(["to_qq"]), _target_error(["to_q"], 5), _ar_target_error(["cross_attn.to_q"]),
+            _ar_target_error(["q_proj", "v_proj", "linear_proj", "linear_fc1"])]
+
+
 def test_targets_that_match_nothing_are_errors():
-    assert "unknown LoRA target 'to_qq'" in run_in_processes(_target_error, 1, ["to_qq"])[0]
-    assert "first_n_blocks=5" in run_in_processes(_target_error, 1, ["to_q"], 5)[0]
+    unknown, too_many_blocks, no_cross_attention, ok = run_in_processes(_all_target_errors, 1)[0]
+    assert "unknown LoRA target 'to_qq'" in unknown
+    assert "first_n_blocks=5" in too_many_blocks
     # the tiny AR model has no cross-attention: its linear_q / cross_attn targets match nothing
-    assert "match no linear" in run_in_processes(_ar_target_error, 1, ["cross_attn.to_q"])[0]
-    ok = run_in_processes(_ar_target_error, 1, ["q_proj", "v_proj", "linear_proj", "linear_fc1"])[0]
+    assert "match no linear" in no_cross_attention
     assert ok == "ok:mlp.linear_fc1,self_attention.linear_proj,self_attention.linear_qkv[q,v]", ok
 
 
