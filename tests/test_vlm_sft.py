@@ -30,8 +30,8 @@ def processor_ok():
     import subprocess
     import sys
 
-    probe = ("from cosmos_nemo.models.vlm.processor import _torchvision_problem\n"
-             "print(_torchvision_problem() or '', end='')")
+    probe = ("from cosmos_nemo.models.vlm.processor import torchvision_problem\n"
+             "print(torchvision_problem() or '', end='')")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     problem = result.stdout.strip() or (f"probe failed: {result.stderr.strip()[-500:]}" if result.returncode else "")
     if problem:

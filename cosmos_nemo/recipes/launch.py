@@ -155,9 +155,9 @@ def _check_vlm(model, tp: int, pp: int, cp: int) -> None:
         model.check()
     except ValueError as err:
         raise LaunchError(str(err)) from None
-    from cosmos_nemo.models.vlm.processor import _torchvision_problem
+    from cosmos_nemo.models.vlm.processor import torchvision_problem
 
-    problem = _torchvision_problem()
+    problem = torchvision_problem()
     if problem:
         raise LaunchError(problem)
 

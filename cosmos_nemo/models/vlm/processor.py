@@ -42,7 +42,7 @@ class ProcessorUnavailable(OSError):
     """transformers' Qwen3-VL processor cannot be built here (its video processor needs a working torchvision)."""
 
 
-def _torchvision_problem() -> str | None:
+def torchvision_problem() -> str | None:
     """Why transformers' Qwen3-VL video processor cannot run here, or None when it can."""
     try:
         import torchvision  # noqa: F401
@@ -79,7 +79,7 @@ def tiny_tokenizer():
 
 def build_processor(cfg):
     """The processor of the model `cfg` describes (see the module docstring)."""
-    problem = _torchvision_problem()
+    problem = torchvision_problem()
     if problem:
         raise ProcessorUnavailable(problem)
     if cfg.name == "tiny":
