@@ -22,6 +22,10 @@ GOLDEN_ROOT = Path(os.environ.get("COSMOS_NEMO_GOLDEN", PROJECT_ROOT.parent / "s
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Multi-process tests fork their workers from one server that has torch and megatron imported, instead of spawning
+# interpreters that import them again (seconds per test; `parallel.launch.run_in_processes`). Each worker still starts
+# from that clean state with the test's environment. COSMOS_NEMO_START_METHOD=spawn runs them as users' code does.
+os.environ.setdefault("COSMOS_NEMO_START_METHOD", "forkserver")
 
 # A suite started in the background by a non-interactive shell (`bash .ci/run &`, a CI runner's job) inherits SIGINT
 # ignored, as POSIX has such jobs do, and every process a test starts would inherit it too: the Ctrl-C tests (which

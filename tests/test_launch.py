@@ -39,6 +39,37 @@ def test_gloo_run_is_on_the_cpu_on_any_machine():
     assert {k: os.environ.get(k) for k in before} == before
 
 
+def _environment_probe() -> dict:
+    return {"pid": os.getpid(), "probe": os.environ.get("COSMOS_NEMO_TEST_PROBE"), "gone": "COSMOS_NEMO_TEST_GONE"
+            in os.environ, "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "rank": os.environ.get("RANK")}
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_each_start_method_gives_workers_the_callers_environment_of_the_moment(method, monkeypatch):
+    """The fork server was started once, with whatever environment the first call had; its workers must still see
+    the environment of each call (a test's monkeypatched variables), exactly as spawned workers do."""
+    monkeypatch.setenv("COSMOS_NEMO_TEST_PROBE", "first")
+    monkeypatch.setenv("COSMOS_NEMO_TEST_GONE", "1")
+    first = run_in_processes(_environment_probe, 2, start_method=method)
+    monkeypatch.setenv("COSMOS_NEMO_TEST_PROBE", "second")
+    monkeypatch.delenv("COSMOS_NEMO_TEST_GONE")
+    second = run_in_processes(_environment_probe, 1, start_method=method)
+    assert [(o["probe"], o["gone"], o["visible"], o["rank"]) for o in first] == [("first", True, "", "0"),
+                                                                                 ("first", True, "", "1")]
+    assert [(o["probe"], o["gone"], o["rank"]) for o in second] == [("second", False, "0")]
+    # Fresh processes every call, never the caller.
+    pids = {o["pid"] for o in first + second}
+    assert len(pids) == 3 and os.getpid() not in pids
+
+
+def test_unknown_start_method_is_refused(monkeypatch):
+    with pytest.raises(ValueError, match="start_method .* must be one of"):
+        run_in_processes(_environment_probe, 1, start_method="fork")
+    monkeypatch.setenv("COSMOS_NEMO_START_METHOD", "thread")
+    with pytest.raises(ValueError, match="COSMOS_NEMO_START_METHOD"):
+        run_in_processes(_environment_probe, 1)
+
+
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="backend must be one of"):
         run_in_processes(_gloo_worker, 1, 1.0, backend="mpi")

@@ -18,6 +18,14 @@ Backends:
 The choice reaches `parallel.setup()` in the workers through the `COSMOS_NEMO_BACKEND` environment
 variable (`parallel.BACKEND_ENV`), so code that calls `setup()` without a backend (the trainer) follows it,
 and so do processes the workers start themselves.
+
+Start methods (`start_method=`, default from `COSMOS_NEMO_START_METHOD`, else `"spawn"`):
+- `"spawn"`: each worker is a fresh interpreter that imports torch and megatron itself (seconds per call).
+- `"forkserver"` (gloo only; the test suite's choice, set in tests/conftest.py): one server process,
+  started at the first call with `CUDA_VISIBLE_DEVICES=""` and with torch and megatron-core imported (no
+  tensor work, so no thread pools exist yet), forks every later worker in milliseconds. Each worker still
+  starts from that clean state, not from the caller's: it gets the caller's environment of the moment
+  (`os.environ`, replaced wholesale) before `fn` runs, as a spawned one would. NCCL runs always spawn.
 """
 
 from __future__ import annotations
@@ -47,7 +55,21 @@ def _detach(value):
     return value
 
 
-def _worker(rank: int, nprocs: int, port: int, backend: str, fn, args, queue) -> None:
+START_METHOD_ENV = "COSMOS_NEMO_START_METHOD"
+START_METHODS = ("spawn", "forkserver")
+# What the fork server imports once, so its forked workers start with it in memory: imports only (no tensor
+# is computed, so no OpenMP or intra-op thread pool exists to be broken by fork).
+FORKSERVER_PRELOAD = (
+    "torch", "torch.distributed", "megatron.core", "megatron.core.parallel_state", "megatron.core.tensor_parallel",
+    "megatron.core.models.gpt", "megatron.core.optimizer", "megatron.core.distributed",
+    "megatron.core.dist_checkpointing",
+)
+
+
+def _worker(rank: int, nprocs: int, port: int, backend: str, fn, args, queue, environ=None) -> None:
+    if environ is not None:  # forked from the fork server: take the caller's environment of the moment
+        os.environ.clear()
+        os.environ.update(environ)
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
@@ -96,21 +118,33 @@ def _child_environment(changes: dict[str, str]):
                     os.environ[key] = value
 
 
-def run_in_processes(fn, nprocs: int, *args, timeout: float = 600.0, backend: str = "gloo") -> list:
+def _start_method(requested: str | None, backend: str) -> str:
+    method = requested or os.environ.get(START_METHOD_ENV) or "spawn"
+    if method not in START_METHODS:
+        raise ValueError(f"start_method ({START_METHOD_ENV}) must be one of {START_METHODS}, got {method!r}")
+    return "spawn" if backend == "nccl" else method
+
+
+def run_in_processes(fn, nprocs: int, *args, timeout: float = 600.0, backend: str = "gloo",
+                     start_method: str | None = None) -> list:
     """Call `fn(*args)` in `nprocs` fresh processes forming one process group; return their results."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if nprocs < 1:
         raise ValueError(f"nprocs must be >= 1, got {nprocs}")
+    method = _start_method(start_method, backend)
     env = {BACKEND_ENV: backend}
     if backend == "nccl":
         check_nccl(nprocs)
     else:
         env["CUDA_VISIBLE_DEVICES"] = ""  # gloo: the workers run on the CPU even where GPUs exist
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(list(FORKSERVER_PRELOAD))
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, nprocs, port, backend, fn, args, queue), daemon=False)
+    environ = {**os.environ, **env} if method == "forkserver" else None
+    procs = [ctx.Process(target=_worker, args=(r, nprocs, port, backend, fn, args, queue, environ), daemon=False)
              for r in range(nprocs)]
     with _child_environment(env):
         for p in procs:
