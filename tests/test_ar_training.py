@@ -100,3 +100,29 @@ def test_megatron_optimizer_uses_torch_fused_adamw_and_steps(single_process):
     optimizer.step()
     moved = [n for n, p in chunks[0].module.named_parameters() if not torch.equal(p, before[n])]
     assert len(moved) == len(before)
+
+
+def test_weight_decay_skips_biases_and_norms_as_megatron_schedules_it(single_process):
+    """The trainer sets each group's lr and weight decay itself (it replaces megatron's param scheduler), so it
+    must apply megatron's `wd_mult`: with zero gradients an AdamW step is pure decoupled decay, p *= 1 - lr * wd,
+    on every matrix, and leaves the biases and 1-D parameters (norm weights) exactly as they were."""
+    from cosmos_nemo.models.ar.config import ar_config
+    from cosmos_nemo.models.ar.model import build_ar_model
+    from cosmos_nemo.training import harness
+    from cosmos_nemo.training.config import OptimizerConfig
+    from cosmos_nemo.training.trainer import apply_schedule
+
+    cfg = ar_config("tiny", num_layers=1)
+    chunks = harness.wrap_model(lambda pre, post: build_ar_model(cfg, pre, post))
+    optimizer = harness.build_optimizer(chunks, OptimizerConfig(lr=1e-2, weight_decay=0.5))
+    apply_schedule(optimizer, 0.1, 0.5)
+    before = {n: p.detach().clone() for n, p in chunks[0].module.named_parameters()}
+    for p in chunks[0].module.parameters():
+        p.main_grad.zero_()
+    optimizer.step()
+    after = dict(chunks[0].module.named_parameters())
+    exempt = [n for n, p in before.items() if p.dim() == 1 or n.endswith(".bias")]
+    assert any("layernorm" in n or "norm" in n for n in exempt), exempt
+    for name, old in before.items():
+        want = old if name in exempt else old * (1 - 0.1 * 0.5)
+        torch.testing.assert_close(after[name].detach(), want, rtol=1e-6, atol=1e-7, msg=name)

@@ -40,6 +40,16 @@ from cosmos_nemo.training.schedules import check_lambda_linear, lr_at
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+
+def apply_schedule(optimizer, lr: float, weight_decay: float) -> None:
+    """Set each parameter group's learning rate and weight decay for the next step, as megatron's
+    `OptimizerParamScheduler` does (this trainer schedules the lr itself): `lr_mult` comes from
+    `optim.lr_multipliers`, `wd_mult` from megatron's standard groups (0 for biases and 1-D parameters such as
+    norm weights, 1 otherwise)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+        group["weight_decay"] = weight_decay * group.get("wd_mult", 1.0)
+
 def train(
     model,
     data,
@@ -117,8 +127,7 @@ def train(
     # 5. The loop.
     while step < trainer.max_steps and not _epochs_done(train_data, trainer):
         lr = lr_at(step, optim, trainer.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)  # lr_mult: optim.lr_multipliers (1 by default)
+        apply_schedule(optimizer, lr, optim.weight_decay)
         seq_length = train_data.seq_length()
         tokens = data.global_batch_size * seq_length
         start = time.perf_counter()
