@@ -153,7 +153,7 @@ def test_bad_inputs_are_explained(tmp_path, capsys):
     assert code == 2 and "--model is required" in out and not (tmp_path / "dcp").exists()
     code, out = _cli(capsys, "to-dcp", "--checkpoint-path", "nvidia/No-Such-Model-Here", "--model", "tiny", "-o",
                      tmp_path / "dcp")
-    assert code == 2 and "cannot download 'nvidia/No-Such-Model-Here'" in out
+    assert code == 2 and "cannot download 'nvidia/No-Such-Model-Here'" in out and "no file or folder" in out
     code, out = _cli(capsys, "to-dcp", "--checkpoint-path", "Cosmos-Nano", "-o", tmp_path / "dcp")
     assert code == 2 and "registered name" in out
     assert _cli(capsys, "to-dcp", "--checkpoint-path", tmp_path / "model.pt", "--model", "tiny", "-o",

@@ -167,6 +167,8 @@ def test_hub_ids_offline_name_the_local_path_to_pass(monkeypatch, tmp_path):
     with pytest.raises(L.LaunchError) as err:
         L.resolve_pretrained("nvidia/Cosmos-1.0-Autoregressive-4B")
     assert "--model_path DIR/model.pt" in str(err.value) and "huggingface-cli download" in str(err.value)
+    # `org/name` is also a relative path: a missing one is reported as both, not only as a failed download.
+    assert "neither a file or folder here" in str(err.value)
     weights = tmp_path / "model.pt"
     weights.write_bytes(b"")
     assert L.resolve_pretrained(str(weights)) == str(weights)

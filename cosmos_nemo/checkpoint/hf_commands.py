@@ -99,7 +99,9 @@ def _download(repo: str) -> Path:
         return Path(snapshot_download(repo, allow_patterns=["model.pt", "*.safetensors", "*.json"]))
     except Exception as err:  # offline, gated, unknown repository
         raise ExportError(f"cannot download {repo!r} from the Hugging Face hub ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:200] if str(err) else ''}). Download it where there is network "
+                          f"{str(err).splitlines()[0][:200] if str(err) else ''}), and no file or folder of that name "
+                          f"exists relative to {Path.cwd()}. If it is a path, check it; if it is a hub id, download "
+                          f"it where there is network "
                           f"(`huggingface-cli download {repo} --local-dir DIR`) and pass --checkpoint-path DIR") from None
 
 

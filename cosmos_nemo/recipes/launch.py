@@ -242,9 +242,11 @@ def resolve_pretrained(value: Optional[str]) -> Optional[str]:
         folder = Path(snapshot_download(value, allow_patterns=["model.pt", "*.safetensors", "*.safetensors.index.json",
                                                                 "config.json"]))
     except Exception as err:  # offline, gated, unknown repo
+        # `org/name` is also how a relative path looks: say that no such path exists here either.
         raise LaunchError(
-            f"cannot download {value!r} from the Hugging Face hub ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            f"Download it where there is network (`huggingface-cli download {value} model.pt --local-dir DIR`) and "
+            f"{value!r} is neither a file or folder here (relative to {Path.cwd()}) nor downloadable from the Hugging "
+            f"Face hub ({type(err).__name__}: {str(err).splitlines()[0][:200]}). If it is a path, check it; if it is a "
+            f"hub id, download it where there is network (`huggingface-cli download {value} model.pt --local-dir DIR`) and "
             "pass the local path instead: --model_path DIR/model.pt (or checkpoint.pretrained=DIR/model.pt)"
         ) from None
     if (folder / "model.safetensors.index.json").is_file():
