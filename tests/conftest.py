@@ -41,7 +41,12 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    # `medium` tests count as slow for the fast tier (before `-m` deselects anything).
+    for item in items:
+        if item.get_closest_marker("medium") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     cpu_items = [item for item in items if item.get_closest_marker("cpu_only")]
     if not gpu_items and not cpu_items:

@@ -95,6 +95,7 @@ def _check(errors: dict) -> None:
     assert not bad, f"golden mismatch above {TOL}: {bad}"
 
 
+@pytest.mark.medium
 def test_golden_tp1(golden):
     _check(run_in_processes(_max_errors, 1, golden("ar", "ar4b_base"), 1)[0])
 

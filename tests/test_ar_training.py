@@ -51,6 +51,7 @@ def test_backward_reaches_every_parameter(single_process, name):
     assert not silent, silent
 
 
+@pytest.mark.medium
 @pytest.mark.parametrize("name", ["tiny", "tiny_v2w"])
 def test_full_recompute_gives_same_gradients(single_process, name):
     state = _state(name)

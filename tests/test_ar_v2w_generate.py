@@ -102,6 +102,7 @@ def test_text_kv_projected_once_per_clip(single_process):
     assert calls["q"] == layers * 12  # the prefill + 11 decoding steps (the 12th token is never fed)
 
 
+@pytest.mark.medium
 def test_batch_of_two_equals_each_alone(single_process):
     """Row i draws from its own generator seeded seeds[i]: a clip's tokens do not depend on its batch."""
     model = _tiny_v2w_model()

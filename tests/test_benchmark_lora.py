@@ -10,12 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "lora.py"
 TINY = ["--dit", "layers=1,hidden=64,heads=2,lora_dim=16,frames=2,height=4,width=4,text=8",
         "--ar", "layers=2,hidden=64,heads=4,groups=2,head_dim=16,ffn=128,vocab=512,grid=1x2x4",
         "--rank", "4", "--alpha", "8", "--warmup", "0", "--steps", "1", "--threads", "1"]
 
 
+@pytest.mark.medium
 def test_lora_benchmark_counts_optimizer_state_and_flops(tmp_path):
     out = tmp_path / "lora.json"
     env = dict(os.environ, PYTHONWARNINGS="ignore")

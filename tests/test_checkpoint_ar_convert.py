@@ -9,6 +9,7 @@ from cosmos_nemo.cli import main
 from cosmos_nemo.models.ar.config import ar_config
 
 
+@pytest.mark.medium
 def test_cli_round_trip_through_dist_ckpt(tmp_path, capsys):
     torch.set_num_threads(2)
     cfg = ar_config("tiny_v2w", num_layers=2)

@@ -85,6 +85,7 @@ def _forward(cfg, load) -> torch.Tensor:
         parallel.teardown()
 
 
+@pytest.mark.medium
 def test_predict25_files_hold_the_regular_and_ema_weights(ema_run, tmp_path, capsys):
     """model.pt = net.* (regular) + net_ema.* (EMA), the EMA files = net_ema renamed net., fp32 and bf16; each
     equals what `dit-export` / `dit-export --ema` write from the same checkpoint."""
@@ -119,6 +120,7 @@ def test_predict25_files_hold_the_regular_and_ema_weights(ema_run, tmp_path, cap
     assert any(not torch.equal(old[k], fp32[k]) for k in fp32)
 
 
+@pytest.mark.medium
 def test_files_load_back_into_the_dit_with_the_same_outputs(ema_run, tmp_path, capsys):
     from cosmos_nemo.checkpoint import dist as dist_ckpt
     from cosmos_nemo.checkpoint.run import read_model_config
@@ -140,6 +142,7 @@ def test_files_load_back_into_the_dit_with_the_same_outputs(ema_run, tmp_path, c
     assert float((got["bf16"] - expected["ema"]).abs().max()) < 0.05 * scale  # bf16 rounding of the weights
 
 
+@pytest.mark.medium
 def test_predict1_names_and_the_cosmos1_layout(tmp_path, capsys):
     """A Predict1 run (Cosmos 1.0 keys, log-variance head): Predict1's file names on request; model.pt keeps the
     regular logvar.* beside net.* / net_ema.*, and loads back (regular or EMA) exactly."""
@@ -174,6 +177,7 @@ def test_predict1_names_and_the_cosmos1_layout(tmp_path, capsys):
         assert torch.equal(got, expected), weights
 
 
+@pytest.mark.medium
 def test_ar_runs_get_their_released_layout(tmp_path, capsys):
     from cosmos_nemo.models.ar.config import ar_config
 
@@ -192,6 +196,7 @@ def test_ar_runs_get_their_released_layout(tmp_path, capsys):
     assert {p.name for p in (tmp_path / "plain").iterdir()} == {"model.pt"}
 
 
+@pytest.mark.medium
 def test_bad_inputs_are_explained_and_nothing_is_half_written(tmp_path, capsys, monkeypatch):
     from cosmos_nemo.models.dit.config import dit_config
 

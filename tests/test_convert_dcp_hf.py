@@ -98,6 +98,7 @@ def test_dit_to_dcp_then_export_hf_round_trips_bit_exactly(tmp_path, capsys):
         parallel.teardown()
 
 
+@pytest.mark.medium
 def test_ar_to_dcp_then_export_hf_round_trips_bit_exactly(tmp_path, capsys):
     from cosmos_nemo.models.ar.config import ar_config
 
@@ -145,6 +146,7 @@ def test_export_hf_of_a_run_checkpoint_from_its_config_yaml(tmp_path, capsys):
     assert torch.equal(averaged[key], regular[key] * 0.5)  # _fake_run's ema/ is the weights halved
 
 
+@pytest.mark.medium
 def test_bad_inputs_are_explained(tmp_path, capsys):
     from cosmos_nemo.models.ar.config import ar_config
 
@@ -185,6 +187,7 @@ def test_help_names_the_reference_command(command, capsys):
     assert ("convert_model_to_dcp" if command == "to-dcp" else "export_model") in text
 
 
+@pytest.mark.medium
 @pytest.mark.parametrize("model", ["tiny_v2w", "tiny_predict1_v2w"])
 def test_verify_covers_video2world_and_the_predict1_layout(model, tmp_path, capsys):
     """--verify on an AR Video2World model (text context) and a Predict1 DiT (Cosmos 1.0 keys, log-variance head,

@@ -97,6 +97,7 @@ def test_ar_tokens_kill_then_rerun(point, videos, reference, tmp_path):
         assert _tree(out) == reference, (point, overwrite)
 
 
+@pytest.mark.medium
 def test_ar_tokens_killed_overwrite_keeps_or_replaces(videos, reference, tmp_path):
     """A complete dataset, then a run with other settings and `--overwrite` killed before its merge: the
     old command still finds its dataset complete; the killed command, rerun without `--overwrite`,
@@ -245,6 +246,7 @@ def _wait_for_parts(proc, out: Path, count: int) -> None:
     raise AssertionError(f"no {count} parts before the run ended: {proc.communicate()}")
 
 
+@pytest.mark.medium
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
 def test_ctrl_c_in_prepare(many_videos, tmp_path):
     ref = tmp_path / "ref"
@@ -266,6 +268,7 @@ def test_ctrl_c_in_prepare(many_videos, tmp_path):
     assert report.resumed_parts >= 2 and _tree(out) == reference
 
 
+@pytest.mark.medium
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
 def test_parent_killed_workers_end_quietly(many_videos, tmp_path):
     out = tmp_path / "ds"
@@ -331,6 +334,7 @@ def text_reference(text_inputs, tmp_path_factory) -> dict:
     return reference
 
 
+@pytest.mark.medium
 @pytest.mark.parametrize("point", TEXT_POINTS)
 def test_text_embeddings_kill_then_rerun(point, text_inputs, text_reference, tmp_path):
     root, t5 = text_inputs

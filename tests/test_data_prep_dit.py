@@ -222,6 +222,7 @@ def test_wan_latents_equal_diffusers_and_feed_the_dit_loader(dataset, tiny_t5, w
     assert "7 latent clips" in notes[0]
 
 
+@pytest.mark.medium
 def test_workers_byte_identical_and_resume_after_interruption(dataset, wan_vae, tmp_path, monkeypatch):
     one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
     prepare_latents(_cfg(dataset, one, vae_path=str(wan_vae)))

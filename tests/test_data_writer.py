@@ -357,6 +357,7 @@ write_ar_dataset(out, docs(), meta)
 """
 
 
+@pytest.mark.medium
 def test_sigkill_mid_write(tmp_path):
     """A writer killed with SIGKILL (no cleanup code runs) leaves only its hidden temp folder: no
     final-named file, the reader refuses the directory, and the next write removes the leftovers."""

@@ -168,6 +168,7 @@ def _dist_ckpt_at_tp2(ckpt: str, folder) -> float:
     return (out - o["output"]).abs().max().item()
 
 
+@pytest.mark.medium
 @pytest.mark.distributed
 def test_dist_ckpt_loads_at_tp2(golden, tmp_path):
     folder = golden("dit", "dit7b_v2w")

@@ -54,12 +54,14 @@ def test_seeded_generation_keeps_conditional_frames(name, solver):
     assert torch.equal(a[:, :, :1], r["condition"])  # the conditional frame is the given latent
 
 
+@pytest.mark.medium
 def test_guidance_changes_the_result():
     g7 = _run("tiny_predict25", 1, 0, 7.0, 5)[0]["out"]
     g0 = _run("tiny_predict25", 1, 0, 0.0, 5)[0]["out"]
     assert not torch.allclose(g7, g0)
 
 
+@pytest.mark.medium
 @pytest.mark.distributed
 def test_generation_at_tp2_equals_tp1():
     one = _run("tiny_predict25", 1, 2, 7.0, 5)[0]["out"]

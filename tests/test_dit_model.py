@@ -125,6 +125,7 @@ def _diffusers_parity(name: str) -> float:
     return (a - b).abs().max().item()
 
 
+@pytest.mark.medium
 @pytest.mark.parametrize("name", ["tiny_predict2", "tiny_predict25"])
 def test_predict2_parity_with_diffusers(name):
     if cosmos_transformer_class() is None:
@@ -153,6 +154,7 @@ def _counts() -> dict:
     return out
 
 
+@pytest.mark.medium
 def test_parameter_counts_match_diffusers():
     if cosmos_transformer_class() is None:
         pytest.skip("diffusers (CosmosTransformer3DModel) is not installed")

@@ -160,6 +160,7 @@ def test_predict25_style_learns_and_resumes_bit_identically(data_root):
     assert first["losses"] + second["losses"] == losses
 
 
+@pytest.mark.medium
 def test_predict1_finetunes_from_a_released_checkpoint(golden, data_root, tmp_path):
     """`checkpoint.pretrained` = NVIDIA's Cosmos-layout weights (the golden tiny Predict1 V2W net), EDM with
     conditional frames. With lr 0 the run's checkpoint is exactly those weights (the run started from them)."""

@@ -52,6 +52,7 @@ def _train_with_ema(root: str, steps: int = 3, name: str = "ema") -> dict:
                  ParallelConfig(), LogConfig(progress_bar=False, tensorboard=False))
 
 
+@pytest.mark.medium
 def test_trainer_keeps_a_power_ema_that_dit_export_writes(tmp_path):
     from safetensors.torch import load_file
 

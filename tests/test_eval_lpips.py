@@ -78,6 +78,7 @@ def reference(tmp_path_factory):
     return out, a, b, json.loads((out / "values.json").read_text())
 
 
+@pytest.mark.medium
 def test_lpips_equals_package(reference):
     out, a, b, ref_values = reference
     model = load_lpips([out / "lpips_vgg.safetensors"])

@@ -85,6 +85,7 @@ def _close(losses, ref, rel=1e-5):
         assert abs(a - b) <= rel * abs(b), f"step {step}: {a} vs {b}"
 
 
+@pytest.mark.medium
 def test_trains_logs_and_rebuilds_from_its_run_folder(reference):
     root, _, out = reference
     run = Path(out["run_dir"])

@@ -383,6 +383,7 @@ def test_cosmos_cv_vae_decodes_its_own_normalisation_and_drives_generation(asset
     assert not (tmp_path / "none").exists()
 
 
+@pytest.mark.medium
 def test_a_training_run_folder_generates_what_its_released_weights_generate(assets, tmp_path):
     """A run fine-tuned from the fixture's file with lr 0 holds exactly those weights: the video from the run
     folder (no --model: config.yaml defines it) is the video from the file."""

@@ -175,6 +175,7 @@ def test_released_checkpoint_through_the_cli(tmp_path, capsys):
     assert rc == 2 and f"error: {bad}: truncated" in out.out, out
 
 
+@pytest.mark.medium
 def test_cli_subprocess_prints_no_traceback(tokenizer_folder, tmp_path):
     folder = _bad_copy(tokenizer_folder, tmp_path / "tok", "truncated")
     (tmp_path / "videos").mkdir()

@@ -44,6 +44,7 @@ def _environment_probe() -> dict:
             in os.environ, "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "rank": os.environ.get("RANK")}
 
 
+@pytest.mark.medium
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_each_start_method_gives_workers_the_callers_environment_of_the_moment(method, monkeypatch):
     """The fork server was started once, with whatever environment the first call had; its workers must still see

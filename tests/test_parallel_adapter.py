@@ -16,6 +16,7 @@ def _run(code: str) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.medium
 def test_adapter_is_noop_when_cuda_is_present():
     out = _run(
         """
@@ -44,6 +45,7 @@ def test_adapter_is_noop_when_cuda_is_present():
     assert out == "noop"
 
 
+@pytest.mark.medium
 @pytest.mark.cpu_only
 def test_adapter_redirects_on_cpu_and_keeps_values():
     out = _run(
@@ -85,6 +87,7 @@ def test_adapter_redirects_on_cpu_and_keeps_values():
     assert out == "ok"
 
 
+@pytest.mark.medium
 @pytest.mark.cpu_only  # a 1-process gloo group; with CUDA, setup() picks NCCL, which cannot reduce CPU tensors
 def test_lone_process_setup_takes_no_port_and_leaves_the_environment_alone():
     """Outside torchrun, setup() forms its 1-process group on an in-memory store: no MASTER_PORT (or other

@@ -67,6 +67,7 @@ def _fake_megatron(tmp_path: Path) -> Path:
     return tmp_path / "site"
 
 
+@pytest.mark.medium
 @pytest.mark.cpu_only
 def test_a_moved_target_fails_at_import(tmp_path):
     site = _fake_megatron(tmp_path)
@@ -78,6 +79,7 @@ def test_a_moved_target_fails_at_import(tmp_path):
     assert "supported: 0.16.1 and 0.19.x" in out.stderr
 
 
+@pytest.mark.medium
 def test_a_moved_target_only_warns_where_cuda_is_present(tmp_path):
     site = _fake_megatron(tmp_path)
     out = _run(
@@ -96,6 +98,7 @@ def test_a_moved_target_only_warns_where_cuda_is_present(tmp_path):
     assert "moved or changed names that the CPU adapter redirects" in out.stdout
 
 
+@pytest.mark.medium
 @pytest.mark.cpu_only
 def test_install_refuses_a_moved_target_before_patching_anything():
     out = _run(

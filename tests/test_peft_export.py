@@ -127,6 +127,7 @@ def _diffusers_lora_parity(tmp: str) -> dict:
     return out
 
 
+@pytest.mark.medium
 def test_diffusers_loads_the_exported_lora_and_computes_what_we_compute(tmp_path):
     _needs_diffusers()
     results = run_in_processes(_diffusers_lora_parity, 1, str(tmp_path))[0]
@@ -228,6 +229,7 @@ def _round_trip_and_refusals(tmp: str) -> dict:
     return out
 
 
+@pytest.mark.medium
 def test_round_trip_and_mismatches_are_refused(tmp_path):
     out = run_in_processes(_round_trip_and_refusals, 1, str(tmp_path))[0]
     assert out["exact"], "export -> load_diffusers_lora must give the same adapters bit for bit"
@@ -269,6 +271,7 @@ def _tp_export(tp: int, tmp: str) -> dict:
     return {"state": state, "again": again}
 
 
+@pytest.mark.medium
 @pytest.mark.distributed
 def test_tp2_export_equals_tp1(tmp_path):
     from safetensors.torch import load_file

@@ -173,6 +173,7 @@ def _all_counts(cases) -> list:
     return [_counts(*case) for case in cases]
 
 
+@pytest.mark.medium
 def test_parameter_counts_are_the_references():
     six = ["q_proj", "k_proj", "v_proj", "output_proj", "mlp.layer1", "mlp.layer2"]
     diffusers = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
@@ -229,6 +230,7 @@ def _all_target_errors() -> list[str]:
             _ar_target_error(["q_proj", "v_proj", "linear_proj", "linear_fc1"])]
 
 
+@pytest.mark.medium
 def test_targets_that_match_nothing_are_errors():
     unknown, too_many_blocks, no_cross_attention, ok = run_in_processes(_all_target_errors, 1)[0]
     assert "unknown LoRA target 'to_qq'" in unknown
@@ -288,6 +290,7 @@ def _tp_forward_backward(tp: int) -> dict:
     return {"out": out.detach(), "merged": merged, "grads": grads, "a": a_full, "rank": rank}
 
 
+@pytest.mark.medium
 @pytest.mark.distributed
 def test_lora_at_tp2_equals_tp1():
     one = run_in_processes(_tp_forward_backward, 1, 1)[0]
@@ -594,6 +597,7 @@ def _ar_tp(tp: int, base: str, lora: bool = True, targets=None) -> dict:
     return out
 
 
+@pytest.mark.medium
 @pytest.mark.distributed
 def test_ar_lora_at_tp2_equals_tp1(tmp_path):
     """The tiny AR Video2World model (GQA, SwiGLU, cross-attention) with adapters on the six reference targets."""

@@ -157,6 +157,7 @@ def _measure(plan: P.Plan, latent=None) -> int:
     return _saved_bytes(model, lambda: model(x, torch.rand(b), context, fps=24.0))
 
 
+@pytest.mark.medium
 def test_activation_estimate_matches_a_measured_cpu_forward(monkeypatch):
     import torch
     from megatron.core import parallel_state

@@ -59,6 +59,7 @@ _HOLD = ("import sys, time\nfrom cosmos_nemo.checkpoint.lock import acquire\nacq
          "print('held', flush=True)\ntime.sleep(120)\n")
 
 
+@pytest.mark.medium
 def test_a_live_holder_is_named_and_a_dead_ones_lock_is_taken_over(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
@@ -96,6 +97,7 @@ def test_a_reused_pid_is_not_the_holder_and_other_hosts_go_by_heartbeat(tmp_path
     lock.release()
 
 
+@pytest.mark.medium
 def test_workers_borrow_their_launchers_lock(tmp_path, monkeypatch):
     launcher = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
@@ -139,6 +141,7 @@ _PARENT = ("import subprocess, sys, time\np = subprocess.Popen([sys.executable, 
            "print(p.pid, flush=True)\ntime.sleep(120)\n")
 
 
+@pytest.mark.medium
 def test_a_worker_stops_when_its_launcher_is_killed(tmp_path):
     launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     from cosmos_nemo.parallel import lifeline
@@ -157,6 +160,7 @@ def test_a_worker_stops_when_its_launcher_is_killed(tmp_path):
         worker.kill()
 
 
+@pytest.mark.medium
 def test_a_worker_stops_when_its_parent_is_killed_and_on_sigterm():
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, _WORKER], stdout=subprocess.PIPE, text=True, env=ENV)
     child = psutil.Process(int(parent.stdout.readline()))
@@ -175,6 +179,7 @@ def test_a_worker_stops_when_its_parent_is_killed_and_on_sigterm():
     assert worker.returncode == 128 + signal.SIGTERM and "last words: received SIGTERM" in worker.stdout.read()
 
 
+@pytest.mark.medium
 def test_a_worker_whose_main_thread_never_runs_the_handler_still_stops_on_sigterm():
     # SIGTERM blocked in the main thread: as when it waits in native code (a collective, a kernel)
     stuck = _WORKER.replace("print('watching'", "import signal; signal.pthread_sigmask(signal.SIG_BLOCK, "

@@ -184,6 +184,7 @@ def _group_size(pgid: int) -> int:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to list the worker processes")
 # (workers, seconds after the worker process appears): 0 hits the worker while it is still starting up.
+@pytest.mark.medium
 @pytest.mark.parametrize("workers,delay", [(2, 1.0), (2, 0.0), (1, 1.0)])
 def test_ctrl_c_prints_one_line_and_leaves_no_worker(tmp_path, workers, delay):
     gt, gen = tmp_path / "gt", tmp_path / "gen"

@@ -104,6 +104,7 @@ def test_golden_parity_through_load_video_tokenizer(tmp_path):
     _check_outputs(model, g)
 
 
+@pytest.mark.medium
 def test_torchscript_path(tmp_path):
     """Trace our module carrying the golden weights, save it as TorchScript, read it back through the loader."""
     g, _, cfg = _golden()

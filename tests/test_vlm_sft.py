@@ -120,6 +120,7 @@ def _conversation():
         {"role": "assistant", "content": "The ball falls as it should."}], "videos": [], "images": []}
 
 
+@pytest.mark.medium
 def test_only_assistant_tokens_are_labelled_token_by_token(videophysics, processor_ok):
     from cosmos_nemo.models.vlm.processor import IGNORE, build_processor, encode, load_video, processor_inputs
 
@@ -166,6 +167,7 @@ def test_loss_is_cross_entropy_over_assistant_tokens():
 # training
 
 
+@pytest.mark.medium
 def test_sft_lowers_its_loss_and_writes_the_run_folder(reference):
     _, out = reference
     run = Path(out["run_dir"])
@@ -254,6 +256,7 @@ def test_export_loads_in_transformers_and_scoring_equals_a_direct_computation(re
         assert sum(map(sum, report.confusion)) == 4
 
 
+@pytest.mark.medium
 def test_evaluate_cli_writes_the_report(reference, videophysics, tmp_path):
     import subprocess
     import sys
