@@ -347,3 +347,38 @@ def test_sigterm_of_torchrun_running_a_post_training_command_stops_it(tokens, tm
     said = "training stopped (received SIGTERM): the last complete checkpoint is " + str(run_dir / "checkpoints")
     assert said in text, text[-3000:]
     print(f"torchrun SIGTERM: every training process gone {took:.1f} s after the signal")
+
+
+# --------------------------------------------------------------------------------------------------
+# megatron's checkpoint writer processes
+
+_SAVE_THEN_DIE = """
+import os, signal, sys, psutil, torch
+from cosmos_nemo import parallel
+from cosmos_nemo.checkpoint.dist import save_sharded
+from megatron.core.dist_checkpointing import ShardedTensor
+
+parallel.setup()
+save_sharded({"w": ShardedTensor.from_rank_offsets("w", torch.randn(8, 8), replica_id=0)}, sys.argv[1])
+print(" ".join(str(c.pid) for c in psutil.Process().children(recursive=True)), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.medium
+def test_a_killed_trainers_checkpoint_writer_server_does_not_outlive_it(tmp_path):
+    """megatron's dist-ckpt save keeps a multiprocessing server for its writers' results; a SIGKILLed trainer used
+    to leave it running as an orphan. Its children (that server, the resource tracker) are gone within seconds."""
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:  # files, not pipes: an orphan would hold a pipe open
+        code = subprocess.run([sys.executable, "-c", _SAVE_THEN_DIE, str(tmp_path / "ckpt")], env=ENV, stdout=stdout,
+                              stderr=stderr, stdin=subprocess.DEVNULL, timeout=300).returncode
+    assert code == -signal.SIGKILL, err.read_text()[-2000:]
+    assert (tmp_path / "ckpt" / "metadata.json").is_file()
+    pids = [int(p) for p in out.read_text().split()]
+    assert pids, "the save started no helper process: nothing to check (megatron changed?)"
+    children = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            children.append(psutil.Process(pid))
+    _wait_gone(children, timeout=10)

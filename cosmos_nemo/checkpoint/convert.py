@@ -60,7 +60,7 @@ def import_released(cfg, source: str | os.PathLike, output: str | os.PathLike, d
     """Released checkpoint -> dist-ckpt model folder, strictly (every released key used, every parameter
     filled). `resize_vocab` lets a family resize vocabulary rows to the config (its `resize_vocab` field);
     `load_options` go to the family's `load_released` (e.g. the DiT's `ema=True`)."""
-    from megatron.core import dist_checkpointing
+    from cosmos_nemo.checkpoint.dist import save_sharded
 
     family = family_of(cfg)
     if resize_vocab:
@@ -75,7 +75,7 @@ def import_released(cfg, source: str | os.PathLike, output: str | os.PathLike, d
         model = family.build_model(cfg, True, True, dtype)
         family.load_released(model, cfg, str(source), **load_options)
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            dist_checkpointing.save(model.sharded_state_dict(), str(tmp))
+            save_sharded(model.sharded_state_dict(), tmp)
     finally:
         _teardown(own)
     return out

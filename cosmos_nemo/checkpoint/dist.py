@@ -24,6 +24,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
 from cosmos_nemo.models.family import unwrap as bare_model
+from cosmos_nemo.parallel import lifeline
 from cosmos_nemo.peft import lora
 
 LORA_INFO = "lora.json"
@@ -47,6 +48,7 @@ def save_sharded(sharded_state_dict: dict, directory) -> None:
         os.makedirs(directory, exist_ok=True)
     if dist.is_initialized():
         dist.barrier()
+    lifeline.checkpoint_writers_die_with_us()
     dist_checkpointing.save(sharded_state_dict, str(directory))
 
 

@@ -239,6 +239,42 @@ def _set_parent_death_signal() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
+def _server_dies_with_parent() -> None:
+    """Initializer of a multiprocessing Manager's server: stop when the process that started it dies (even by
+    SIGKILL), and at once if that already happened."""
+    parent = os.getppid()
+    _set_parent_death_signal()
+    if parent == 1:
+        os._exit(0)
+
+
+_checkpoint_queue_manager = None
+
+
+def checkpoint_writers_die_with_us() -> None:
+    """Give megatron's dist-ckpt results queue a server process that stops when this process dies.
+
+    megatron's filesystem writer (`dist_checkpointing.save`) collects its write results through one queue per
+    process, served by a multiprocessing Manager it starts (spawn) at the first save and keeps. Nothing ends
+    that server when the trainer is SIGKILLed, so every killed run left one orphan (parent pid 1) behind. This
+    makes the queue first, from a Manager whose server has a parent-death signal. Idempotent; a no-op where
+    megatron has no such queue (another release) or it already exists."""
+    global _checkpoint_queue_manager
+    try:
+        from megatron.core.dist_checkpointing.strategies import filesystem_async as fa
+    except ImportError:
+        return
+    if getattr(fa, "_results_queue", "absent") is not None:
+        return
+    import multiprocessing
+    from multiprocessing.managers import SyncManager
+
+    manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+    manager.start(initializer=_server_dies_with_parent)
+    fa._results_queue = manager.Queue()
+    _checkpoint_queue_manager = manager
+
+
 def _poll(w: _Watch) -> None:
     while True:
         if w.wakeup is not None:
