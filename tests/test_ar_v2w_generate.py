@@ -274,19 +274,28 @@ def test_cli_refuses_bad_prompt_input_and_writes_nothing(tmp_path, capsys):
     refused(_args(bad_width, *common, "--prompt", "a teal robot"), "768-d", "--text_encoder")
 
 
-def test_prompt_length_defaults_to_the_runs_training_text(tmp_path):
-    """Without --prompt_length the text is cut to the length of the embeddings the run trained on."""
+def test_prompt_length_and_encoder_default_to_the_runs_training_text(tmp_path):
+    """Without --prompt_length / --text_encoder the text is cut to the length of the embeddings the run trained on,
+    and encoded by the encoder `prepare v2w` recorded in their dataset.json."""
+    import json
+
     import yaml
 
     from cosmos_nemo.data.ar_dataset import write_text_embeddings
-    from cosmos_nemo.inference.commands import _training_text_length
+    from cosmos_nemo.inference.commands import _training_text
 
     run = tmp_path / "run"
     run.mkdir()
-    assert _training_text_length(str(run)) is None  # no config.yaml: the encoder's own default applies
+    assert _training_text(str(run)) == (None, None)  # no config.yaml: the encoder's own defaults apply
     data = tmp_path / "data"
     write_text_embeddings(data, torch.randn(2, 12, 384), torch.ones(2, 12, dtype=torch.bool))
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"paths": [str(data)]}}))
-    assert _training_text_length(str(run)) == 12
+    assert _training_text(str(run)) == (12, None)  # embeddings without a dataset.json: the length only
+    (data / "dataset.json").write_text(json.dumps({"text_encoder": "/models/my-encoder"}))
+    assert _training_text(str(run)) == (12, "/models/my-encoder")
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"paths": [str(tmp_path)]}}))  # a folder of datasets
-    assert _training_text_length(str(run)) == 12
+    assert _training_text(str(run)) == (12, "/models/my-encoder")
+    other = tmp_path / "other"
+    write_text_embeddings(other, torch.randn(1, 12, 384), torch.ones(1, 12, dtype=torch.bool))
+    (other / "dataset.json").write_text(json.dumps({"text_encoder": "minilm"}))
+    assert _training_text(str(run)) == (12, None)  # two datasets that disagree: no default from them

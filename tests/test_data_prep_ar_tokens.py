@@ -301,6 +301,8 @@ def test_v2w(tmp_path, tiny_text_encoder):
     # (so a missing text encoder stops the run early), hence the skipped video's prompt "x" has row 0.
     assert [r["prompt_id"] for r in recs] == [1, 2, 2]
     assert ds.info["text_embeddings"]["num_prompts"] == 3
+    # The encoder is recorded (a folder as its absolute path), so `generate` defaults to it.
+    assert ds.info["text_encoder"] == str(Path(tiny_text_encoder).resolve())
     stored = ds.stored_tokens(0)
     assert stored[0] == 64000 and (stored[1 + 24 :] == 64002).all()
     emb, mask = ds.text_embeddings([1, 2])

@@ -113,6 +113,7 @@ class ARDatasetMeta:
     pad_id: int | None = None
     pad_to_multiple_of: int = V2W_PAD_TO_MULTIPLE_OF
     skipped: list[dict] = field(default_factory=list)
+    text_encoder: str | None = None  # Video2World: the encoder of its text embeddings (`prepare v2w --text_encoder`)
 
     def __post_init__(self) -> None:
         self.compression = tuple(int(c) for c in self.compression)  # type: ignore[assignment]
@@ -140,6 +141,10 @@ class ARDatasetMeta:
                     f"must be >= vocab_size (reference: BOV {self.vocab_size}, EOV {self.vocab_size + 1}, "
                     f"PAD {self.vocab_size + 2})"
                 )
+        if self.text_encoder is not None and (self.task != TASK_VIDEO2WORLD or not isinstance(self.text_encoder, str)
+                                              or not self.text_encoder):
+            raise ARDatasetError("meta.text_encoder names the text encoder of a Video2World dataset (a non-empty "
+                                 f"string); got {self.text_encoder!r} for task {self.task!r}")
         if self.pad_to_multiple_of < 1:
             raise ARDatasetError(f"meta.pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
         self.skipped = [_check_skip(i, s) for i, s in enumerate(self.skipped or [])]
@@ -174,6 +179,7 @@ class ARDatasetMeta:
             "task": self.task,
             "pad_to_multiple_of": int(self.pad_to_multiple_of),
             "skipped": self.skipped,
+            **({"text_encoder": self.text_encoder} if self.text_encoder is not None else {}),
         }
 
     @classmethod
@@ -193,6 +199,7 @@ class ARDatasetMeta:
             pad_id=special.get("pad"),
             pad_to_multiple_of=data.get("pad_to_multiple_of", V2W_PAD_TO_MULTIPLE_OF),
             skipped=list(data.get("skipped") or []),
+            text_encoder=data.get("text_encoder"),
         )
 
     @classmethod

@@ -106,6 +106,7 @@ def run_prepare(
     progress: bool = True,
     text_embeddings: Callable[[Path], tuple] | None = None,
     extra_fingerprint: dict | None = None,
+    text_encoder: str | None = None,
 ) -> Report:
     """Shared driver of `ar-tokens` and `v2w`: checks, parts, merge, report. See engine.py."""
     from cosmos_nemo.data.ar_dataset import ARDatasetError, ARDatasetMeta, write_ar_dataset
@@ -174,6 +175,7 @@ def run_prepare(
         width=settings.width,
         task=task,
         skipped=skipped,
+        text_encoder=text_encoder,
     )
     begin_writing(out)
     try:

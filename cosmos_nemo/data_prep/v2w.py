@@ -108,6 +108,8 @@ def prepare_v2w(cfg: V2WConfig) -> Report:
         compression_flag=cfg.tokenizer_compression_factor, task="video2world", progress=cfg.progress,
         text_embeddings=_embedder(prompts, cfg, settings.device),
         extra_fingerprint={"text_encoder": tokenizer_identity(cfg.text_encoder), "prompt_length": cfg.prompt_length, "prompts": prompts},
+        # recorded in dataset.json, so `generate` encodes prompts with the same encoder by default
+        text_encoder=str(Path(cfg.text_encoder).resolve()) if Path(cfg.text_encoder).exists() else cfg.text_encoder,
     )
 
 

@@ -8,6 +8,7 @@ Imports stay inside the functions (the CLI starts fast).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _flag(p, "--fps", type=float, default=24.0, help="output frame rate (default 24)")
     _flag(p, "--text_encoder", default=None,
           help="Video2World: the text encoder, as `prepare v2w --text_encoder` (t5-11b, minilm, a folder or hub id); "
-               "default from the model's context width: 1024 -> t5-11b, 384 -> minilm")
+               "default: the one the run's training data was prepared with (recorded in its dataset.json), else "
+               "from the model's context width: 1024 -> t5-11b, 384 -> minilm")
     _flag(p, "--prompt_length", type=int, default=None,
           help="Video2World: text tokens per prompt, as `prepare v2w --prompt_length` (default: the length of the "
                "run's training text embeddings when its dataset is readable, else the encoder's: 512 T5, 256 MiniLM)")
@@ -132,22 +134,27 @@ def _check_prompts(cfg, prompts: list, run_dir: str) -> None:
                           "jsonl's \"prompt\" fields), or use a Video2World run")
 
 
-def _training_text_length(run_dir: str) -> int | None:
-    """The token count L of the text embeddings the run trained on, when its dataset is still readable."""
+def _training_text(run_dir: str) -> tuple[int | None, str | None]:
+    """(token count L, text encoder) of the text embeddings the run trained on, each when its datasets are still
+    readable and agree on it (the encoder is recorded by `prepare v2w` in dataset.json)."""
     import yaml
 
     from cosmos_nemo.data.ar_dataset import read_text_embedding_shape
 
+    lengths, encoders = set(), set()
     try:
         data = (yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("data") or {}
-        lengths = set()
         for root in data.get("paths") or []:
             for emb in [Path(root) / "text_embeddings.safetensors", *sorted(Path(root).glob("*/text_embeddings.safetensors"))]:
                 if emb.is_file():
                     lengths.add(read_text_embedding_shape(emb)[1])
-    except Exception:  # noqa: BLE001 - best effort: the flag and the encoder default remain
-        return None
-    return lengths.pop() if len(lengths) == 1 else None
+                    meta = emb.parent / "dataset.json"
+                    info = json.loads(meta.read_text()) if meta.is_file() else {}
+                    encoders.add(info.get("text_encoder") if isinstance(info, dict) else None)
+    except Exception:  # noqa: BLE001 - best effort: the flags and the encoder default remain
+        return None, None
+    encoders.discard(None)
+    return (lengths.pop() if len(lengths) == 1 else None), (encoders.pop() if len(encoders) == 1 else None)
 
 
 def _run(args) -> int:
@@ -223,9 +230,10 @@ def _generate(args) -> int:
     context = context_mask = None
     if cfg.video2world:
         # The text first, then the encoder is freed (as the reference frees T5 before the AR model).
-        length = args.prompt_length or _training_text_length(args.ar_model_dir)
+        trained_length, trained_encoder = _training_text(args.ar_model_dir)
+        length = args.prompt_length or trained_length
         try:
-            encoder = ar.load_text_encoder_for(cfg, args.text_encoder, max_length=length)
+            encoder = ar.load_text_encoder_for(cfg, args.text_encoder or trained_encoder, max_length=length)
         except (TextEncoderNotAvailableError, ValueError, OSError) as e:
             raise _InputError(str(e)) from None
         context, context_mask = ar.encode_text(encoder, prompts)
