@@ -114,6 +114,37 @@ def test_tiny_tokenizer_swap_to_another_compression():
         assert text in str(err.value)
 
 
+def test_tokenizer_swap_takes_a_tokenizer_folder_or_registered_name(tmp_path):
+    """`--recipe-arg tokenizer=DIR` (train-tokenizer's output) or `tokenizer=tiny`: the compression and the codebook
+    size come from the tokenizer's own config."""
+    from cosmos_nemo.tokenizers.configs import TINY, TINY_CV
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    TINY.replace(temporal_compression=8, spatial_compression=16).to_json(folder / "tokenizer_config.json")
+    _, p = _built(ar.cosmos_ar_tiny_tokenizer_swap(tokenizer=str(folder)))
+    assert p["model"].max_grid == (2, 2, 3)  # 9x32x48 at 8x16x16, as the DV8x16x16 spelling gives
+    _, named = _built(ar.cosmos_ar_tiny_tokenizer_swap(tokenizer="tiny"))
+    _, spelled = _built(ar.cosmos_ar_tiny_tokenizer_swap(tokenizer="DV4x8x8"))
+    assert named["model"].max_grid == spelled["model"].max_grid and named["model"].vocab_size == 64000
+    small = tmp_path / "small"
+    small.mkdir()
+    TINY.replace(levels=(8, 5, 5, 5)).to_json(small / "tokenizer_config.json")  # 1,000 codes: another vocabulary
+    with pytest.raises(ar.RecipeError, match="resize_vocab=True"):
+        ar.cosmos_ar_tiny_tokenizer_swap(tokenizer=str(small))
+    _, p = _built(ar.cosmos_ar_tiny_tokenizer_swap(tokenizer=str(small), resize_vocab=True))
+    assert p["model"].output_vocab_size == 1000
+    with pytest.raises(ar.RecipeError, match="has 1000 codes"):
+        ar.cosmos_ar_tiny_tokenizer_swap(tokenizer=str(small), tokenizer_vocab_size=32000, resize_vocab=True)
+    cont = tmp_path / "cont"
+    cont.mkdir()
+    TINY_CV.to_json(cont / "tokenizer_config.json")
+    with pytest.raises(ar.RecipeError, match="continuous"):
+        ar.cosmos_ar_tiny_tokenizer_swap(tokenizer=str(cont))
+    with pytest.raises(ar.RecipeError, match="without tokenizer_config.json"):
+        ar.cosmos_ar_tiny_tokenizer_swap(tokenizer=str(tmp_path))
+
+
 def test_tokenizer_swap_vocabulary_rule():
     # same 64,000 codes: no change (DESIGN); another vocabulary needs resize_vocab
     with pytest.raises(ar.RecipeError, match="resize_vocab=True"):

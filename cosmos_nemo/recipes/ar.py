@@ -22,6 +22,7 @@ Where the defaults come from:
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import nemo_run as run
 
@@ -238,6 +239,31 @@ def cosmos_ar_13b_v2w_finetune() -> run.Partial:
 # tokenizer swap (DESIGN rule 3 and the vocabulary rule)
 
 
+def _tokenizer_config_of(tokenizer: str):
+    """(Compression, codebook size) of a tokenizer folder (its `tokenizer_config.json`) or of a registered
+    tokenizer name such as `tiny`; None for a compression spelled out (DV4x8x8, 4,8,8)."""
+    import json
+
+    from cosmos_nemo.tokenizers.configs import TokenizerConfig, resolve_name
+
+    path = Path(tokenizer) / "tokenizer_config.json"
+    if path.is_file():
+        try:
+            cfg = TokenizerConfig.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as e:
+            raise RecipeError(f"{path} is not a readable tokenizer config ({type(e).__name__}: {e})") from None
+    elif Path(tokenizer).is_dir():
+        raise RecipeError(f"{tokenizer} is a folder without tokenizer_config.json: pass a tokenizer folder "
+                          "(train-tokenizer's output), a registered name (tiny) or a compression such as DV4x8x8")
+    else:
+        cfg = resolve_name(tokenizer.strip())
+        if cfg is None:
+            return None
+    if not cfg.discrete:
+        raise RecipeError(f"the tokenizer {tokenizer!r} is continuous: AR models need a discrete one (FSQ levels)")
+    return Compression(*cfg.compression), int(cfg.vocab_size)
+
+
 def swap_model_config(
     base: str,
     tokenizer: str,
@@ -252,11 +278,22 @@ def swap_model_config(
     DESIGN's rule: the same vocabulary (every Cosmos DV tokenizer has the 64,000 FSQ codes) changes
     nothing; a different one needs `resize_vocab=True` (the trainer grows/shrinks the embedding and output
     rows, new rows starting from the mean of the old ones) and is refused otherwise."""
-    if tokenizer.strip().upper().split("-")[-1].startswith("CV"):
+    known = _tokenizer_config_of(tokenizer)
+    if known is not None:
+        # A tokenizer folder (`train-tokenizer`'s output) or a registered name: its own compression and codebook
+        # size, so `--recipe-arg tokenizer=DIR` needs no separate compression or vocabulary.
+        compression, codes = known
+        if tokenizer_vocab_size == FSQ_VOCAB:
+            tokenizer_vocab_size = codes
+        elif tokenizer_vocab_size != codes and Path(tokenizer).is_dir():  # a name may stand for a retrained one
+            raise RecipeError(f"tokenizer_vocab_size={tokenizer_vocab_size} but the tokenizer in {tokenizer} has "
+                              f"{codes} codes (the product of its FSQ levels); drop tokenizer_vocab_size")
+    elif tokenizer.strip().upper().split("-")[-1].startswith("CV"):
         raise RecipeError(
             f"{tokenizer!r} is a continuous tokenizer: AR models need a discrete one (DV...), e.g. DV4x8x8"
         )
-    compression = Compression.parse(tokenizer)
+    else:
+        compression = Compression.parse(tokenizer)
     grid = latent_grid(frames, height, width, compression)  # GridError shows the arithmetic
     changes: dict = {"max_grid": grid.as_tuple()}
     if tokenizer_vocab_size != FSQ_VOCAB:
