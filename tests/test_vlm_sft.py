@@ -395,3 +395,73 @@ def test_starts_from_a_transformers_snapshot_strictly(reference, tmp_path):
     save_file(legacy, str(tmp_path / "partial" / "model.safetensors"))
     with pytest.raises(ValueError, match="missing 1 \\['lm_head.weight'\\]"):
         FAMILY.load_released(FAMILY.build_model(cfg, True, True, torch.float32), cfg, str(tmp_path / "partial"))
+
+
+@pytest.mark.medium
+def test_to_dcp_of_a_qwen3_vl_snapshot_then_export_hf_round_trips(reference, tmp_path, capsys):
+    """`convert to-dcp` takes a Qwen3-VL snapshot (sharded safetensors + index, config and processor files, as the hub
+    holds Qwen/Qwen3-VL-8B-Instruct; here the tiny run's export in that layout) and our own export folder; the
+    dist-ckpt folder alone (the snapshot deleted) starts training and exports back, bit for bit (`--verify`)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from cosmos_nemo.checkpoint.hf_commands import export_hf
+    from cosmos_nemo.cli import main
+
+    _, out = reference
+    run = Path(out["run_dir"])
+    ours = export_hf(run / "checkpoints" / "iter_000000008", run / "config.yaml", tmp_path / "ours", log=lambda *_: None)
+    want = load_file(str(ours / "model.safetensors"))
+    snapshot = tmp_path / "snapshot"  # the hub's layout: no cosmos_nemo.json, weights in two shards + an index
+    snapshot.mkdir()
+    for f in ours.iterdir():
+        if f.name not in ("model.safetensors", "cosmos_nemo.json"):
+            shutil.copy2(f, snapshot / f.name)
+    keys = sorted(want)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, part in shards.items():
+        save_file({k: want[k] for k in part}, str(snapshot / name))
+    (snapshot / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: name for name, part in shards.items() for k in part}}))
+
+    def cli(*args):
+        capsys.readouterr()
+        code = main(["convert", *map(str, args)])
+        return code, capsys.readouterr().out
+
+    for source, name in ((snapshot, "qwen3_vl"), (ours, "tiny")):
+        dcp = tmp_path / f"dcp_{source.name}"
+        code, text = cli("to-dcp", "--checkpoint-path", source, "-o", dcp)
+        assert code == 0 and f"({name})" in text, text
+        if name == "qwen3_vl":
+            assert (dcp / "hf_config" / "config.json").is_file() and (dcp / "hf_config" / "tokenizer.json").is_file()
+            assert not list((dcp / "hf_config").glob("*.safetensors*"))
+            shutil.rmtree(snapshot)  # the dist-ckpt folder is self-contained
+            _check_training_start(dcp, want)
+        code, text = cli("export-hf", "--checkpoint-path", dcp, "--config-file", dcp / "config.yaml",
+                         "-o", tmp_path / f"back_{name}", "--verify")
+        assert code == 0 and "verified" in text, text
+        back = load_file(str(tmp_path / f"back_{name}" / "model.safetensors"))
+        assert back.keys() == want.keys() and all(torch.equal(back[k], want[k]) for k in want)
+
+    code, text = cli("to-dcp", "--checkpoint-path", ours, "--model", "4b", "-o", tmp_path / "wrong")
+    assert code == 2 and "Qwen3-VL" in text and "--model 4b" in text and not (tmp_path / "wrong").exists(), text
+
+
+def _check_training_start(dcp: Path, want: dict) -> None:
+    """What `train` does with checkpoint.pretrained=DCP: the model its config.yaml describes, filled from the folder."""
+    from cosmos_nemo import parallel
+    from cosmos_nemo.checkpoint.hf_commands import read_config_file
+    from cosmos_nemo.checkpoint.run import load_pretrained
+
+    family, cfg = read_config_file(dcp / "config.yaml")
+    assert cfg.name == "qwen3_vl" and Path(cfg.model_name) == (dcp / "hf_config").resolve()
+    parallel.setup()
+    try:
+        chunk = family.build_model(cfg, True, True, torch.float32)
+        assert "dist-ckpt" in load_pretrained([chunk], family, cfg, str(dcp))
+        got = chunk.hf.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    finally:
+        parallel.teardown()

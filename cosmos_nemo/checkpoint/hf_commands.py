@@ -4,15 +4,17 @@
     cosmos-nemo convert to-dcp --checkpoint-path <name | hub id | path> -o DIR [--model NAME]
         (the reference `python -m cosmos_framework.scripts.convert_model_to_dcp -o DIR --checkpoint-path NAME`)
         a released checkpoint -> a megatron dist-ckpt (DCP) folder that `checkpoint.pretrained` (the SFT TOML's
-        `[checkpoint] load_path`) accepts, plus DIR/config.yaml (its model config, as a run folder records it).
+        `[checkpoint] load_path`) accepts, plus DIR/config.yaml (its model config, as a run folder records it). A
+        Qwen3-VL snapshot (the Reasoner) also keeps its config and processor files in DIR/hf_config.
 
     cosmos-nemo convert export-hf --checkpoint-path RUN/checkpoints/iter_N --config-file RUN/config.yaml \
         -o RUN/model [--verify]
         (the reference `python -m cosmos_framework.scripts.export_model`) a training checkpoint -> Hugging Face
         safetensors: a DiT as a diffusers `CosmosTransformer3DModel` folder (config.json +
         diffusion_pytorch_model.safetensors), an AR model as `model.safetensors` in the released Cosmos AR key
-        layout + `config.json`. The run's config.yaml alone rebuilds the model. `--verify` loads the export into a
-        fresh model and requires its weights (exported again) and its outputs on fixed inputs to be bit-identical.
+        layout + `config.json`, a Reasoner as a `transformers` Qwen3-VL folder (weights, config, processor). The
+        run's config.yaml alone rebuilds the model. `--verify` loads the export into a fresh model and requires its
+        weights (exported again) and its outputs on fixed inputs to be bit-identical.
 
 Both run in one process; the dist-ckpt loads at any TP/PP it was saved at. A LoRA checkpoint exports its
 recorded base with the adapters merged; `--ema` exports the checkpoint's EMA weights (`ema/`).
@@ -35,7 +37,10 @@ CATALOG = {
     "Cosmos-Predict1-14B-Video2World": ("predict1_14b_v2w", "nvidia/Cosmos-Predict1-14B-Video2World"),
     "Cosmos-Predict1-7B-Text2World": ("predict1_7b_t2w", "nvidia/Cosmos-Predict1-7B-Text2World"),
     "Cosmos-Predict1-14B-Text2World": ("predict1_14b_t2w", "nvidia/Cosmos-Predict1-14B-Text2World"),
+    "Qwen3-VL-8B-Instruct": ("qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct"),  # the Reasoner's backbone
 }
+# what a Reasoner snapshot needs besides its weights to rebuild the model and its processor (copied by to-dcp)
+_VLM_FILE_PATTERNS = ("*.json", "*.txt", "*.jinja", "*.model")
 _BY_HUB = {hub.lower(): name for name, (_, hub) in CATALOG.items()}
 
 
@@ -96,7 +101,7 @@ def _download(repo: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo, allow_patterns=["model.pt", "*.safetensors", "*.json"]))
+        return Path(snapshot_download(repo, allow_patterns=["model.pt", "*.safetensors", *_VLM_FILE_PATTERNS]))
     except Exception as err:  # offline, gated, unknown repository
         raise ExportError(f"cannot download {repo!r} from the Hugging Face hub ({type(err).__name__}: "
                           f"{str(err).splitlines()[0][:200] if str(err) else ''}), and no file or folder of that name "
@@ -117,14 +122,69 @@ def _released_file(folder: Path) -> Path:
     raise ExportError(f"{folder} holds no model.pt, single .safetensors file or diffusers transformer folder")
 
 
+def _vlm_config(model: str | None, path: Path, overrides=()):
+    """The Reasoner config of a Qwen3-VL snapshot folder (config.json of model_type qwen3_vl, or `export-hf`'s
+    folder with its cosmos_nemo.json), or of `--model qwen3_vl`; None for any other source."""
+    from cosmos_nemo.checkpoint.commands import parse_set_flags
+    from cosmos_nemo.models.vlm.config import VLMModelConfig
+
+    fields: dict | None = None
+    folder = path if path.is_dir() else path.parent
+    ours, theirs = folder / "cosmos_nemo.json", folder / "config.json"
+    try:
+        if ours.is_file() and json.loads(ours.read_text()).get("family") == "vlm":
+            fields = dict(json.loads(ours.read_text())["model"])
+            if fields.get("name") != "tiny":
+                fields["model_name"] = str(folder.resolve())
+        elif theirs.is_file() and json.loads(theirs.read_text()).get("model_type") == "qwen3_vl":
+            fields = {"name": "qwen3_vl", "model_name": str(folder.resolve())}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ExportError(f"{folder}: unreadable model description ({err})") from None
+    if fields is None and model in ("qwen3_vl", "tiny_vlm"):
+        fields = {"name": "qwen3_vl" if model == "qwen3_vl" else "tiny"}
+    if fields is None:
+        return None
+    if model not in (None, "qwen3_vl", "tiny_vlm"):
+        raise ExportError(f"{path} is a Qwen3-VL (Reasoner) checkpoint; --model {model} names another model (drop it)")
+    try:
+        cfg = VLMModelConfig(**{**fields, **parse_set_flags(overrides)})
+        cfg.check()
+    except (TypeError, ValueError) as err:
+        raise ExportError(f"bad Reasoner model config ({err}); fields: {sorted(VLMModelConfig.__dataclass_fields__)}") \
+            from None
+    return cfg
+
+
+def _copy_model_files(cfg, out: Path) -> None:
+    """A Qwen3-VL dist-ckpt keeps its snapshot's config and processor files in out/hf_config (model_name points
+    there), so the folder alone rebuilds the model for training and export."""
+    import shutil
+
+    if cfg.name == "tiny":
+        return
+    source = Path(cfg.model_name)
+    if not source.is_dir():
+        return  # a hub id: transformers reads (and caches) its config and processor itself
+    target = out / "hf_config"
+    target.mkdir()
+    for pattern in _VLM_FILE_PATTERNS:
+        for f in source.glob(pattern):
+            if f.name != "model.safetensors.index.json" and f.is_file():
+                shutil.copy2(f, target / f.name)
+    cfg.model_name = str(target.resolve())
+
+
 def to_dcp(checkpoint_path: str, output, model: str | None = None, overrides=(), ema: bool = False,
            overwrite: bool = False) -> tuple[Path, str]:
     """The work of `convert to-dcp`; returns (the dist-ckpt folder, the model's name)."""
+    import shutil
+
     import yaml
 
     from cosmos_nemo.checkpoint.convert import import_released
     from cosmos_nemo.checkpoint.run import plain_data
     from cosmos_nemo.io.atomic import atomic_write_text
+    from cosmos_nemo.models.family import family_of
 
     out = Path(output)
     if out.exists() and not overwrite:
@@ -140,14 +200,24 @@ def to_dcp(checkpoint_path: str, output, model: str | None = None, overrides=(),
         else:
             raise ExportError(f"{checkpoint_path!r} is neither a path nor a registered name ({', '.join(CATALOG)}) nor a "
                               "hub id (owner/repository)")
-    source = _released_file(path) if path.is_dir() else path
-    family, cfg = model_config_for(model, overrides, source)
+    cfg = _vlm_config(model, path, overrides)
+    if cfg is not None:  # a Reasoner: the snapshot folder (sharded safetensors) is the source
+        family, source = family_of(cfg), path
+    else:
+        source = _released_file(path) if path.is_dir() else path
+        family, cfg = model_config_for(model, overrides, source)
     options = {"ema": True} if ema else {}
     if ema and family.name != "dit":
-        raise ExportError("--ema reads the net_ema.* weights of a released DiT file; AR releases have none")
+        raise ExportError(f"--ema reads the net_ema.* weights of a released DiT file; {family.name} releases have none")
     import_released(cfg, str(source), out, overwrite=overwrite, **options)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(plain_data({"model": dataclasses.asdict(cfg)}),
-                                                          sort_keys=False))
+    try:
+        if family.name == "vlm":
+            _copy_model_files(cfg, out)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(plain_data({"model": dataclasses.asdict(cfg)}),
+                                                              sort_keys=False))
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # no half-written output
+        raise
     return out, getattr(cfg, "name", family.name)
 
 
@@ -283,7 +353,8 @@ def register(sub) -> None:
         "write a megatron dist-ckpt (DCP) folder that training starts from (`checkpoint.pretrained=DIR`, the SFT TOML's "
         "[checkpoint] load_path) at any parallel size, with DIR/config.yaml recording the model. --checkpoint-path "
         f"is a registered name ({', '.join(CATALOG)}), a hub id (owner/repository, downloaded) or a local file or "
-        "folder: a Cosmos AR/DiT model.pt or .safetensors, a Predict2.5 DCP folder, or a diffusers folder. Strict: every "
+        "folder: a Cosmos AR/DiT model.pt or .safetensors, a Predict2.5 DCP folder, a diffusers folder, or a Qwen3-VL "
+        "snapshot (the Reasoner's backbone: its config and processor files are kept in DIR/hf_config). Strict: every "
         "key used, every parameter filled.",
         **common,
     )
@@ -292,7 +363,8 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="dist-ckpt folder to write")
     p.add_argument("--model", default=None,
                    help="named AR (4b, 12b, 5b_v2w, 13b_v2w, tiny, ...) or DiT (predict25_2b, tiny_predict25, ...) "
-                        "config; implied by a registered name or a diffusers folder's config.json")
+                        "config, or qwen3_vl (Reasoner); implied by a registered name or a diffusers or Qwen3-VL "
+                        "folder's config.json")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a model config field (repeatable)")
     p.add_argument("--ema", action="store_true", help="DiT: import the file's EMA weights (net_ema.*)")
@@ -307,8 +379,9 @@ def register(sub) -> None:
         "--output: a DiT as a diffusers CosmosTransformer3DModel folder (config.json + "
         "diffusion_pytorch_model.safetensors: CosmosTransformer3DModel.from_pretrained, or generate diffusion "
         "--checkpoint-path OUT), an AR model as model.safetensors (released Cosmos AR keys, what ar-import and "
-        "checkpoint.pretrained read) + config.json. The model is rebuilt from --config-file alone. A LoRA checkpoint "
-        "gives its base with the adapters merged.",
+        "checkpoint.pretrained read) + config.json, a Reasoner (vlm) as a transformers Qwen3-VL folder "
+        "(Qwen3VLForConditionalGeneration / AutoProcessor.from_pretrained). The model is rebuilt from --config-file "
+        "alone. A LoRA checkpoint gives its base with the adapters merged.",
         **common,
     )
     e.add_argument("--checkpoint-path", "--checkpoint_path", dest="checkpoint_path", required=True,
