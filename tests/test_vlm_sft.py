@@ -447,6 +447,8 @@ def test_to_dcp_of_a_qwen3_vl_snapshot_then_export_hf_round_trips(reference, tmp
 
     code, text = cli("to-dcp", "--checkpoint-path", ours, "--model", "4b", "-o", tmp_path / "wrong")
     assert code == 2 and "Qwen3-VL" in text and "--model 4b" in text and not (tmp_path / "wrong").exists(), text
+    code, text = cli("to-dcp", "--checkpoint-path", tmp_path, "--model", "qwen3_vl", "-o", tmp_path / "wrong")
+    assert code == 2 and "is not a Qwen3-VL snapshot" in text and not (tmp_path / "wrong").exists(), text
 
 
 def _check_training_start(dcp: Path, want: dict) -> None:

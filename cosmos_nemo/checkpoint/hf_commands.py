@@ -140,6 +140,10 @@ def _vlm_config(model: str | None, path: Path, overrides=()):
             fields = {"name": "qwen3_vl", "model_name": str(folder.resolve())}
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ExportError(f"{folder}: unreadable model description ({err})") from None
+    if fields is None and model == "qwen3_vl" and path.is_dir() and not any("model_name=" in o for o in overrides):
+        raise ExportError(f"{path} is not a Qwen3-VL snapshot (no config.json of model_type qwen3_vl): give the "
+                          "snapshot folder (`hf download Qwen/Qwen3-VL-8B-Instruct --local-dir DIR`), or name its "
+                          "architecture with --set model_name=SNAPSHOT_OR_HUB_ID")
     if fields is None and model in ("qwen3_vl", "tiny_vlm"):
         fields = {"name": "qwen3_vl" if model == "qwen3_vl" else "tiny"}
     if fields is None:
