@@ -7,8 +7,8 @@ of each is reported, with the median). One step is forward + cross-entropy + bac
 
 Our step is the trainer's real one (`training.harness`: megatron DDP with its persistent gradient
 buffers, `get_forward_backward_func`, the trainer's `ARStep` loss, megatron's optimizer with gradient
-clipping at 1.0; the peer does no clipping), in one or more *variants* of the CPU adapter's accelerations
-(parallel/cpu_adapter.py, `ACCELERATIONS`), each a value of COSMOS_NEMO_CPU_ACCELERATIONS:
+clipping at 1.0, as the peer's by default: `--peer-clip`), in one or more *variants* of the CPU adapter's
+accelerations (parallel/cpu_adapter.py, `ACCELERATIONS`), each a value of COSMOS_NEMO_CPU_ACCELERATIONS:
 
 - `plain` (= "0"): megatron's own path, what a GPU runs: its embedding, output layer, vocab-parallel
   cross-entropy, gradient-buffer zeroing and optimizer step (megatron's torch AdamW fallback);
@@ -17,10 +17,12 @@ clipping at 1.0; the peer does no clipping), in one or more *variants* of the CP
 - `NAME+NAME...`: only those accelerations.
 
 The peer is `LlamaForCausalLM(LlamaConfig(..., attn_implementation="sdpa", tie_word_embeddings=False))`
-with `labels=` and torch's fused AdamW. Our blocks also apply the QK RMSNorm of the Cosmos architecture
-(the peer has none) and 3D RoPE. Printed per variant: tokens/s, the ratio to the peer (the target for the
-adapter path is >= 1.1), and the achieved model FLOP/s (6 x non-embedding parameters x tokens + 12 x layers
-x hidden x sequence x tokens) as a fraction of the matmul peak measured here, same dtype and threads.
+with `labels=`, gradient clipping at `--peer-clip` (1.0 by default: what `transformers`' Trainer does with
+its default `max_grad_norm=1.0`, and the same work our step does; 0 = none) and torch's fused AdamW. Our
+blocks also apply the QK RMSNorm of the Cosmos architecture (the peer has none) and 3D RoPE. Printed per
+variant: tokens/s, the ratio to the peer (the target for the adapter path is >= 1.1), and the achieved model
+FLOP/s (6 x non-embedding parameters x tokens + 12 x layers x hidden x sequence x tokens) as a fraction of
+the matmul peak measured here, same dtype and threads.
 
     python benchmarks/train_throughput.py                       # ~136 M parameters, fp32, 2 threads
     python benchmarks/train_throughput.py --threads 1 --variants adapter,-fused_loss,fused_adamw
@@ -177,6 +179,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="plain,adapter",
                    help="comma-separated variants of our step: plain (megatron's own path, as on a GPU), adapter "
                    "(every CPU acceleration), -NAME (every acceleration but NAME), NAME+NAME (only those); default plain,adapter")
+    p.add_argument("--peer-clip", "--peer_clip", type=float, default=1.0,
+                   help="the peer's gradient clipping max norm, as transformers' Trainer max_grad_norm (default 1.0, "
+                   "like our step's clipping); 0 = no clipping")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     args.seq = args.grid[0] * args.grid[1] * args.grid[2]
@@ -197,6 +202,8 @@ def main(argv=None) -> int:
     def step_peer():
         loss = peer(input_ids=tokens, labels=tokens).loss
         loss.backward()
+        if args.peer_clip > 0:
+            torch.nn.utils.clip_grad_norm_(peer.parameters(), args.peer_clip)
         opt_peer.step()
         opt_peer.zero_grad(set_to_none=True)
         return loss.item()
@@ -205,12 +212,14 @@ def main(argv=None) -> int:
     n_ours = next(iter(steps.values())).params
     n_peer = sum(p.numel() for p in peer.parameters())
     print(f"threads {args.threads}, dtype {args.dtype}, batch {args.batch} x seq {args.seq}; params ours "
-          f"{n_ours / 1e6:.1f} M, transformers Llama {n_peer / 1e6:.1f} M", flush=True)
+          f"{n_ours / 1e6:.1f} M, transformers Llama {n_peer / 1e6:.1f} M; gradient clipping: ours 1.0, the peer "
+          f"{args.peer_clip if args.peer_clip > 0 else 'none'}", flush=True)
     times, cpu, peak = alternate(steps, args.warmup, args.steps, dtype)
 
     n_tok = args.batch * args.seq
     flops = model_flops_per_step(args, n_tok)
     result = {"threads": args.threads, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
+              "peer_clip": args.peer_clip,
               "params_ours": n_ours, "params_peer": n_peer, "matmul_peak_flops": peak, "flops_per_step": flops,
               "variants": variants, "load_average": os.getloadavg()}
     # On a shared machine the fastest step is the least disturbed one; the median is printed beside it.
