@@ -130,6 +130,22 @@ def build_peer(args, dtype: torch.dtype):
     return LlamaForCausalLM(config).to(dtype)
 
 
+def peer_step(peer, optimizer, tokens: torch.Tensor, clip: float):
+    """The peer's training step as a `transformers` loop runs it: loss from `labels=`, backward, gradient
+    clipping at `clip` (transformers' Trainer `max_grad_norm`; 0 = none), the optimizer step, gradients freed."""
+
+    def step():
+        loss = peer(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(peer.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
 def harness_step(args, dtype: torch.dtype, tokens: torch.Tensor, labels: torch.Tensor, spec: str):
     """Our training step as the trainer runs it, with the CPU accelerations `spec` allows: a fresh model
     wrapped by `training.harness`, one global batch of one micro-batch through megatron's schedule, the
@@ -197,18 +213,8 @@ def main(argv=None) -> int:
     labels = torch.roll(tokens, -1, dims=1)
     steps = {f"ours[{v}]": harness_step(args, dtype, tokens, labels, variant_spec(v)) for v in variants}
     peer = build_peer(args, dtype)
-    opt_peer = torch.optim.AdamW(peer.parameters(), lr=1e-4, fused=True)
-
-    def step_peer():
-        loss = peer(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        if args.peer_clip > 0:
-            torch.nn.utils.clip_grad_norm_(peer.parameters(), args.peer_clip)
-        opt_peer.step()
-        opt_peer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    steps["peer"] = step_peer
+    steps["peer"] = peer_step(peer, torch.optim.AdamW(peer.parameters(), lr=1e-4, fused=True), tokens,
+                              args.peer_clip)
     n_ours = next(iter(steps.values())).params
     n_peer = sum(p.numel() for p in peer.parameters())
     print(f"threads {args.threads}, dtype {args.dtype}, batch {args.batch} x seq {args.seq}; params ours "

@@ -54,3 +54,29 @@ def test_benchmark_runs_both_models_with_the_same_dimensions(tmp_path):
         assert data[name]["tokens_per_s"] > 0 and 0 < data[name]["peak_fraction"] and data[name]["ratio"] > 0
     assert data["peer"]["tokens_per_s"] > 0
     assert "cosmos_nemo AR plain" in result.stdout and "cosmos_nemo AR adapter" in result.stdout
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_the_peer_step_clips_as_asked(clip):
+    """The peer's step hands the optimizer gradients of total norm <= clip (clipping on), or unclipped ones."""
+    import torch
+
+    bench = _bench_module()
+    args = bench.argparse.Namespace(vocab=512, hidden=64, ffn=128, layers=2, heads=4, groups=2, head_dim=16, seq=8)
+    torch.manual_seed(0)
+    peer = bench.build_peer(args, torch.float32)
+    norms = []
+
+    class Recorder(torch.optim.SGD):
+        def step(self, closure=None):
+            norms.append(float(torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(p.grad) for p in peer.parameters() if p.grad is not None]))))
+            return super().step(closure)
+
+    step = bench.peer_step(peer, Recorder(peer.parameters(), lr=0.0), torch.randint(0, 512, (2, 8)), clip)
+    step()
+    assert all(p.grad is None for p in peer.parameters())  # freed after the step, as set_to_none does
+    if clip:
+        assert norms[0] == pytest.approx(clip, rel=1e-4)
+    else:
+        assert norms[0] > 1e-2  # a fresh model's gradient is far above the clip value used above

@@ -132,8 +132,9 @@ def _vlm_config(model: str | None, path: Path, overrides=()):
     folder = path if path.is_dir() else path.parent
     ours, theirs = folder / "cosmos_nemo.json", folder / "config.json"
     try:
-        if ours.is_file() and json.loads(ours.read_text()).get("family") == "vlm":
-            fields = dict(json.loads(ours.read_text())["model"])
+        info = json.loads(ours.read_text()) if ours.is_file() else {}
+        if info.get("family") == "vlm":
+            fields = dict(info["model"])
             if fields.get("name") != "tiny":
                 fields["model_name"] = str(folder.resolve())
         elif theirs.is_file() and json.loads(theirs.read_text()).get("model_type") == "qwen3_vl":
@@ -367,7 +368,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="dist-ckpt folder to write")
     p.add_argument("--model", default=None,
                    help="named AR (4b, 12b, 5b_v2w, 13b_v2w, tiny, ...) or DiT (predict25_2b, tiny_predict25, ...) "
-                        "config, or qwen3_vl (Reasoner); implied by a registered name or a diffusers or Qwen3-VL "
+                        "config, or qwen3_vl / tiny_vlm (Reasoner); implied by a registered name or a diffusers or Qwen3-VL "
                         "folder's config.json")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a model config field (repeatable)")
