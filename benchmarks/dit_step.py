@@ -7,7 +7,8 @@ One step is forward + a velocity-style MSE loss against a fixed target + backwar
   `get_forward_backward_func`, megatron's optimizer with gradient clipping at 1.0), with the CPU adapter's
   accelerations as the trainer has them by default (`--variants plain` turns them off: megatron's own path);
 - peer: `CosmosTransformer3DModel` (same config: heads, head dim, layers, adaLN-LoRA, Predict2.5-style
-  per-frame timesteps and text projection off by default) with torch's fused AdamW, no clipping.
+  per-frame timesteps and text projection off by default) with torch's fused AdamW and gradient clipping at
+  `--peer-clip` (1.0 by default, as our step and diffusers' training examples clip; 0 = none).
 
 Steps alternate between the models (the order rotates each round) so that machine noise hits both alike; the
 best step of each is reported with the median, the ratio ours/peer (target >= 1.1), and the achieved FLOP/s
@@ -92,7 +93,8 @@ def ours_step(args, dtype, data, spec: str):
     return step
 
 
-def peer_step(args, dtype, data):
+def build_peer(args, dtype):
+    """diffusers' CosmosTransformer3DModel at the config of `dit_config(args)`."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from diffusers_peer import cosmos_transformer_class
 
@@ -102,8 +104,13 @@ def peer_step(args, dtype, data):
     if peer_class is None:
         raise SystemExit("diffusers is not installed (pip install -r requirements-dev.txt)")
     conf = {k: v for k, v in diffusers_config(dit_config(args)).items() if not k.startswith("_")}
-    peer = peer_class(**conf).to(dtype)
-    optimizer = torch.optim.AdamW(peer.parameters(), lr=1e-4, fused=True)
+    return peer_class(**conf).to(dtype)
+
+
+def peer_step(peer, optimizer, data, args, dtype, clip: float):
+    """The peer's training step as a diffusers training loop runs it: the loss, backward, gradient clipping at
+    `clip` (`accelerator.clip_grad_norm_(..., max_grad_norm=1.0)` in diffusers' training examples, and what our
+    step does; 0 = none), the optimizer step, gradients freed."""
     B, T = args.batch, args.frames
 
     def step():
@@ -111,6 +118,8 @@ def peer_step(args, dtype, data):
                    condition_mask=data["cond"].to(dtype), padding_mask=data["pad"].to(dtype)).sample
         loss = torch.nn.functional.mse_loss(out.float(), data["target"])
         loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(peer.parameters(), clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
@@ -137,6 +146,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="adapter",
                    help="comma-separated variants of our step: adapter (the CPU defaults) and/or plain (megatron's own "
                         "path, as on a GPU); default adapter")
+    p.add_argument("--peer-clip", "--peer_clip", type=float, default=1.0,
+                   help="the peer's gradient clipping max norm, as diffusers' training examples' max_grad_norm "
+                        "(default 1.0, like our step's clipping); 0 = no clipping")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if args.hidden % args.heads:
@@ -155,12 +167,15 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {sorted(specs)}")
     steps = {f"ours[{v}]": ours_step(args, dtype, data, specs[v]) for v in variants}
-    steps["peer"] = peer_step(args, dtype, data)
+    peer = build_peer(args, dtype)
+    steps["peer"] = peer_step(peer, torch.optim.AdamW(peer.parameters(), lr=1e-4, fused=True), data, args, dtype,
+                              args.peer_clip)
     tokens = args.batch * args.frames * (args.height // 2) * (args.width // 2)
     n_ours, n_peer = next(iter(steps.values())).params, steps["peer"].params
     print(f"threads {args.threads}, dtype {args.dtype}, batch {args.batch} x {tokens // args.batch} tokens "
           f"(latents {args.frames}x{args.height}x{args.width}), text {args.text}; params ours {n_ours / 1e6:.1f} M, "
-          f"diffusers {n_peer / 1e6:.1f} M", flush=True)
+          f"diffusers {n_peer / 1e6:.1f} M; gradient clipping: ours 1.0, the peer "
+          f"{args.peer_clip if args.peer_clip > 0 else 'none'}", flush=True)
     times, _, peak = alternate(steps, args.warmup, args.steps, dtype)
     flops = flops_per_step(args)
     result = {"args": vars(args), "params_ours": n_ours, "params_peer": n_peer, "matmul_peak_flops": peak,
