@@ -26,16 +26,15 @@ def main(argv=None) -> int:
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--"]
     args = parser.parse_args(argv)
 
-    import fiddle as fdl
-
-    from cosmos_nemo.recipes import launch as L
-    from cosmos_nemo.recipes.overrides import OverrideError
     from cosmos_nemo.recipes.sft_toml import load_sft_toml
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     try:
+        # the file is checked before the launcher (nemo-run, ~3 s) is imported: a mistake in it shows at once
         recipe, _, notes = load_sft_toml(args.sft_toml, args.overrides, world_size=world)
+        from cosmos_nemo.recipes import launch as L
+
         notes += L.preflight(recipe, world)
         vlm = getattr(recipe.model, "family", None) == "vlm"
         if vlm and recipe.checkpoint.pretrained and L.is_hub_id(recipe.checkpoint.pretrained):
@@ -45,12 +44,14 @@ def main(argv=None) -> int:
             raise L.LaunchError(f"checkpoint.load_path {recipe.checkpoint.pretrained!r} is a hub id: convert it first "
                                 "(`cosmos-nemo convert to-dcp --checkpoint-path ID -o DIR`) and point load_path at DIR")
         L.resolve_pretrained(recipe.checkpoint.pretrained)  # a local path that does not exist is refused
-    except (KeyError, OverrideError, L.LaunchError, ValueError) as err:
+    except (KeyError, ValueError) as err:  # SFTConfigError, OverrideError and LaunchError included
         print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 2
     if rank == 0:
         for note in notes:
             print(f"note: {note}", flush=True)
+    import fiddle as fdl
+
     from cosmos_nemo.checkpoint.lock import RunFolderBusy
 
     try:

@@ -154,6 +154,24 @@ def test_typo_names_file_line_key_and_the_closest_key(tmp_path):
     assert ":6:" in message and "did you mean 'trainer.callbacks.grad_clip.clip_norm'?" in message
 
 
+@pytest.mark.parametrize("command", [["-m", "cosmos_nemo", "train", "--sft-toml"], ["-m", "cosmos_nemo.train", "--sft-toml"]])
+def test_a_mistake_in_the_file_is_reported_before_the_heavy_imports(tmp_path, command):
+    """The file is checked before megatron-core and nemo-run are imported (~8 s), in both entry points."""
+    path = tmp_path / "sft.toml"
+    path.write_text(BASE + "\n[trainer]\nmax_iters = 4\n")
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['x', *{command[2:]!r}, {str(path)!r}]\n"
+             "try:\n"
+             f"    runpy.run_module({command[1]!r}, run_name='__main__')\n"
+             "except SystemExit as e:\n"
+             "    code = e.code\n"
+             "heavy = sorted(m for m in ('megatron', 'nemo_run', 'cosmos_nemo.training.trainer') if m in sys.modules)\n"
+             "print('EXIT', code, 'HEAVY', heavy)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "unknown key 'trainer.max_iters'" in result.stderr
+    assert "EXIT 2 HEAVY []" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
 def test_wrong_type_names_the_key(tmp_path):
     message = _error(tmp_path, BASE + "\n[trainer]\nmax_iter = \"four\"\n")
     assert ":6:" in message and "trainer.max_iter" in message and "'four'" in message

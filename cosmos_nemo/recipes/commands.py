@@ -43,11 +43,13 @@ def _parse_recipe_args(items: list[str]) -> dict[str, str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cosmos_nemo.recipes import launch as L
-    from cosmos_nemo.recipes.overrides import OverrideError, apply_overrides, apply_toml
-    from cosmos_nemo.recipes.registry import build_recipe, list_recipes, recipe_arguments
+    # The recipes (megatron-core) and the launcher (nemo-run) take ~8 s to import: they are imported only once
+    # the arguments and any --sft-toml file are checked, so a mistake there is reported at once.
+    from cosmos_nemo.recipes.overrides import apply_overrides, apply_toml
 
     if args.list or not (args.recipe or args.sft_toml):
+        from cosmos_nemo.recipes.registry import list_recipes, recipe_arguments
+
         for name, summary in list_recipes():
             print(f"{name:34s} {summary}")
             arguments = recipe_arguments(name)
@@ -59,6 +61,8 @@ def _train(args: argparse.Namespace) -> int:
         if args.sft_toml:
             recipe, overrides = _from_sft_toml(args)
         else:
+            from cosmos_nemo.recipes.registry import build_recipe
+
             overrides = args.overrides
             recipe = build_recipe(args.recipe, _parse_recipe_args(args.recipe_arg))
             if args.toml:
@@ -68,6 +72,8 @@ def _train(args: argparse.Namespace) -> int:
         if "checkpoint.pretrained" in keys and "checkpoint.mode" not in keys:
             # weights given on the command line mean "start from them"
             recipe.checkpoint.mode = "finetune" if recipe.checkpoint.pretrained else "pretrain"
+        from cosmos_nemo.recipes import launch as L
+
         if args.executor == "slurm":
             missing = [flag for flag, value in (("--account", args.account), ("--partition", args.partition)) if not value]
             if missing:
@@ -111,7 +117,7 @@ def _train(args: argparse.Namespace) -> int:
                       + (" (the nodes must see this path: put HF_HOME on a shared file system)" if on_cluster else ""))
         elif pretrained and not on_cluster:
             L.resolve_pretrained(pretrained)  # refuses a local path that does not exist
-    except (KeyError, OverrideError, L.LaunchError, ValueError) as err:
+    except (KeyError, ValueError) as err:  # OverrideError, LaunchError, RecipeError and SFTConfigError included
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 2
