@@ -110,3 +110,49 @@ def test_lone_process_setup_takes_no_port_and_leaves_the_environment_alone():
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "1 [] [1.0, 1.0, 1.0]"
+
+
+@pytest.mark.medium
+def test_dependency_notices_are_silenced_unless_asked_for():
+    """Building and training-stepping a model prints none of megatron-core's / torch's import-time notices
+    ("Transformer Engine and Apex are not installed" x4, "Apex is not installed", "GPTModel IS DEPRECATED", ...);
+    COSMOS_NEMO_SHOW_IMPORT_NOTICES=1 shows them again."""
+    code = textwrap.dedent(
+        """
+        import logging
+        logging.basicConfig(level=logging.INFO)  # as a launched run configures it: megatron's log lines show
+        from cosmos_nemo import parallel
+        parallel.setup()
+        from cosmos_nemo.models.ar.config import ar_config
+        from cosmos_nemo.models.ar.model import build_ar_model
+        from megatron.core.optimizer import clip_grads  # one of the modules that warn at import
+        build_ar_model(ar_config("tiny"))
+        print("built")
+        parallel.teardown()
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "COSMOS_NEMO_SHOW_IMPORT_NOTICES")}
+    notices = ("Transformer Engine and Apex are not installed", "Apex is not installed", "GPTModel IS DEPRECATED",
+               "MimoModelConfig is experimental", "No CUDA runtime is found")
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "built", quiet.stderr[-2000:]
+    assert [n for n in notices if n in quiet.stderr] == [], quiet.stderr[-3000:]
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**env, "COSMOS_NEMO_SHOW_IMPORT_NOTICES": "1"})
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert "Transformer Engine and Apex are not installed" in loud.stderr
+
+
+def test_gpu_without_transformer_engine_gets_one_note(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from cosmos_nemo import parallel
+
+    assert parallel.gpu_kernels_note(torch.device("cpu")) is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    note = parallel.gpu_kernels_note(torch.device("cuda", 0))
+    assert "Transformer Engine is not installed" in note and "[gpu]" in note
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert parallel.gpu_kernels_note(torch.device("cuda", 0)) is None

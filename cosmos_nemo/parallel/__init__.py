@@ -9,6 +9,8 @@ worker is guarded by `lifeline.watch()`: it stops when torchrun or the launcher 
 from __future__ import annotations
 
 import datetime
+import importlib.util
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -54,6 +56,16 @@ def get_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def gpu_kernels_note(device: torch.device) -> str | None:
+    """On a GPU without Transformer Engine, the one line that says so (megatron-core's own import-time warnings
+    about it are silenced in `cosmos_nemo/__init__.py`); None on a CPU or with Transformer Engine."""
+    if device.type != "cuda" or importlib.util.find_spec("transformer_engine") is not None:
+        return None
+    return ("Transformer Engine is not installed: megatron-core runs its local layer spec and torch fallbacks (no "
+            "TE fused attention, norms, RoPE or FusedAdam); `pip install -e .[gpu]` or NVIDIA's PyTorch container "
+            "adds it")
 
 
 def free_port() -> int:
@@ -155,6 +167,9 @@ def setup(
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1,
                                     timeout=timeout)
     world = dist.get_world_size()
+    note = gpu_kernels_note(device)
+    if note and dist.get_rank() == 0:
+        logging.getLogger(__name__).warning(note)
     data_parallel = check_sizes(world, tensor_parallel, pipeline_parallel, context_parallel)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
