@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import DTYPES, alternate  # noqa: E402
+from train_throughput import DTYPES, alternate, cpu_capability  # noqa: E402
 
 
 def flops_per_step(args) -> float:
@@ -179,13 +179,15 @@ def main(argv=None) -> int:
     times, _, peak = alternate(steps, args.warmup, args.steps, dtype)
     flops = flops_per_step(args)
     result = {"args": vars(args), "params_ours": n_ours, "params_peer": n_peer, "matmul_peak_flops": peak,
-              "flops_per_step": flops, "load_average": os.getloadavg()}
+              "flops_per_step": flops, "load_average": os.getloadavg(),
+              "cpu_capability": cpu_capability()}
     for name in steps:
         t = min(times[name])
         result[name] = {"step_s": t, "median_step_s": statistics.median(times[name]), "flops_per_s": flops / t,
                         "peak_fraction": flops / t / peak, "all_step_s": times[name]}
     print(f"matmul peak ({args.dtype}, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step "
-          f"{flops / 1e9:.1f} G; load average {result['load_average'][0]:.1f} on {os.cpu_count()} CPUs")
+          f"{flops / 1e9:.1f} G; load average {result['load_average'][0]:.1f} on {os.cpu_count()} CPUs "
+          f"({result['cpu_capability']})")
     for name in steps:
         r = result[name]
         if name != "peer":

@@ -54,6 +54,11 @@ def matmul_peak(dtype: torch.dtype, n: int = 1536, repeats: int = 6) -> float:
     return 2 * n**3 / best
 
 
+def cpu_capability() -> str:
+    """The vector ISA torch's CPU kernels use here (AVX2, AVX512, ...): ratios differ between them (README)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def alternate(steps: dict, warmup: int, rounds: int, dtype: torch.dtype) -> tuple[dict, dict, float]:
     """Run each step function `warmup` times, then `rounds` rounds of one step each, rotating the order every
     round so that machine noise hits all alike. Returns wall times and CPU times per step name, and the best
@@ -227,7 +232,7 @@ def main(argv=None) -> int:
     result = {"threads": args.threads, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
               "peer_clip": args.peer_clip,
               "params_ours": n_ours, "params_peer": n_peer, "matmul_peak_flops": peak, "flops_per_step": flops,
-              "variants": variants, "load_average": os.getloadavg()}
+              "variants": variants, "load_average": os.getloadavg(), "cpu_capability": cpu_capability()}
     # On a shared machine the fastest step is the least disturbed one; the median is printed beside it.
     for name in steps:
         t = min(times[name])
@@ -239,7 +244,8 @@ def main(argv=None) -> int:
             result[name]["ratio"] = result[name]["tokens_per_s"] / result["peer"]["tokens_per_s"]
             result[name]["ratio_median"] = result["peer"]["median_step_s"] / result[name]["median_step_s"]
     print(f"matmul peak ({args.dtype}, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s; model FLOPs per step "
-          f"{flops / 1e9:.1f} G; load average {result['load_average'][0]:.1f} on {os.cpu_count()} CPUs")
+          f"{flops / 1e9:.1f} G; load average {result['load_average'][0]:.1f} on {os.cpu_count()} CPUs "
+          f"({result['cpu_capability']})")
     for name in steps:
         r = result[name]
         label = "transformers LlamaForCausalLM" if name == "peer" else f"cosmos_nemo AR {name[5:-1]}"

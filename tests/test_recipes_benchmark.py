@@ -49,6 +49,7 @@ def test_benchmark_runs_both_models_with_the_same_dimensions(tmp_path):
     # ours = Llama + the QK RMSNorm gains (one head_dim vector for q and one for k per layer)
     assert data["params_ours"] == data["params_peer"] + 2 * 16 * 2
     assert data["variants"] == ["plain", "adapter", "-fused_loss"]
+    assert data["cpu_capability"] == __import__("torch").backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512
     assert data["peer_clip"] == 1.0  # the peer clips its gradients as our step does (transformers' Trainer default)
     for name in ("ours[plain]", "ours[adapter]", "ours[-fused_loss]"):
         assert data[name]["tokens_per_s"] > 0 and 0 < data[name]["peak_fraction"] and data[name]["ratio"] > 0
