@@ -41,7 +41,7 @@ def test_flop_count_matches_the_peer_weights():
 def test_benchmark_runs_both_models_with_the_same_dimensions(tmp_path):
     out = tmp_path / "result.json"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    result = subprocess.run([sys.executable, str(BENCH), *TINY, "--warmup", "0", "--steps", "1",
+    result = subprocess.run([sys.executable, str(BENCH), *TINY, "--warmup", "0", "--steps", "2",
                              "--variants", "plain,adapter,-fused_loss", "--json", str(out)],
                             capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -53,6 +53,8 @@ def test_benchmark_runs_both_models_with_the_same_dimensions(tmp_path):
     assert data["peer_clip"] == 1.0  # the peer clips its gradients as our step does (transformers' Trainer default)
     for name in ("ours[plain]", "ours[adapter]", "ours[-fused_loss]"):
         assert data[name]["tokens_per_s"] > 0 and 0 < data[name]["peak_fraction"] and data[name]["ratio"] > 0
+        steps = data[name]["all_step_s"], data["peer"]["all_step_s"]
+        assert data[name]["ratio_mean"] == pytest.approx((sum(steps[1]) / len(steps[1])) / (sum(steps[0]) / len(steps[0])))
     assert data["peer"]["tokens_per_s"] > 0
     assert "cosmos_nemo AR plain" in result.stdout and "cosmos_nemo AR adapter" in result.stdout
 
