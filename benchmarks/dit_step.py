@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import DTYPES, alternate, cpu_capability  # noqa: E402
+from train_throughput import DTYPES, alternate, cpu_capability, peer_update  # noqa: E402
 
 
 def flops_per_step(args) -> float:
@@ -116,13 +116,7 @@ def peer_step(peer, optimizer, data, args, dtype, clip: float):
     def step():
         out = peer(data["x"].to(dtype), data["t"].view(B, 1, T, 1, 1).to(dtype), data["text"].to(dtype),
                    condition_mask=data["cond"].to(dtype), padding_mask=data["pad"].to(dtype)).sample
-        loss = torch.nn.functional.mse_loss(out.float(), data["target"])
-        loss.backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(peer.parameters(), clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return peer_update(peer, optimizer, torch.nn.functional.mse_loss(out.float(), data["target"]), clip)
 
     step.params = sum(p.numel() for p in peer.parameters())
     return step

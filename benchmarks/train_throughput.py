@@ -135,18 +135,23 @@ def build_peer(args, dtype: torch.dtype):
     return LlamaForCausalLM(config).to(dtype)
 
 
+def peer_update(peer, optimizer, loss: torch.Tensor, clip: float) -> float:
+    """The rest of a peer's step as a PyTorch training loop runs it: backward, gradient clipping at `clip`
+    (0 = none), the optimizer step, gradients freed (`set_to_none`). Returns the loss."""
+    loss.backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(peer.parameters(), clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def peer_step(peer, optimizer, tokens: torch.Tensor, clip: float):
-    """The peer's training step as a `transformers` loop runs it: loss from `labels=`, backward, gradient
-    clipping at `clip` (transformers' Trainer `max_grad_norm`; 0 = none), the optimizer step, gradients freed."""
+    """The peer's training step as a `transformers` loop runs it: loss from `labels=`, then `peer_update` with
+    the clipping of transformers' Trainer (`max_grad_norm`, 1.0 by default)."""
 
     def step():
-        loss = peer(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(peer.parameters(), clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return peer_update(peer, optimizer, peer(input_ids=tokens, labels=tokens).loss, clip)
 
     return step
 
