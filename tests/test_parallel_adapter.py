@@ -114,7 +114,7 @@ def test_lone_process_setup_takes_no_port_and_leaves_the_environment_alone():
 
 @pytest.mark.medium
 def test_dependency_notices_are_silenced_unless_asked_for():
-    """Building and training-stepping a model prints none of megatron-core's / torch's import-time notices
+    """Setting up and building a model prints none of megatron-core's / torch's import-time notices
     ("Transformer Engine and Apex are not installed" x4, "Apex is not installed", "GPTModel IS DEPRECATED", ...);
     COSMOS_NEMO_SHOW_IMPORT_NOTICES=1 shows them again."""
     code = textwrap.dedent(
